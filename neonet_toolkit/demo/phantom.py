@@ -1,0 +1,190 @@
+"""Synthetic phantom dataset in the NeoNet contract (no patient data needed).
+
+Each case is a small 3D "hepatobiliary-phase" volume: a body, a bright liver (hepatocytes take
+up the contrast agent), a hypointense tumour near the liver surface, optionally a vessel label,
+Rician-like noise and a smooth bias field. Spacing is anisotropic (thicker slices) and the
+volume size varies per case (odd sizes included).
+
+The PNI-like cue is subtle by design: PNI-positive tumours have an *irregular peritumoral
+hypointense halo* (perineural spread into the liver around the tumour, ~15 % darker than
+liver, partial coverage) and one or two thin strands leaving the tumour. It lives in the
+organ channel of the TLCR crop, it is not in the masks (the halo is labelled liver), and
+tumour size and position have the same distribution in both classes, so a classifier must
+look at texture around the tumour, not at the mask.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from neonet_toolkit.utils.io import save_json
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LABELS = {"background": 0, "liver": 1, "tumor": 2}
+
+
+def _coords(shape_xyz, spacing):
+    # index grids in (z, y, x) array order, in millimetres
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape_xyz[::-1], spacing[::-1])), indexing="ij")
+    return x, y, z
+
+
+def _smooth_noise(rng, shape_zyx, scale_vox: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    n = rng.standard_normal(shape_zyx)
+    n = gaussian_filter(n, sigma=scale_vox)
+    return n / (n.std() + 1e-8)
+
+
+def make_case(rng: np.random.Generator, shape_xyz, spacing, positive: bool, with_vessel: bool,
+              cue_strength: float = 0.15) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Return image (z, y, x) float32 and boolean masks {'liver', 'tumor', 'vessel'}."""
+    x, y, z = _coords(shape_xyz, spacing)
+    ext = np.array(shape_xyz) * np.array(spacing)
+    c = ext / 2
+    zyx = tuple(shape_xyz[::-1])
+    # body: elliptic cylinder
+    body = ((x - c[0]) / (0.47 * ext[0])) ** 2 + ((y - c[1]) / (0.42 * ext[1])) ** 2 <= 1
+    # liver: deformed ellipsoid, right side of the body
+    lc = c + np.array([-0.1 * ext[0], 0.0, 0.0]) + rng.uniform(-2, 2, 3)
+    lr = np.array([0.30 * ext[0], 0.28 * ext[1], 0.36 * ext[2]]) * rng.uniform(0.9, 1.1, 3)
+    deform = 0.08 * _smooth_noise(rng, zyx, 4.0)
+    r_liver = np.sqrt(((x - lc[0]) / lr[0]) ** 2 + ((y - lc[1]) / lr[1]) ** 2 + ((z - lc[2]) / lr[2]) ** 2)
+    liver = (r_liver + deform <= 1) & body
+    # tumour: ellipsoid near the liver surface, same size law for both classes
+    direction = rng.normal(size=3)
+    direction[2] *= 0.3
+    direction /= np.linalg.norm(direction)
+    tc = lc + direction * lr * rng.uniform(0.35, 0.55)
+    tr = rng.uniform(5.0, 9.0) * np.array([1.0, rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2)])
+    r_t = np.sqrt(((x - tc[0]) / tr[0]) ** 2 + ((y - tc[1]) / tr[1]) ** 2 + ((z - tc[2]) / tr[2]) ** 2)
+    tumor = (r_t + 0.06 * _smooth_noise(rng, zyx, 2.0) <= 1) & liver
+    vessel = np.zeros_like(liver)
+    if with_vessel:
+        vy = lc[1] + rng.uniform(-0.3, 0.3) * lr[1]
+        vz = lc[2] + rng.uniform(-0.2, 0.2) * lr[2]
+        vessel = (((y - vy) ** 2 + ((z - vz) * 0.7) ** 2) <= rng.uniform(2.0, 3.0) ** 2) & liver & ~tumor
+
+    img = np.full(zyx, 0.05, np.float32)
+    img[body] = 0.35
+    img[liver] = 1.0
+    img[vessel] = 0.55
+    # tumour: hypointense with mild internal texture
+    img[tumor] = 0.45 + 0.05 * _smooth_noise(rng, zyx, 1.5)[tumor]
+    if positive:
+        # irregular peritumoral halo: shell 1..1+w of the tumour radius, partial coverage
+        shell_w = rng.uniform(0.35, 0.55)
+        cover = _smooth_noise(rng, zyx, 2.0) > -0.5  # ~70 % of the shell
+        halo = (r_t > 1.0) & (r_t <= 1.0 + shell_w) & liver & ~tumor & ~vessel & cover
+        img[halo] -= cue_strength
+        # one or two thin strands leaving the tumour (perineural spread)
+        for _ in range(rng.integers(1, 3)):
+            d = rng.normal(size=3)
+            d[2] *= 0.3
+            d /= np.linalg.norm(d)
+            p = np.stack([x - tc[0], y - tc[1], z - tc[2]], -1)
+            along = p @ d
+            perp = np.linalg.norm(p - along[..., None] * d, axis=-1)
+            strand = (perp <= 1.2 * min(spacing)) & (along > 0) & (along <= tr.max() * 2.2) & liver & ~tumor
+            img[strand] -= cue_strength
+    bias = 1.0 + 0.05 * _smooth_noise(rng, zyx, 10.0)
+    img = img * bias
+    noise = 0.05
+    img = np.sqrt((img + rng.normal(0, noise, zyx)) ** 2 + rng.normal(0, noise, zyx) ** 2)
+    img = (img * 800).astype(np.float32)  # MR-like arbitrary units
+    return img, {"liver": liver & ~tumor & ~vessel, "tumor": tumor, "vessel": vessel}
+
+
+def _write_nifti(arr_zyx: np.ndarray, spacing, path: Path, origin=None) -> None:
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(arr_zyx)
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    img.SetOrigin(tuple(origin) if origin is not None else (0.0, 0.0, 0.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path), useCompression=True)
+
+
+def make_phantom_dataset(raw_root: str | Path, dataset_id: int = 501, name: str = "NeoNetPhantom",
+                         n_train: int = 30, n_test: int = 4, shape_xyz: Sequence[int] = (64, 64, 32),
+                         spacing: Sequence[float] = (1.5, 1.5, 3.0), labels: dict[str, int] | None = None,
+                         with_vessel: bool | None = None, positive_fraction: float = 1 / 3,
+                         shape_jitter: int = 3, seed: int = 0, target: str = "PNI",
+                         neonet_options: dict | None = None, cue_strength: float = 0.15,
+                         overwrite: bool = False) -> Path:
+    """Write ``raw_root/DatasetXXX_name`` and return its path. Refuses to overwrite an existing dataset."""
+    labels = dict(labels or DEFAULT_LABELS)
+    if with_vessel is None:
+        with_vessel = "vessel" in labels
+    if with_vessel and "vessel" not in labels:
+        labels["vessel"] = max(labels.values()) + 1
+    for req in ("background", "liver", "tumor"):
+        if req not in labels:
+            raise ValueError(f"labels must define {req!r}, got {labels}")
+    raw_root = Path(raw_root)
+    existing = sorted(raw_root.glob(f"Dataset{dataset_id:03d}_*")) if raw_root.is_dir() else []
+    folder = raw_root / f"Dataset{dataset_id:03d}_{name}"
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{existing[0]} already exists; refusing to overwrite a dataset. Pick another id (-d) or delete it."
+        )
+    if overwrite:
+        import shutil
+
+        for e in existing:
+            shutil.rmtree(e)
+    rng = np.random.default_rng(seed)
+    n_pos = int(round(n_train * positive_fraction))
+    train_labels = np.array([1] * n_pos + [0] * (n_train - n_pos))
+    rng.shuffle(train_labels)
+    n_test_pos = int(round(n_test * positive_fraction)) if n_test else 0
+    test_labels = np.array([1] * n_test_pos + [0] * (n_test - n_test_pos))
+    rng.shuffle(test_labels)
+
+    def one(split: str, idx: int, y: int):
+        cid = f"{name.lower()}_{idx:03d}"
+        shp = np.array(shape_xyz) + (rng.integers(-shape_jitter, shape_jitter + 1, 3) if shape_jitter else 0)
+        img, masks = make_case(rng, tuple(int(s) for s in shp), spacing, bool(y), with_vessel, cue_strength)
+        seg = np.zeros(img.shape, np.uint8)
+        seg[masks["liver"]] = labels["liver"]
+        if with_vessel:
+            seg[masks["vessel"]] = labels["vessel"]
+        seg[masks["tumor"]] = labels["tumor"]
+        _write_nifti(img, spacing, folder / f"images{split}" / f"{cid}_0000.nii.gz")
+        _write_nifti(seg, spacing, folder / f"labels{split}" / f"{cid}.nii.gz")
+        return cid
+
+    from tqdm import tqdm
+
+    train_ids = [one("Tr", i, int(y)) for i, y in enumerate(tqdm(train_labels, desc="phantom train", disable=None))]
+    test_ids = [one("Ts", n_train + i, int(y)) for i, y in enumerate(test_labels)]
+
+    def write_csv(path, ids, ys):
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["case_id", target])
+            for c, y in zip(ids, ys):
+                w.writerow([c, int(y)])
+
+    write_csv(folder / "case_labels.csv", train_ids, train_labels)
+    if n_test:
+        write_csv(folder / "case_labels_Ts.csv", test_ids, test_labels)
+    dataset_json = {
+        "channel_names": {"0": "T1_HBP"},
+        "labels": labels,
+        "numTraining": n_train,
+        "file_ending": ".nii.gz",
+        "name": name,
+        "description": "NeoNet synthetic phantom (not patient data). PNI-positive cases carry a subtle "
+                       "peritumoral hypointense halo and strands.",
+        "neonet": {"target": target, "organ_labels": ["liver"], "tumor_labels": ["tumor"], **(neonet_options or {})},
+    }
+    save_json(dataset_json, folder / "dataset.json")
+    logger.info("Wrote %s: %d train (%d positive), %d test", folder, n_train, n_pos, n_test)
+    return folder

@@ -1,0 +1,143 @@
+"""``neonet_plan_and_preprocess``: dataset checks → folds → nnU-Net planning → TLCR patches → NeoNet plans.
+
+Every nnU-Net step goes through nnU-Net's own API (fingerprint extraction, planning with a
+planner subclass, preprocessing), so a folder planned here is a normal nnU-Net preprocessed
+dataset. Re-running is idempotent: existing splits are reused (never silently replaced),
+preprocessing and patches are skipped when their inputs did not change, and a user's edits to
+``neonet_plans.json`` are kept.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from neonet_toolkit import paths
+from neonet_toolkit.dataset.contract import DatasetError, NeoNetDataset, verify_dataset
+from neonet_toolkit.experiment_planning.planner import NEONET_NNUNET_PLANS, NeoNetExperimentPlanner
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, build_neonet_plans
+from neonet_toolkit.experiment_planning.splits import write_or_reuse_splits
+from neonet_toolkit.preprocessing.patches import extract_gt_patches, settings_hash, tumor_report
+from neonet_toolkit.utils.io import load_json, save_json
+
+logger = logging.getLogger(__name__)
+
+SEG_CONFIGURATION = "3d_fullres"
+PREPROCESS_STAMP = "neonet_preprocess_stamp.json"
+
+
+def _preprocessing_is_current(pp_dataset: Path, plans: dict, case_ids: list[str]) -> bool:
+    stamp_file = pp_dataset / PREPROCESS_STAMP
+    if not stamp_file.is_file():
+        return False
+    cfg = plans["configurations"][SEG_CONFIGURATION]
+    want = settings_hash(cfg["spacing"], cfg["normalization_schemes"], cfg["use_mask_for_norm"],
+                         plans["transpose_forward"], case_ids)
+    if load_json(stamp_file).get("hash") != want:
+        return False
+    data = pp_dataset / cfg["data_identifier"]
+    return data.is_dir() and all(any(data.glob(f"{c}.*")) for c in case_ids)
+
+
+def _write_preprocess_stamp(pp_dataset: Path, plans: dict, case_ids: list[str]) -> None:
+    cfg = plans["configurations"][SEG_CONFIGURATION]
+    save_json({"hash": settings_hash(cfg["spacing"], cfg["normalization_schemes"], cfg["use_mask_for_norm"],
+                                     plans["transpose_forward"], case_ids)}, pp_dataset / PREPROCESS_STAMP)
+
+
+def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_dataset_integrity: bool = False,
+                        clean: bool = False, overwrite_splits: bool = False, n_folds: int = 5, seed: int = 12345,
+                        crop_size_xyz=None) -> dict:
+    """Plan and preprocess one dataset. Returns a short report (timings, counts, warnings)."""
+    t0 = time.perf_counter()
+    env = paths.ensure_environment()
+    name = paths.find_dataset_name(dataset)
+    raw = env["nnUNet_raw"] / name
+    if not raw.is_dir():
+        raise DatasetError(f"{name} is not in nnUNet_raw={env['nnUNet_raw']}; planning needs the raw dataset.")
+    dataset_id = int(name[7:10])
+    pp = env["nnUNet_preprocessed"] / name
+    pp.mkdir(parents=True, exist_ok=True)
+    report: dict = {"dataset": name, "timings_s": {}}
+
+    ds = NeoNetDataset.load(raw)
+    logger.info("%s: %d training cases, %s counts %s", name, len(ds.case_ids), ds.target, ds.class_counts())
+    t = time.perf_counter()
+    check = verify_dataset(ds, full=verify_dataset_integrity, num_processes=num_processes)
+    report["empty_tumor_cases"] = check["empty_tumor_cases"]
+    if verify_dataset_integrity:
+        from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity as nn_verify
+
+        nn_verify(str(raw), num_processes)
+    report["timings_s"]["verify"] = time.perf_counter() - t
+
+    splits = write_or_reuse_splits(pp, ds.case_labels, n_folds=n_folds, seed=seed, overwrite=overwrite_splits,
+                                   raw_folder=raw)
+    report["n_folds"] = len(splits)
+
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
+
+    t = time.perf_counter()
+    fingerprint_file = pp / "dataset_fingerprint.json"
+    extract_fingerprint_dataset(dataset_id, num_processes=num_processes, check_dataset_integrity=False,
+                                clean=clean or not fingerprint_file.is_file(), verbose=False)
+    report["timings_s"]["fingerprint"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    plan_experiment_dataset(dataset_id, experiment_planner_class=NeoNetExperimentPlanner)
+    nn_plans = load_json(pp / f"{NEONET_NNUNET_PLANS}.json")
+    if SEG_CONFIGURATION not in nn_plans["configurations"]:
+        raise DatasetError(f"{name}: nnU-Net planned no 3d_fullres configuration; NeoNet needs 3D images.")
+    report["timings_s"]["plan"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if clean or not _preprocessing_is_current(pp, nn_plans, ds.case_ids):
+        preprocess_dataset(dataset_id, NEONET_NNUNET_PLANS, (SEG_CONFIGURATION,), [num_processes])
+        _write_preprocess_stamp(pp, nn_plans, ds.case_ids)
+    else:
+        logger.info("nnU-Net preprocessing is up to date; skipped (use --clean to redo).")
+    report["timings_s"]["preprocess"] = time.perf_counter() - t
+
+    plans_file = pp / NEONET_PLANS_FILE
+    fresh = build_neonet_plans(
+        dataset_name=name, target=ds.target, label_roles=ds.roles.to_dict(), nnunet_plans=nn_plans,
+        nnunet_plans_name=NEONET_NNUNET_PLANS, seg_configuration=SEG_CONFIGURATION,
+        crop_size_xyz=crop_size_xyz or ds.crop_size_xyz, n_folds=len(splits), split_seed=seed,
+        class_counts=ds.class_counts())
+    if plans_file.is_file() and not clean and crop_size_xyz is None:
+        plans = load_json(plans_file)  # the user's file wins; refresh only what describes the data
+        for key in ("dataset_name", "nnunet_plans", "seg_configuration", "target", "label_roles", "spacing",
+                    "transpose_forward", "transpose_backward", "class_counts"):
+            plans[key] = fresh[key]
+        logger.info("Keeping existing %s (delete it or use --clean to regenerate).", plans_file)
+    else:
+        if plans_file.is_file():
+            plans_file.replace(plans_file.with_name(NEONET_PLANS_FILE + ".bak"))
+        plans = fresh
+
+    t = time.perf_counter()
+    crop = plans["tlcr"]["crop_size"]
+    meta = extract_gt_patches(pp, nn_plans["configurations"][SEG_CONFIGURATION]["data_identifier"],
+                              ds.case_labels, ds.roles, crop, plans["spacing"], ds.image_channel,
+                              num_processes=num_processes, overwrite=clean)
+    report["timings_s"]["tlcr"] = time.perf_counter() - t
+    tr = tumor_report(meta)
+    plans["tlcr"]["report"] = tr
+    if tr["cases_tumor_exceeds_crop"]:
+        logger.warning(
+            "Tumour larger than (or cut by) the %s crop in %d case(s): %s. Largest tumour extent %s voxels. "
+            "Increase neonet.crop_size in dataset.json (x, y, z) or accept partial tumours.",
+            plans["tlcr"]["crop_size_xyz"], len(tr["cases_tumor_exceeds_crop"]),
+            tr["cases_tumor_exceeds_crop"][:10], tr["max_tumor_extent_voxels"])
+    if tr["cases_empty_tumor"]:
+        logger.warning("Empty tumour in %d case(s): %s (patches are zeros, flagged empty_tumor).",
+                       len(tr["cases_empty_tumor"]), tr["cases_empty_tumor"])
+    NeoNetPlans(plans).save(plans_file)
+    report["plans_file"] = str(plans_file)
+    report["n_patches"] = len(meta["cases"])
+    report["cases_tumor_exceeds_crop"] = tr["cases_tumor_exceeds_crop"]
+    report["timings_s"]["total"] = time.perf_counter() - t0
+    report["seconds_per_case"] = report["timings_s"]["total"] / max(len(ds.case_ids), 1)
+    logger.info("Planned %s in %.1f s (%.2f s/case)", name, report["timings_s"]["total"], report["seconds_per_case"])
+    return report

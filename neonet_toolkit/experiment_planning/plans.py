@@ -1,0 +1,213 @@
+"""NeoNet plans: one human-editable JSON that configures every stage after NeoSeg.
+
+``nnUNet_preprocessed/DatasetXXX_Name/neonet_plans.json`` looks like nnU-Net's plans::
+
+    {
+      "plans_name": "NeoNetPlans",
+      "nnunet_plans": "NeoNetPlans", "seg_configuration": "3d_fullres",
+      "target": "PNI", "label_roles": {...},
+      "spacing": [...], "transpose_forward": [...],
+      "tlcr": {"crop_size": [z, y, x] (array order), "crop_size_xyz": [x, y, z], ...},
+      "default_configuration": {"cpu": "cpu_small", "cuda": "gpu_full"},
+      "configurations": {
+        "gpu_full":  {"seg": {...}, "vae": {...}, "ldm": {...}, "controlnet": {...}, "cls": {...}},
+        "cpu_small": {"inherits_from": "gpu_full", "vae": {"channels": [...]}, ...}
+      }
+    }
+
+A configuration may ``inherit_from`` another; stage dictionaries are merged key by key, so a
+user adds ``"my_cfg": {"inherits_from": "cpu_small", "cls": {"epochs": 5}}`` and selects it with
+``-c my_cfg``. Every size that depends on the data (crop, latent shape, diffusion levels) is
+derived here once, from the fingerprint, so the stages never disagree.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from neonet_toolkit.utils.io import load_json, save_json
+
+logger = logging.getLogger(__name__)
+
+NEONET_PLANS_FILE = "neonet_plans.json"
+PAPER_CROP_XYZ = (96, 96, 48)
+STAGES = ("seg", "vae", "ldm", "controlnet", "cls")
+
+
+def crop_xyz_to_array_order(crop_xyz, transpose_forward) -> list[int]:
+    """The paper's crop (x, y, z) in the axis order of nnU-Net's preprocessed arrays.
+
+    SimpleITK arrays are (z, y, x); nnU-Net then applies ``transpose_forward``. Array axis *i*
+    is SimpleITK axis ``transpose_forward[i]``, i.e. world axis ``2 - transpose_forward[i]``.
+    """
+    return [int(crop_xyz[2 - int(t)]) for t in transpose_forward]
+
+
+def round_up_to_multiple(values, m: int) -> list[int]:
+    return [int(math.ceil(v / m) * m) for v in values]
+
+
+def max_unet_levels(latent_shape, cap: int) -> int:
+    """Largest number of diffusion U-Net levels L <= cap with every latent dim divisible by 2^(L-1)."""
+    levels = 1
+    while levels < cap and all(s % (2 ** levels) == 0 for s in latent_shape):
+        levels += 1
+    return levels
+
+
+def _gpu_full(n_vae_down: int, ldm_levels: int) -> dict:
+    """Paper settings (AdamW everywhere; epochs, lrs and batch sizes from the method section)."""
+    vae_channels = [32, 64, 64, 128][: n_vae_down + 1]
+    ldm_channels = [64, 128, 256, 256][:ldm_levels]
+    return {
+        "seg": {"architecture": "swinunetr", "feature_size": 48, "batch_size": 2, "epochs": 400,
+                "initial_lr": 1e-4, "weight_decay": 1e-5, "optimizer": "AdamW", "loss": "dice_ce"},
+        "vae": {"channels": vae_channels, "latent_channels": 4, "num_res_blocks": 1, "norm_num_groups": 32,
+                "attention_levels": [False] * len(vae_channels), "kl_weight": 1e-7, "loss": "l1",
+                "epochs": 6000, "lr": 1e-6, "batch_size": 2},
+        "ldm": {"channels": ldm_channels, "num_res_blocks": 2, "norm_num_groups": 32,
+                "attention_levels": [False] + [True] * (ldm_levels - 1), "num_head_channels": 32,
+                "num_train_timesteps": 1000, "loss": "l2", "epochs": 6000, "lr": 1e-5, "batch_size": 2},
+        "controlnet": {"conditioning_embedding_num_channels": [16, 32, 64, 96][: n_vae_down + 1],
+                       "epochs": 3000, "lr": 1e-5, "batch_size": 8, "loss": "l2"},
+        "sampling": {"steps": 50, "sampler": "ddim", "eta": 0.0},
+        "cls": {"architecture": "pattennet", "n_dab": 2, "dab_mode": "channel_spatial", "spatial_kernel": 7,
+                "epochs": 300, "lr": 1e-4, "batch_size": 4, "patience": 20, "optimizer": "AdamW"},
+    }
+
+
+def _cpu_small(n_vae_down: int, ldm_levels: int) -> dict:
+    """Small enough to run the whole pipeline on 2 CPU cores in minutes (learning rates raised to match)."""
+    return {
+        "inherits_from": "gpu_full",
+        "seg": {"feature_size": 12, "epochs": 20, "batch_size": 2},
+        "vae": {"channels": [8, 16, 16, 32][: n_vae_down + 1], "norm_num_groups": 8, "epochs": 60, "lr": 1e-3,
+                "batch_size": 4},
+        "ldm": {"channels": [16, 32, 32, 64][:ldm_levels], "num_res_blocks": 1, "norm_num_groups": 8,
+                "attention_levels": [False] * ldm_levels, "num_head_channels": 8, "epochs": 80, "lr": 1e-3,
+                "batch_size": 4},
+        "controlnet": {"conditioning_embedding_num_channels": [8, 16, 16, 32][: n_vae_down + 1], "epochs": 60,
+                       "lr": 1e-3, "batch_size": 4},
+        "sampling": {"steps": 20},
+        "cls": {"epochs": 40, "lr": 1e-3, "batch_size": 4, "patience": 10},
+    }
+
+
+def build_neonet_plans(*, dataset_name: str, target: str, label_roles: dict, nnunet_plans: dict,
+                       nnunet_plans_name: str, seg_configuration: str, crop_size_xyz=None,
+                       n_vae_down: int = 2, ldm_level_cap: int = 3, n_folds: int = 5, split_seed: int = 12345,
+                       class_counts: dict | None = None) -> dict:
+    cfg = nnunet_plans["configurations"][seg_configuration]
+    transpose_forward = list(nnunet_plans["transpose_forward"])
+    requested_xyz = list(crop_size_xyz) if crop_size_xyz is not None else list(PAPER_CROP_XYZ)
+    crop = crop_xyz_to_array_order(requested_xyz, transpose_forward)
+    # the crop must downsample to a latent grid that the diffusion U-Net can halve (levels - 1) times
+    multiple = 2 ** (n_vae_down + 1)  # at least 2 diffusion levels
+    rounded = round_up_to_multiple(crop, multiple)
+    if rounded != crop:
+        logger.warning("TLCR crop %s (array order) rounded up to %s: every side must be a multiple of %d "
+                       "(VAE downsampling 2^%d x one diffusion U-Net halving).", crop, rounded, multiple, n_vae_down)
+        crop = rounded
+    latent = [c // 2 ** n_vae_down for c in crop]
+    levels = max_unet_levels(latent, ldm_level_cap)
+    plans = {
+        "plans_name": "NeoNetPlans",
+        "dataset_name": dataset_name,
+        "nnunet_plans": nnunet_plans_name,
+        "seg_configuration": seg_configuration,
+        "target": target,
+        "label_roles": label_roles,
+        "spacing": [float(s) for s in cfg["spacing"]],
+        "transpose_forward": transpose_forward,
+        "transpose_backward": list(nnunet_plans["transpose_backward"]),
+        "splits": {"n_folds": n_folds, "seed": split_seed, "stratified_by": target, "file": "splits_final.json"},
+        "class_counts": class_counts or {},
+        "tlcr": {
+            "crop_size": crop,
+            "crop_size_xyz": [crop[transpose_forward.index(2 - a)] for a in range(3)],
+            "requested_crop_size_xyz": requested_xyz,
+            "crop_size_mm": [c * s for c, s in zip(crop, cfg["spacing"])],
+            "channels": ["organ_and_tumor_masked_image", "tumor_masked_image"],
+            "label_channels": ["organ_or_tumor_mask", "tumor_mask"],
+        },
+        "latent": {"vae_downsampling": 2 ** n_vae_down, "latent_shape": latent, "ldm_levels": levels},
+        "default_configuration": {"cpu": "cpu_small", "cuda": "gpu_full"},
+        "configurations": {"gpu_full": _gpu_full(n_vae_down, levels), "cpu_small": _cpu_small(n_vae_down, levels)},
+    }
+    return plans
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if k == "inherits_from":
+            continue
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+class NeoNetPlans:
+    """Read access to ``neonet_plans.json`` with configuration inheritance resolved."""
+
+    def __init__(self, plans: dict | str | Path):
+        if not isinstance(plans, dict):
+            path = Path(plans)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found: run `neonet_plan_and_preprocess -d <id>` first.")
+            plans = load_json(path)
+        self.plans = plans
+
+    def __getitem__(self, key: str) -> Any:
+        return self.plans[key]
+
+    @property
+    def crop_size(self) -> list[int]:
+        return list(self.plans["tlcr"]["crop_size"])
+
+    @property
+    def latent_shape(self) -> list[int]:
+        return list(self.plans["latent"]["latent_shape"])
+
+    @property
+    def available_configurations(self) -> list[str]:
+        return list(self.plans["configurations"])
+
+    def default_configuration(self, device: str = "cpu") -> str:
+        kind = "cuda" if str(device).startswith("cuda") else "cpu"
+        return self.plans.get("default_configuration", {}).get(kind, "cpu_small")
+
+    def configuration(self, name: str | None = None, device: str = "cpu") -> dict:
+        name = name or self.default_configuration(device)
+        confs = self.plans["configurations"]
+        if name not in confs:
+            raise KeyError(f"Configuration {name!r} is not in neonet_plans.json; available: {sorted(confs)}.")
+        chain, seen = [], set()
+        cur = name
+        while cur is not None:
+            if cur in seen:
+                raise ValueError(f"neonet_plans.json: circular inherits_from at {cur!r}.")
+            if cur not in confs:
+                raise KeyError(f"neonet_plans.json: {chain[-1]!r} inherits from unknown configuration {cur!r}.")
+            seen.add(cur)
+            chain.append(cur)
+            cur = confs[cur].get("inherits_from")
+        resolved: dict = {}
+        for c in reversed(chain):
+            resolved = _merge(resolved, confs[c])
+        resolved["name"] = name
+        return resolved
+
+    def stage(self, stage: str, configuration: str | None = None, device: str = "cpu") -> dict:
+        conf = self.configuration(configuration, device)
+        if stage not in conf:
+            raise KeyError(f"Stage {stage!r} not configured; stages: {[s for s in conf if s != 'name']}.")
+        return conf[stage]
+
+    def save(self, path: str | Path) -> None:
+        save_json(self.plans, path)

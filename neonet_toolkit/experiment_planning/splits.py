@@ -1,0 +1,121 @@
+"""Stratified patient-level folds, stored as nnU-Net's ``splits_final.json``.
+
+nnU-Net and every NeoNet stage read the same file, so NeoSeg, NeoGen and NeoCls of fold *k*
+all train on exactly the same cases and never see fold *k*'s validation cases.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from neonet_toolkit.dataset.contract import DatasetError
+from neonet_toolkit.utils.io import load_json, save_json
+
+logger = logging.getLogger(__name__)
+
+SPLITS_FILE = "splits_final.json"
+
+
+def make_stratified_splits(case_labels: dict[str, int], n_folds: int = 5, seed: int = 12345) -> list[dict]:
+    """Stratified k-fold on sorted case ids. Each case is in exactly one validation set."""
+    from sklearn.model_selection import StratifiedKFold
+
+    ids = np.array(sorted(case_labels))
+    y = np.array([case_labels[i] for i in ids])
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < n_folds:
+        raise DatasetError(
+            f"Only {counts.min()} case(s) of class {int(np.argmin(counts))} for {n_folds} folds: every validation "
+            f"fold would not contain both classes. Add cases or use fewer folds (n_folds <= {max(counts.min(), 1)})."
+        )
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    splits = []
+    for tr, va in skf.split(ids, y):
+        splits.append({"train": sorted(ids[tr].tolist()), "val": sorted(ids[va].tolist())})
+    check_splits(splits, case_labels)
+    return splits
+
+
+def check_splits(splits: list[dict], case_labels: dict[str, int]) -> None:
+    """Validate splits against the case labels: disjoint, complete, two classes per fold part."""
+    problems = []
+    all_val: list[str] = []
+    known = set(case_labels)
+    for k, s in enumerate(splits):
+        tr, va = set(s.get("train", [])), set(s.get("val", []))
+        if tr & va:
+            problems.append(f"fold {k}: case(s) {sorted(tr & va)[:5]} are in both train and val.")
+        unknown = (tr | va) - known
+        if unknown:
+            problems.append(f"fold {k}: case(s) {sorted(unknown)[:5]} are not training cases of this dataset.")
+        missing = known - tr - va
+        if missing:
+            problems.append(f"fold {k}: case(s) {sorted(missing)[:5]} are in neither train nor val.")
+        for part, ids in (("train", tr), ("val", va)):
+            classes = {case_labels[i] for i in ids if i in case_labels}
+            if len(classes) < 2:
+                problems.append(
+                    f"fold {k} {part} has only class {sorted(classes)} of the target: AUC is undefined there. "
+                    "Use stratified splits (delete splits_final.json and re-plan with --overwrite_splits)."
+                )
+        all_val += list(va)
+    if len(all_val) != len(set(all_val)):
+        problems.append("validation sets overlap between folds.")
+    if set(all_val) != known:
+        problems.append(f"{len(known - set(all_val))} case(s) are in no validation set.")
+    if problems:
+        raise DatasetError(["splits_final.json: " + p for p in problems])
+
+
+def write_or_reuse_splits(preprocessed_folder: Path, case_labels: dict[str, int], n_folds: int = 5,
+                          seed: int = 12345, overwrite: bool = False, raw_folder: Path | None = None) -> list[dict]:
+    """Create ``splits_final.json`` once; afterwards reuse it (never silently replace it).
+
+    * an existing file that is valid for the current cases is kept, even if a different seed
+      would now give other folds (trained models depend on it);
+    * an existing file that no longer fits the cases raises, naming ``--overwrite_splits``;
+    * ``overwrite=True`` backs the old file up as ``splits_final.json.bak`` before writing;
+    * a ``splits_final.json`` in the raw dataset folder (nnU-Net's convention for custom
+      splits) is used as the source when no preprocessed one exists.
+    """
+    target = Path(preprocessed_folder) / SPLITS_FILE
+    if target.is_file() and not overwrite:
+        splits = load_json(target)
+        try:
+            check_splits(splits, case_labels)
+        except DatasetError as e:
+            raise DatasetError(
+                f"Existing {target} does not fit the current dataset ({e}). Run neonet_plan_and_preprocess "
+                "with --overwrite_splits to replace it (the old file is kept as splits_final.json.bak); models "
+                "trained on the old folds must then be retrained."
+            ) from None
+        logger.info("Reusing existing %s (%d folds)", target, len(splits))
+        return splits
+    if target.is_file() and overwrite:
+        backup = target.with_name(SPLITS_FILE + ".bak")
+        target.replace(backup)
+        logger.warning("Replaced %s; the old splits are in %s", target, backup)
+    raw_splits = Path(raw_folder) / SPLITS_FILE if raw_folder is not None else None
+    if raw_splits is not None and raw_splits.is_file():
+        splits = load_json(raw_splits)
+        check_splits(splits, case_labels)
+        logger.info("Using custom splits from %s", raw_splits)
+    else:
+        splits = make_stratified_splits(case_labels, n_folds, seed)
+    save_json(splits, target)
+    return splits
+
+
+def load_splits(preprocessed_folder: Path) -> list[dict]:
+    f = Path(preprocessed_folder) / SPLITS_FILE
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} not found: run `neonet_plan_and_preprocess -d <id>` first.")
+    return load_json(f)
+
+
+def get_fold(splits: list[dict], fold: int) -> dict:
+    if not 0 <= int(fold) < len(splits):
+        raise ValueError(f"Fold {fold} does not exist: splits_final.json has folds 0..{len(splits) - 1}.")
+    return splits[int(fold)]

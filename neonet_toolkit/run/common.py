@@ -1,0 +1,31 @@
+"""Shared bits of the console entry points (kept thin: parse, call the API, report)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from neonet_toolkit.dataset.contract import DatasetError
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def run_cli(fn, args) -> int:
+    """Call ``fn(args)``; turn user errors into one clear message and exit code 2."""
+    try:
+        fn(args)
+    except (DatasetError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return 0

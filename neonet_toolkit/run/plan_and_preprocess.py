@@ -1,0 +1,48 @@
+"""neonet_plan_and_preprocess -d 501 [--verify_dataset_integrity] [-np N] [--clean]"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from neonet_toolkit.run.common import add_common, run_cli, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Check a NeoNet dataset, make stratified folds, run nnU-Net fingerprint/planning/"
+                    "preprocessing (NeoNetPlans, 3d_fullres) and extract TLCR patches.")
+    p.add_argument("-d", "--dataset", nargs="+", required=True, help="dataset id(s) or name(s), e.g. 501")
+    p.add_argument("--verify_dataset_integrity", action="store_true",
+                   help="read every voxel: NaN/Inf, label values, geometry (plus nnU-Net's own check)")
+    p.add_argument("-np", "--num_processes", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--clean", action="store_true",
+                   help="recompute fingerprint, preprocessing, patches and neonet_plans.json (splits are kept)")
+    p.add_argument("--overwrite_splits", action="store_true",
+                   help="replace an existing splits_final.json (the old one is kept as .bak)")
+    p.add_argument("--n_folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=12345, help="seed of the stratified folds")
+    p.add_argument("--crop_size", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="TLCR crop in voxels, x y z (default: dataset.json neonet.crop_size or 96 96 48)")
+    add_common(p)
+    return p
+
+
+def _run(args) -> None:
+    from neonet_toolkit.experiment_planning.plan_and_preprocess import plan_and_preprocess
+
+    for d in args.dataset:
+        report = plan_and_preprocess(d, num_processes=args.num_processes,
+                                     verify_dataset_integrity=args.verify_dataset_integrity, clean=args.clean,
+                                     overwrite_splits=args.overwrite_splits, n_folds=args.n_folds, seed=args.seed,
+                                     crop_size_xyz=args.crop_size)
+        print(json.dumps(report, indent=2))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return run_cli(_run, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

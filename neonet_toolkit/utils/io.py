@@ -1,0 +1,67 @@
+"""Atomic file writes: write to a temporary file in the same folder, then rename.
+
+A reader never sees a half-written file, and an interrupted run leaves either the old file
+or nothing (plus a stray ``.tmp`` that the next run overwrites).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_default(o: Any):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+def save_json(obj: Any, target: str | os.PathLike, indent: int = 2, sort_keys: bool = False) -> None:
+    with atomic_path(target) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=indent, sort_keys=sort_keys, default=_json_default)
+            f.write("\n")
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_npz(target: str | os.PathLike, **arrays: np.ndarray) -> None:
+    with atomic_path(target, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def save_text(text: str, target: str | os.PathLike) -> None:
+    with atomic_path(target) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
