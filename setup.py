@@ -40,6 +40,7 @@ setup(
         "console_scripts": [
             "neonet_plan_and_preprocess=neonet_toolkit.run.plan_and_preprocess:main",
             "neonet_make_demo_dataset=neonet_toolkit.run.make_demo_dataset:main",
+            "neonet_train=neonet_toolkit.run.train:main",
         ],
     },
 )

@@ -1,0 +1,76 @@
+"""neonet_train DATASET STAGE FOLD [options]
+
+Stages: seg (NeoSeg, an nnU-Net trainer), vae, ldm, controlnet (NeoGen), cls (NeoCls).
+Every stage module exposes ``add_arguments(parser)`` for its own options and
+``train_from_args(args)``; this entry point only parses and dispatches, strictly (a typo in an
+option is an error, never silently ignored).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from neonet_toolkit.run.common import add_common, run_cli, setup_logging
+
+STAGES = {
+    "seg": "neonet_toolkit.training.seg.api",
+    "vae": "neonet_toolkit.training.vae",
+    "ldm": "neonet_toolkit.training.ldm",
+    "controlnet": "neonet_toolkit.training.controlnet",
+    "cls": "neonet_toolkit.training.cls",
+}
+
+
+def stage_module(stage: str):
+    if stage not in STAGES:
+        raise ValueError(f"Unknown stage {stage!r}; choose one of {sorted(STAGES)}.")
+    try:
+        return importlib.import_module(STAGES[stage])
+    except ModuleNotFoundError as e:
+        if e.name == STAGES[stage]:
+            raise ValueError(f"Stage {stage!r} is not available in this version of the toolkit.") from None
+        raise
+
+
+def add_common_training_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="dataset id or name, e.g. 501")
+    p.add_argument("stage", choices=sorted(STAGES))
+    p.add_argument("fold", type=int, help="fold index from splits_final.json")
+    p.add_argument("-device", "--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--epochs", type=int, default=None, help="override the plans' epoch count")
+    p.add_argument("--c", dest="continue_training", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="retrain a fold that already has results")
+    p.add_argument("--configuration", default=None,
+                   help="neonet_plans.json configuration (default: cpu_small on CPU, gpu_full on CUDA)")
+    add_common(p)
+
+
+def build_parser(stage: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neonet_train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_training_arguments(p)
+    if stage is not None:
+        mod = stage_module(stage)
+        if hasattr(mod, "add_arguments"):
+            mod.add_arguments(p)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stage = next((a for a in argv if a in STAGES), None)
+
+    def _run(_):
+        args = build_parser(stage).parse_args(argv)
+        setup_logging(args.verbose)
+        stage_module(args.stage).train_from_args(args)
+
+    if stage is None:
+        build_parser(None).parse_args(argv)  # prints usage / the error for a bad stage
+        return 2
+    return run_cli(_run, None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,355 @@
+"""What every NeoNet trainer shares: fold data, result folders, checkpoint/resume, AMP, DDP, logs, curves.
+
+A stage trainer subclasses :class:`NeoNetTrainer` and implements ``build()``, ``train_epoch()``
+and optionally ``validate()`` / ``extra_state()``. The base class handles:
+
+* the fold: train/val case ids from ``splits_final.json`` (the same folds as nnU-Net);
+* the result folder ``neonet_results/DatasetXXX_Name/<stage_dir>__<plans>/fold_N/`` with
+  ``checkpoint_latest.pth`` (every epoch, atomic), ``checkpoint_final.pth``, ``training_log.txt``,
+  ``progress.json`` and ``progress.png``;
+* resuming (``continue_training=True``) from ``checkpoint_latest.pth``; refusing to overwrite a
+  finished fold unless ``overwrite=True``;
+* devices: ``cpu`` / ``cuda`` / ``cuda:N`` / ``auto``; AMP (bf16 where supported, else fp16 with a
+  GradScaler) on CUDA only;
+* torch DDP under ``torchrun`` (NCCL on CUDA, gloo on CPU): only rank 0 writes files.
+
+Checkpoints hold only tensors and plain Python types, so they load with
+``torch.load(..., weights_only=True)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from neonet_toolkit import paths
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+from neonet_toolkit.utils.io import save_json
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- devices, AMP, DDP
+def get_device(name: str | None = "auto") -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {name!r} requested but CUDA is not available on this machine; use -device cpu.")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"Unsupported device {name!r}; use cpu, cuda or cuda:N.")
+    return dev
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device):
+    dt = amp_dtype(device)
+    if dt is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=dt)
+
+
+def make_grad_scaler(device: torch.device):
+    return torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
+
+
+class Distributed:
+    """torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK). World size 1 when not under torchrun."""
+
+    def __init__(self, device: torch.device):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world_size > 1
+        self.device = device
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                torch.cuda.set_device(self.local_rank)
+                self.device = torch.device("cuda", self.local_rank)
+            torch.distributed.init_process_group(backend=backend)
+            logger.info("DDP: rank %d/%d on %s (%s)", self.rank, self.world_size, self.device, backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.enabled or not any(p.requires_grad for p in model.parameters()):
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+
+    def shard(self, items: list) -> list:
+        """This rank's share of ``items`` (padded by repetition so every rank gets the same count)."""
+        if not self.enabled:
+            return list(items)
+        n = int(np.ceil(len(items) / self.world_size)) * self.world_size
+        padded = (list(items) * (n // max(len(items), 1) + 1))[:n]
+        return padded[self.rank::self.world_size]
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return float(value)
+        t = torch.tensor([float(value)], device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} not found; train this stage/fold first.")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# ----------------------------------------------------------------------------- folders, data
+def dataset_folders(dataset: int | str) -> tuple[str, Path, Path]:
+    """(dataset name, nnUNet_preprocessed/<name>, neonet_results/<name>)."""
+    env = paths.ensure_environment()
+    name = paths.find_dataset_name(dataset)
+    return name, env["nnUNet_preprocessed"] / name, env["neonet_results"] / name
+
+
+def stage_fold_folder(dataset: int | str, stage_dir: str, fold: int, plans_name: str = "NeoNetPlans") -> Path:
+    _, _, res = dataset_folders(dataset)
+    return res / f"{stage_dir}__{plans_name}" / f"fold_{int(fold)}"
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for h in history for k in h if k != "epoch" and isinstance(h[k], (int, float))})
+    if not keys:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in keys:
+        xs = [h["epoch"] for h in history if k in h]
+        ys = [h[k] for h in history if k in h]
+        ax.plot(xs, ys, label=k, marker="." if len(xs) < 30 else None)
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- trainer base
+class NeoNetTrainer:
+    """Base class of the per-fold NeoNet trainers (VAE, LDM, ControlNet, classifier)."""
+
+    stage: str = "base"          # key in neonet_plans.json configurations
+    stage_dir: str | None = None  # result folder prefix, defaults to ``stage``
+
+    def __init__(self, dataset: int | str, fold: int, configuration: str | None = None, device: str = "auto",
+                 epochs: int | None = None, continue_training: bool = False, overwrite: bool = False,
+                 seed: int = 12345, plans: NeoNetPlans | None = None):
+        self.device = get_device(device)
+        self.dist = Distributed(self.device)
+        self.device = self.dist.device
+        self.dataset_name, self.preprocessed, self.results_root = dataset_folders(dataset)
+        self.plans = plans or NeoNetPlans(self.preprocessed / NEONET_PLANS_FILE)
+        self.configuration_name = configuration or self.plans.default_configuration(self.device.type)
+        self.config = dict(self.plans.stage(self.stage, self.configuration_name, self.device.type))
+        if epochs is not None:
+            self.config["epochs"] = int(epochs)
+        self.num_epochs = int(self.config.get("epochs", 1))
+        self.fold = int(fold)
+        split = get_fold(load_splits(self.preprocessed), self.fold)
+        self.train_ids, self.val_ids = list(split["train"]), list(split["val"])
+        self.seed = int(seed) + self.fold
+        self.output_folder = self.results_root / f"{self.stage_dir or self.stage}__{self.plans['plans_name']}" / \
+            f"fold_{self.fold}"
+        self.continue_training = continue_training
+        self.overwrite = overwrite
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        self._log_file = None
+
+    # -- to implement
+    def build(self) -> None:
+        """Create networks/optimisers (``self.network``, ``self.optimizer``, ...)."""
+        raise NotImplementedError
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One epoch; returns scalar metrics (e.g. {'train_loss': ...})."""
+        raise NotImplementedError
+
+    def validate(self, epoch: int) -> dict:
+        return {}
+
+    def modules_to_save(self) -> dict[str, Any]:
+        """Objects with state_dict()/load_state_dict() to checkpoint, e.g. {'network': ..., 'optimizer': ...}."""
+        return {"network": unwrap(self.network), "optimizer": self.optimizer}
+
+    def extra_state(self) -> dict:
+        """Plain values stored with every checkpoint (e.g. scale_factor)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def is_done(self, epoch: int, metrics: dict) -> bool:
+        """Early stopping hook."""
+        return False
+
+    def finish(self) -> None:
+        """Called once after training (rank 0 and others), e.g. to export predictions."""
+
+    # -- machinery
+    def log(self, msg: str, *args) -> None:
+        text = msg % args if args else msg
+        logger.info("[%s fold %d] %s", self.stage, self.fold, text)
+        if self.dist.is_main and self._log_file is not None:
+            with open(self._log_file, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+    def checkpoint_state(self, epoch: int) -> dict:
+        state = {k: v.state_dict() for k, v in self.modules_to_save().items() if v is not None}
+        state.update({
+            "epoch": int(epoch),
+            "history": self.history,
+            "config": self.config,
+            "configuration_name": self.configuration_name,
+            "stage": self.stage,
+            "fold": self.fold,
+            "dataset_name": self.dataset_name,
+            "train_ids": self.train_ids,
+            "val_ids": self.val_ids,
+            "torch_rng_state": torch.get_rng_state(),
+            "extra": self.extra_state(),
+        })
+        return state
+
+    def save(self, name: str, epoch: int) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.checkpoint_state(epoch), self.output_folder / name)
+
+    def _prepare_folder(self) -> None:
+        final = self.output_folder / "checkpoint_final.pth"
+        latest = self.output_folder / "checkpoint_latest.pth"
+        if self.continue_training:
+            return
+        if (final.exists() or latest.exists()) and not self.overwrite:
+            raise FileExistsError(
+                f"{self.output_folder} already holds a trained {self.stage} model. Use --c to continue training "
+                "or --overwrite to start again (the old checkpoints are replaced)."
+            )
+
+    def _resume(self) -> None:
+        for name in ("checkpoint_latest.pth", "checkpoint_final.pth"):
+            f = self.output_folder / name
+            if f.is_file():
+                state = load_checkpoint(f, self.device)
+                for k, mod in self.modules_to_save().items():
+                    if mod is not None and k in state:
+                        mod.load_state_dict(state[k])
+                self.history = list(state.get("history", []))
+                self.start_epoch = int(state["epoch"]) + 1
+                torch.set_rng_state(state["torch_rng_state"].cpu())
+                self.load_extra_state(state.get("extra", {}))
+                self.log("resumed from %s at epoch %d", name, self.start_epoch)
+                return
+        self.log("--c given but no checkpoint found in %s; starting from scratch", self.output_folder)
+
+    def run(self) -> Path:
+        self._prepare_folder()
+        if self.dist.is_main:
+            self.output_folder.mkdir(parents=True, exist_ok=True)
+            self._log_file = self.output_folder / "training_log.txt"
+        seed_everything(self.seed + self.dist.rank)
+        self.build()
+        if self.continue_training:
+            self._resume()
+        self.log("stage=%s configuration=%s device=%s epochs=%d train=%d val=%d world=%d",
+                 self.stage, self.configuration_name, self.device, self.num_epochs, len(self.train_ids),
+                 len(self.val_ids), self.dist.world_size)
+        from tqdm import tqdm
+
+        bar = tqdm(range(self.start_epoch, self.num_epochs), desc=f"{self.stage} fold {self.fold}",
+                   disable=None if self.dist.is_main else True)
+        epoch = self.start_epoch - 1
+        for epoch in bar:
+            t0 = time.perf_counter()
+            metrics = {"epoch": epoch}
+            metrics.update(self.train_epoch(epoch))
+            metrics.update(self.validate(epoch))
+            metrics["epoch_time_s"] = time.perf_counter() - t0
+            self.history.append(metrics)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "epoch_time_s"})
+            self.log(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+            stop = self.is_done(epoch, metrics)
+            self.save("checkpoint_latest.pth", epoch)
+            if self.dist.is_main:
+                save_json(self.history, self.output_folder / "progress.json")
+                plot_curves([{k: v for k, v in h.items() if k != "epoch_time_s"} for h in self.history],
+                            self.output_folder / "progress.png", f"{self.stage} fold {self.fold}")
+            if stop:
+                self.log("early stopping at epoch %d", epoch)
+                break
+        self.save("checkpoint_final.pth", max(epoch, self.start_epoch - 1))
+        self.finish()
+        self.dist.barrier()
+        return self.output_folder
+
+
+def batches(items: list, batch_size: int, rng: np.random.Generator | None = None, drop_last: bool = False
+            ) -> Iterable[list]:
+    idx = np.arange(len(items))
+    if rng is not None:
+        rng.shuffle(idx)
+    for s in range(0, len(idx), batch_size):
+        chunk = idx[s:s + batch_size]
+        if drop_last and len(chunk) < batch_size:
+            break
+        yield [items[i] for i in chunk]
