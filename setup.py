@@ -41,6 +41,9 @@ setup(
             "neonet_plan_and_preprocess=neonet_toolkit.run.plan_and_preprocess:main",
             "neonet_make_demo_dataset=neonet_toolkit.run.make_demo_dataset:main",
             "neonet_train=neonet_toolkit.run.train:main",
+            "neonet_evaluate=neonet_toolkit.run.evaluate:main",
+            "neonet_generate=neonet_toolkit.run.generate:main",
+            "neonet_experiment=neonet_toolkit.run.experiment:main",
         ],
     },
 )
