@@ -309,7 +309,7 @@ def _list_training_cases(folder: Path, dataset_json: dict) -> dict[str, dict]:
 
     if "dataset" not in dataset_json and not (folder / "imagesTr").is_dir():
         raise DatasetError(f"{folder.name}: no imagesTr folder.")
-    cases = get_filenames_of_train_images_and_targets(str(folder), dict(dataset_json))
+    cases = {str(k): v for k, v in get_filenames_of_train_images_and_targets(str(folder), dict(dataset_json)).items()}
     if not cases:
         raise DatasetError(
             f"{folder.name}: no training images found in imagesTr with file ending "
@@ -367,7 +367,7 @@ def verify_case(ds: NeoNetDataset, case_id: str, full: bool = True) -> tuple[lis
     if not full:
         return errors, warnings, info
     for f, img in zip(files, imgs):
-        arr = sitk.GetArrayViewFromImage(img)
+        arr = _raw_voxels(f, img)
         if not np.all(np.isfinite(arr)):
             n = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             errors.append(f"case {case_id!r}: image {f.name} has {n} NaN/Inf voxel(s); replace them (e.g. with 0).")
@@ -387,6 +387,17 @@ def verify_case(ds: NeoNetDataset, case_id: str, full: bool = True) -> tuple[lis
             "all zeros and flagged 'empty_tumor'."
         )
     return errors, warnings, info
+
+
+def _raw_voxels(path: Path, img) -> np.ndarray:
+    """Voxels as stored. ITK's NIfTI reader turns NaN into 0, so NIfTI files are read with nibabel."""
+    import SimpleITK as sitk
+
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return np.asanyarray(nib.load(str(path)).dataobj)
+    return sitk.GetArrayViewFromImage(img)
 
 
 def _read_header(path: Path):

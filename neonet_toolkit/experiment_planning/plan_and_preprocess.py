@@ -63,7 +63,9 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
     ds = NeoNetDataset.load(raw)
     logger.info("%s: %d training cases, %s counts %s", name, len(ds.case_ids), ds.target, ds.class_counts())
     t = time.perf_counter()
-    check = verify_dataset(ds, full=verify_dataset_integrity, num_processes=num_processes)
+    # NeoNet's own checks always read every voxel (ITK silently turns NIfTI NaNs into 0, so
+    # nnU-Net alone would not notice); --verify_dataset_integrity adds nnU-Net's own verification.
+    check = verify_dataset(ds, full=True, num_processes=num_processes)
     report["empty_tumor_cases"] = check["empty_tumor_cases"]
     if verify_dataset_integrity:
         from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity as nn_verify

@@ -13,7 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "preprocessing (NeoNetPlans, 3d_fullres) and extract TLCR patches.")
     p.add_argument("-d", "--dataset", nargs="+", required=True, help="dataset id(s) or name(s), e.g. 501")
     p.add_argument("--verify_dataset_integrity", action="store_true",
-                   help="read every voxel: NaN/Inf, label values, geometry (plus nnU-Net's own check)")
+                   help="also run nnU-Net's own dataset verification (NeoNet's checks of geometry, NaN/Inf, "
+                        "label values and case labels always run)")
     p.add_argument("-np", "--num_processes", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--clean", action="store_true",
                    help="recompute fingerprint, preprocessing, patches and neonet_plans.json (splits are kept)")
