@@ -1,22 +1,42 @@
-"""Builders for NeoGen's networks (MONAI core generative nets) and loading a fold's VAE.
+"""Builders for NeoGen's networks (MONAI core generative nets) and loading a fold's trained models.
 
 The VAE is single-channel: it models channel 0 of the TLCR patch (the organ∪tumour-masked
 image). Channel 1 (tumour-masked) is channel 0 times the tumour mask, so a generated patch is
 ``[x * roi_mask, x * tumor_mask]`` with the masks of its conditioning label patch.
 
+Intensities: TLCR patches are nnU-Net z-scored and 0 outside the ROI. The VAE sees
+``clip(x / scale, -clip, clip)`` where ``scale`` is the 99.5th percentile of ``|x|`` inside the
+ROI of the fold's training patches (0 stays 0, so the masked background stays exact). The
+mapping is stored in the checkpoint's ``config["input_intensity"] = {"scale": s, "clip": c}``
+(also in ``extra``); use :func:`to_vae_input` / :func:`from_vae_output` with the config that
+:func:`load_fold_vae` returns.
+
 VAE checkpoint contract (``neonet_results/<ds>/vae__<plans>/fold_N/checkpoint_final.pth``,
 loadable with ``weights_only=True``):
-``{"network": state_dict, "config": vae stage config, "extra": {"scale_factor": float,
-"latent_shape": [c, d, h, w]}, ...}``.
+``{"network": state_dict, "config": vae stage config (+ "input_intensity"), "extra": {"scale_factor": float,
+"latent_shape": [c, d, h, w], "input_intensity": {...}}, ...}``. ``scale_factor`` multiplies the
+VAE posterior mean so that diffusion latents have unit standard deviation.
+
+ControlNet conditioning: the full-resolution 2-channel label patch ``[roi, tumour]`` goes through
+MONAI's strided conditioning embedding, which has ``len(conditioning_embedding_num_channels) - 1``
+stride-2 convolutions; :func:`build_controlnet` requires ``2 ** that == vae_downsampling`` so the
+embedding lands exactly on the latent grid (no nearest resize, which erases small tumours).
 """
 from __future__ import annotations
 
+import logging
+from typing import Sequence
+
 import torch
-from monai.networks.nets import AutoencoderKL
+from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet
+
+logger = logging.getLogger(__name__)
 
 VAE_IN_CHANNELS = 1
+CONDITIONING_CHANNELS = 2  # [organ∪tumour mask, tumour mask]
 
 
+# ----------------------------------------------------------------------------- VAE
 def build_vae(cfg: dict) -> AutoencoderKL:
     channels = tuple(int(c) for c in cfg["channels"])
     return AutoencoderKL(
@@ -33,19 +53,152 @@ def build_vae(cfg: dict) -> AutoencoderKL:
     )
 
 
+def vae_downsampling_factor(cfg: dict) -> int:
+    return 2 ** (len(cfg["channels"]) - 1)
+
+
+def to_vae_input(x: torch.Tensor, config_or_intensity: dict) -> torch.Tensor:
+    """Channel-0 TLCR intensities (z-scored, 0 outside the ROI) → the VAE's input range."""
+    inten = config_or_intensity.get("input_intensity", config_or_intensity)
+    scale, clip = float(inten["scale"]), float(inten["clip"])
+    return torch.clamp(x / scale, -clip, clip)
+
+
+def from_vae_output(y: torch.Tensor, config_or_intensity: dict) -> torch.Tensor:
+    """Inverse of :func:`to_vae_input` (back to the z-scored intensity scale of the patches)."""
+    inten = config_or_intensity.get("input_intensity", config_or_intensity)
+    return y * float(inten["scale"])
+
+
+class VAETrainStep(torch.nn.Module):
+    """encode → reparameterise with caller-given noise → decode, as one forward (so DDP syncs it).
+
+    ``AutoencoderKL.forward`` draws its noise from the global RNG; here the noise is an argument so
+    training is reproducible with an explicit ``torch.Generator``.
+    """
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor):
+        z_mu, z_sigma = self.vae.encode(x)
+        z = z_mu + z_sigma * eps
+        return self.vae.decode(z), z_mu, z_sigma
+
+
+def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
+    kl = 0.5 * torch.sum(z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-12) - 1,
+                         dim=list(range(1, z_mu.ndim)))
+    return kl.mean()
+
+
+# ----------------------------------------------------------------------------- diffusion U-Net, ControlNet
+def _unet_kwargs(ldm_cfg: dict, latent_channels: int) -> dict:
+    channels = tuple(int(c) for c in ldm_cfg["channels"])
+    return dict(
+        spatial_dims=3,
+        in_channels=int(latent_channels),
+        num_res_blocks=int(ldm_cfg.get("num_res_blocks", 1)),
+        channels=channels,
+        attention_levels=tuple(bool(a) for a in ldm_cfg.get("attention_levels", [False] * len(channels))),
+        norm_num_groups=int(ldm_cfg.get("norm_num_groups", 8)),
+        num_head_channels=int(ldm_cfg.get("num_head_channels", 8)),
+    )
+
+
+def build_unet(ldm_cfg: dict, latent_channels: int) -> DiffusionModelUNet:
+    kw = _unet_kwargs(ldm_cfg, latent_channels)
+    return DiffusionModelUNet(out_channels=int(latent_channels), **kw)
+
+
+def build_controlnet(ldm_cfg: dict, cn_cfg: dict, latent_channels: int, vae_downsampling: int,
+                     num_class_embeds: int | None = None) -> ControlNet:
+    """A ControlNet matching the diffusion U-Net, with a conditioning embedding of stride ``vae_downsampling``.
+
+    ``num_class_embeds=2`` adds a (PNI) class embedding to the ControlNet's time embedding; it only acts
+    through the zero-initialised residual convolutions, so the pair still starts as the plain U-Net.
+    """
+    emb = [int(c) for c in cn_cfg["conditioning_embedding_num_channels"]]
+    stride = 2 ** (len(emb) - 1)
+    if stride != int(vae_downsampling):
+        raise ValueError(
+            f"controlnet.conditioning_embedding_num_channels={emb} gives a {stride}x strided conditioning embedding, "
+            f"but the VAE downsamples by {vae_downsampling}: the full-resolution mask would not land on the latent "
+            f"grid. Use {int(torch.log2(torch.tensor(float(vae_downsampling))).item()) + 1} entries.")
+    kw = _unet_kwargs(ldm_cfg, latent_channels)
+    return ControlNet(conditioning_embedding_in_channels=CONDITIONING_CHANNELS,
+                      conditioning_embedding_num_channels=tuple(emb), num_class_embeds=num_class_embeds, **kw)
+
+
+def init_controlnet_from_unet(controlnet: ControlNet, unet: DiffusionModelUNet) -> list[str]:
+    """Copy every matching weight of the (frozen) U-Net into the ControlNet (zero convs stay zero)."""
+    from monai.networks.utils import copy_model_state
+
+    _, updated, _ = copy_model_state(controlnet, unet.state_dict(), inplace=True)
+    logger.debug("ControlNet: %d tensors copied from the diffusion U-Net", len(updated))
+    return list(updated)
+
+
+def controlled_unet_output(unet: DiffusionModelUNet, controlnet: torch.nn.Module, x: torch.Tensor,
+                           timesteps: torch.Tensor, cond: torch.Tensor, conditioning_scale: float = 1.0,
+                           class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """ε prediction of the frozen U-Net with ControlNet residuals from the full-resolution mask ``cond``."""
+    down, mid = controlnet(x=x, timesteps=timesteps, controlnet_cond=cond, conditioning_scale=conditioning_scale,
+                           class_labels=class_labels)
+    return unet(x=x, timesteps=timesteps, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+
+
+def label_to_condition(label: torch.Tensor) -> torch.Tensor:
+    """uint8 TLCR label patch(es) (…, 2, D, H, W) → float conditioning in {0, 1}."""
+    return (label > 0).to(torch.float32)
+
+
+# ----------------------------------------------------------------------------- fold checkpoints
 def vae_checkpoint_path(dataset, fold: int, plans_name: str = "NeoNetPlans"):
     from neonet_toolkit.training.base import stage_fold_folder
 
     return stage_fold_folder(dataset, "vae", fold, plans_name) / "checkpoint_final.pth"
 
 
+def stage_checkpoint_path(dataset, stage: str, fold: int, plans_name: str = "NeoNetPlans"):
+    from neonet_toolkit.training.base import stage_fold_folder
+
+    return stage_fold_folder(dataset, stage, fold, plans_name) / "checkpoint_final.pth"
+
+
 def load_fold_vae(dataset, fold: int, device: str | torch.device = "cpu", plans_name: str = "NeoNetPlans"
                   ) -> tuple[AutoencoderKL, float, dict]:
-    """The fold's trained VAE (eval mode), its latent scale factor and its config."""
+    """The fold's trained VAE (eval mode), its latent scale factor and its config.
+
+    ``config["input_intensity"]`` holds the intensity mapping (see :func:`to_vae_input`).
+    """
     from neonet_toolkit.training.base import load_checkpoint
 
     ckpt = load_checkpoint(vae_checkpoint_path(dataset, fold, plans_name), map_location=device)
     vae = build_vae(ckpt["config"])
     vae.load_state_dict(ckpt["network"])
     vae.to(device).eval()
-    return vae, float(ckpt.get("extra", {}).get("scale_factor", 1.0)), dict(ckpt["config"])
+    config = dict(ckpt["config"])
+    extra = ckpt.get("extra", {})
+    if "input_intensity" not in config and "input_intensity" in extra:
+        config["input_intensity"] = dict(extra["input_intensity"])
+    return vae, float(extra.get("scale_factor", 1.0)), config
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def check_latent_divisible(latent_shape: Sequence[int], levels: int) -> None:
+    m = 2 ** (int(levels) - 1)
+    if any(int(s) % m for s in latent_shape):
+        raise ValueError(f"Latent shape {list(latent_shape)} is not divisible by 2^(levels-1)={m} for a {levels}-level "
+                         "diffusion U-Net; use fewer ldm channels entries or a larger crop.")

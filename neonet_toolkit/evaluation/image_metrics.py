@@ -1,0 +1,186 @@
+"""Image quality metrics for NeoGen (Tables 3-4): PSNR/SSIM (MONAI), FID per view with a pluggable 2D
+feature extractor.
+
+FID feature extractors (``make_feature_extractor``):
+
+* ``pca`` (default, weight-free, in-domain): slices are resized to 32×32 and projected onto the
+  leading principal components of the *real reference slices of that view* (fitted on the real set
+  only, so it is not the generator's own encoder and has no trainable weights). Numbers are only
+  comparable between runs that use the same real reference set and settings, never with published
+  Inception/RadImageNet FIDs.
+* ``radimagenet`` (torchvision ResNet-50 with RadImageNet weights) and ``inception`` (torchvision
+  Inception-v3): need a local weights file (``state_dict`` saved with ``torch.save``); nothing is
+  downloaded. Features are the 2048-d global-average-pooled activations.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+VIEWS = ("axial", "sagittal", "coronal")
+
+
+# ----------------------------------------------------------------------------- PSNR / SSIM
+def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> torch.Tensor:
+    """Per-item PSNR (N,) of (N, C, *spatial) tensors."""
+    from monai.metrics import PSNRMetric
+
+    return PSNRMetric(max_val=float(data_range), reduction="none")(pred.float(), target.float()).reshape(-1)
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float, win_size: int = 7) -> torch.Tensor:
+    """Per-item 3D SSIM (N,) with a Gaussian window no larger than the smallest side."""
+    from monai.metrics import SSIMMetric
+
+    w = int(min(win_size, *pred.shape[2:]))
+    w = w if w % 2 == 1 else w - 1
+    m = SSIMMetric(spatial_dims=pred.ndim - 2, data_range=float(data_range), win_size=w, reduction="none")
+    return m(pred.float(), target.float()).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- views
+def view_axes(transpose_forward) -> dict[str, int]:
+    """Array axis (of a (D, H, W) nnU-Net-order patch) that each view slices along.
+
+    Array axis i is world axis ``2 - transpose_forward[i]`` (x=0, y=1, z=2): axial slices are taken
+    along z, sagittal along x, coronal along y.
+    """
+    world_of_axis = [2 - int(t) for t in transpose_forward]
+    return {"axial": world_of_axis.index(2), "sagittal": world_of_axis.index(0), "coronal": world_of_axis.index(1)}
+
+
+def view_slices(volumes: np.ndarray, rois: np.ndarray, axis: int, min_roi_fraction: float = 0.05) -> np.ndarray:
+    """2D slices (M, a, b) of (N, D, H, W) ``volumes`` along ``axis`` whose ROI covers ≥ ``min_roi_fraction``."""
+    out = []
+    for vol, roi in zip(volumes, rois):
+        v = np.moveaxis(vol, axis, 0)
+        r = np.moveaxis(roi, axis, 0)
+        for s, m in zip(v, r):
+            if m.mean() >= min_roi_fraction:
+                out.append(s)
+    if not out:
+        raise ValueError("No slice with enough ROI to compute FID.")
+    return np.stack(out).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- feature extractors
+def _resize(slices: np.ndarray, size: int) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(slices))[:, None].float()
+    return torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+
+
+class PCAFeatures:
+    """Weight-free in-domain features: projection on the real slices' principal components."""
+
+    name = "pca"
+
+    def __init__(self, n_components: int = 16, size: int = 32):
+        self.n_components, self.size = int(n_components), int(size)
+        self.mean = None
+        self.basis = None
+
+    def fit(self, real_slices: np.ndarray) -> "PCAFeatures":
+        x = _resize(real_slices, self.size).flatten(1).double()
+        self.mean = x.mean(0, keepdim=True)
+        _, _, vh = torch.linalg.svd(x - self.mean, full_matrices=False)
+        k = int(min(self.n_components, vh.shape[0], max(2, x.shape[0] // 4)))
+        self.basis = vh[:k].T
+        return self
+
+    def __call__(self, slices: np.ndarray) -> torch.Tensor:
+        if self.basis is None:
+            raise RuntimeError("PCAFeatures.fit(real_slices) first.")
+        x = _resize(slices, self.size).flatten(1).double()
+        return ((x - self.mean) @ self.basis).float()
+
+
+class TorchvisionFeatures:
+    """2048-d pooled features of a torchvision ResNet-50 (RadImageNet) or Inception-v3 from local weights."""
+
+    def __init__(self, arch: str, weights_path: str | Path, device: str = "cpu", batch_size: int = 32,
+                 intensity_range: tuple[float, float] | None = None):
+        import torchvision
+
+        path = Path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"FID feature weights {path} not found. Download them once on a machine with "
+                                    "internet access and pass the local file with --fid-weights.")
+        if arch == "radimagenet":
+            net, self.size = torchvision.models.resnet50(weights=None), 224
+        elif arch == "inception":
+            net, self.size = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False), 299
+        else:
+            raise ValueError(f"Unknown FID network {arch!r}; use pca, radimagenet or inception.")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+        own = net.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        backbone = [k for k in own if not k.startswith(("fc.", "AuxLogits."))]
+        missing = [k for k in backbone if k not in usable]
+        if len(missing) > 0.02 * len(backbone):
+            raise ValueError(f"{path} does not look like {arch} weights: {len(missing)}/{len(backbone)} backbone "
+                             f"tensors missing or of another shape (e.g. {missing[:3]}).")
+        net.load_state_dict(usable, strict=False)
+        net.fc = torch.nn.Identity()
+        self.net = net.to(device).eval()
+        self.name, self.device, self.batch_size = arch, device, int(batch_size)
+        self.intensity_range = intensity_range
+        self.weights_path = str(path)
+
+    def fit(self, real_slices: np.ndarray) -> "TorchvisionFeatures":
+        if self.intensity_range is None:
+            lo, hi = np.percentile(real_slices, [0.5, 99.5])
+            self.intensity_range = (float(lo), float(hi))
+        return self
+
+    @torch.no_grad()
+    def __call__(self, slices: np.ndarray) -> torch.Tensor:
+        lo, hi = self.intensity_range or (float(slices.min()), float(slices.max()))
+        x = np.clip((slices - lo) / max(hi - lo, 1e-6), 0, 1)
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        feats = []
+        for s in range(0, len(x), self.batch_size):
+            t = _resize(x[s:s + self.batch_size], self.size).repeat(1, 3, 1, 1)
+            feats.append(self.net(((t - mean) / std).to(self.device)).float().cpu())
+        return torch.cat(feats)
+
+
+def make_feature_extractor(name: str = "pca", weights_path: str | None = None, device: str = "cpu", **kw):
+    if name == "pca":
+        return PCAFeatures(**kw)
+    if weights_path is None:
+        raise ValueError(f"FID network {name!r} needs local weights (--fid-weights PATH); nothing is downloaded. "
+                         "Use --fid-network pca for the weight-free fallback.")
+    return TorchvisionFeatures(name, weights_path, device=device)
+
+
+def fid(real_feats: torch.Tensor, fake_feats: torch.Tensor) -> float:
+    from monai.metrics import FIDMetric
+
+    return float(FIDMetric()(fake_feats.double(), real_feats.double()))
+
+
+def fid_per_view(real: np.ndarray, real_roi: np.ndarray, fake: np.ndarray, fake_roi: np.ndarray,
+                 transpose_forward, extractor_factory, min_roi_fraction: float = 0.05) -> dict:
+    """FID for axial, sagittal and coronal slices and their average.
+
+    ``extractor_factory()`` returns a fresh extractor with ``fit(real_slices)`` and ``__call__(slices)``.
+    """
+    axes = view_axes(transpose_forward)
+    out = {}
+    for view in VIEWS:
+        rs = view_slices(real, real_roi, axes[view], min_roi_fraction)
+        fs = view_slices(fake, fake_roi, axes[view], min_roi_fraction)
+        ex = extractor_factory().fit(rs)
+        out[view] = fid(ex(rs), ex(fs))
+        out[f"{view}_n_slices"] = {"real": int(len(rs)), "synthetic": int(len(fs))}
+    out["average"] = float(np.mean([out[v] for v in VIEWS]))
+    return out
