@@ -63,7 +63,8 @@ def _gpu_full(n_vae_down: int, ldm_levels: int) -> dict:
     vae_channels = [32, 64, 64, 128][: n_vae_down + 1]
     ldm_channels = [64, 128, 256, 256][:ldm_levels]
     return {
-        "seg": {"architecture": "swinunetr", "feature_size": 48, "batch_size": 2, "epochs": 400,
+        "seg": {"architecture": "swinunetr", "feature_size": 48, "window_size": 7, "batch_size": 2, "epochs": 400,
+                "iterations_per_epoch": 250, "val_iterations_per_epoch": 50,
                 "initial_lr": 1e-4, "weight_decay": 1e-5, "optimizer": "AdamW", "loss": "dice_ce"},
         "vae": {"channels": vae_channels, "latent_channels": 4, "num_res_blocks": 1, "norm_num_groups": 32,
                 "attention_levels": [False] * len(vae_channels), "kl_weight": 1e-7, "loss": "l1",
@@ -83,7 +84,8 @@ def _cpu_small(n_vae_down: int, ldm_levels: int) -> dict:
     """Small enough to run the whole pipeline on 2 CPU cores in minutes (learning rates raised to match)."""
     return {
         "inherits_from": "gpu_full",
-        "seg": {"feature_size": 12, "epochs": 20, "batch_size": 2},
+        "seg": {"feature_size": 12, "window_size": 4, "epochs": 20, "iterations_per_epoch": 25,
+                "val_iterations_per_epoch": 5, "initial_lr": 1e-3, "batch_size": 2},
         "vae": {"channels": [8, 16, 16, 32][: n_vae_down + 1], "norm_num_groups": 8, "epochs": 60, "lr": 1e-3,
                 "batch_size": 4},
         "ldm": {"channels": [16, 32, 32, 64][:ldm_levels], "num_res_blocks": 1, "norm_num_groups": 8,

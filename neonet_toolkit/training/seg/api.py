@@ -1,0 +1,129 @@
+"""``neonet_train DATASET seg FOLD``: NeoSeg through nnU-Net's own training entry point.
+
+Equivalent plain nnU-Net command (same result folder)::
+
+    export nnUNet_extTrainer=$(python -m neonet_toolkit.training.seg.trainer_path)
+    nnUNetv2_train 501 3d_fullres 0 -p NeoNetPlans -tr NeoSegTrainer -device cpu
+
+``--epochs/--iterations/--val-iterations/--configuration`` reach the trainer through the
+environment variables documented in :mod:`neonet_toolkit.training.seg.trainers`, so the DDP
+worker processes that nnU-Net spawns see them too.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from neonet_toolkit import paths
+from neonet_toolkit.training.seg import ensure_trainer_env
+from neonet_toolkit.training.seg.networks import ARCHITECTURES, check_architecture
+
+logger = logging.getLogger(__name__)
+
+NNUNET_PLANS = "NeoNetPlans"
+NNUNET_CONFIGURATION = "3d_fullres"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("NeoSeg (seg stage)")
+    g.add_argument("--arch", default=None, type=str.lower,
+                   help=f"network: {', '.join(ARCHITECTURES)} (default: the plans' seg architecture, swinunetr)")
+    g.add_argument("--iterations", type=int, default=None, help="training iterations per epoch (override)")
+    g.add_argument("--val-iterations", dest="val_iterations", type=int, default=None,
+                   help="pseudo-Dice validation iterations per epoch (override)")
+    g.add_argument("-num_gpus", "--num-gpus", dest="num_gpus", type=int, default=1,
+                   help="nnU-Net DDP training on this many GPUs (CUDA only)")
+    g.add_argument("--nnunet-configuration", dest="nnunet_configuration", default=NNUNET_CONFIGURATION,
+                   help="nnU-Net configuration in NeoNetPlans.json (default 3d_fullres)")
+    g.add_argument("--npz", action="store_true", help="also save validation softmax (nnU-Net --npz)")
+    g.add_argument("--from-model", dest="from_model", default=None,
+                   help="do not train: use this existing nnU-Net model folder (any trainer) as NeoSeg")
+
+
+def trainer_name(arch: str) -> str:
+    from neonet_toolkit.training.seg.trainers import trainer_for
+
+    return trainer_for(arch).__name__
+
+
+def result_folder(dataset: int | str, arch: str = "swinunetr", nnunet_configuration: str = NNUNET_CONFIGURATION,
+                  plans: str = NNUNET_PLANS) -> Path:
+    """``nnUNet_results/DatasetXXX/<Trainer>__NeoNetPlans__3d_fullres`` for an architecture."""
+    name = paths.find_dataset_name(dataset)
+    return paths.nnunet_results() / name / f"{trainer_name(arch)}__{plans}__{nnunet_configuration}"
+
+
+def _device(name: str):
+    import torch
+
+    from neonet_toolkit.training.base import get_device
+
+    dev = get_device(name)
+    if dev.type == "cuda" and dev.index not in (None, 0):
+        raise ValueError(f"-device {name}: nnU-Net always trains on the first visible GPU; select it with "
+                         f"CUDA_VISIBLE_DEVICES={dev.index} and -device cuda.")
+    return torch.device(dev.type)
+
+
+def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, device: str = "auto",
+              epochs: int | None = None, iterations: int | None = None, val_iterations: int | None = None,
+              configuration: str | None = None, continue_training: bool = False, overwrite: bool = False,
+              num_gpus: int = 1, nnunet_configuration: str = NNUNET_CONFIGURATION, npz: bool = False) -> Path:
+    """Train one NeoSeg fold with nnU-Net's ``run_training``; returns the fold folder."""
+    env = paths.ensure_environment()
+    name = paths.find_dataset_name(dataset)
+    pp = env["nnUNet_preprocessed"] / name
+    plans_file = pp / f"{NNUNET_PLANS}.json"
+    if not plans_file.is_file():
+        raise FileNotFoundError(f"{plans_file} not found: run `neonet_plan_and_preprocess -d {dataset}` first.")
+    from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+
+    if fold != "all":
+        fold = int(fold)
+        get_fold(load_splits(pp), fold)  # clear error for a fold that does not exist
+    if arch is None:
+        arch = "swinunetr"
+        if (pp / NEONET_PLANS_FILE).is_file():
+            arch = NeoNetPlans(pp / NEONET_PLANS_FILE).stage("seg", configuration, device).get("architecture", arch)
+    arch = check_architecture(arch)
+    dev = _device(device)
+    if configuration is not None and (pp / NEONET_PLANS_FILE).is_file():
+        NeoNetPlans(pp / NEONET_PLANS_FILE).configuration(configuration)  # clear error for an unknown name
+    tr = trainer_name(arch)
+    fold_dir = env["nnUNet_results"] / name / f"{tr}__{NNUNET_PLANS}__{nnunet_configuration}" / f"fold_{fold}"
+    if (fold_dir / "checkpoint_final.pth").is_file() and not (continue_training or overwrite):
+        raise FileExistsError(f"{fold_dir} already holds a finished training; use --overwrite to retrain it or "
+                              "--c to continue/re-validate.")
+    if overwrite and not continue_training and fold_dir.is_dir():
+        logger.warning("--overwrite: removing %s", fold_dir)
+        shutil.rmtree(fold_dir)
+    overrides = {"NEONET_SEG_CONFIGURATION": configuration, "NEONET_SEG_EPOCHS": epochs,
+                 "NEONET_SEG_ITERATIONS": iterations, "NEONET_SEG_VAL_ITERATIONS": val_iterations}
+    for k, v in overrides.items():
+        if v is not None:
+            os.environ[k] = str(v)
+    ensure_trainer_env()
+    os.environ.setdefault("nnUNet_def_n_proc", str(max(1, min(8, os.cpu_count() or 1))))
+    from nnunetv2.run.run_training import run_training
+
+    logger.info("NeoSeg: nnUNetv2_train %s %s %s -p %s -tr %s -device %s%s", name, nnunet_configuration, fold,
+                NNUNET_PLANS, tr, dev.type, f" -num_gpus {num_gpus}" if num_gpus > 1 else "")
+    run_training(name, nnunet_configuration, fold, tr, NNUNET_PLANS, num_gpus=num_gpus,
+                 export_validation_probabilities=npz, continue_training=continue_training, device=dev)
+    return fold_dir
+
+
+def train_from_args(args) -> None:
+    if args.from_model:
+        from neonet_toolkit.training.seg.masks import register_model
+
+        register_model(args.dataset, args.from_model, folds=[args.fold])
+        return
+    train_seg(args.dataset, args.fold, arch=args.arch, device=args.device, epochs=args.epochs,
+              iterations=args.iterations, val_iterations=args.val_iterations, configuration=args.configuration,
+              continue_training=args.continue_training, overwrite=args.overwrite, num_gpus=args.num_gpus,
+              nnunet_configuration=args.nnunet_configuration, npz=args.npz)

@@ -1,0 +1,219 @@
+"""NeoSeg trainers: ordinary nnU-Net trainers (subclasses of ``nnUNetTrainer``).
+
+=========================== ============ ===============================================
+trainer (``-tr``)            ``--arch``   network
+=========================== ============ ===============================================
+``NeoSegTrainer``            swinunetr    MONAI SwinUNETR (paper default)
+``NeoSegTrainer_UNet``       unet         MONAI UNet (nnU-Net's channels and strides)
+``NeoSegTrainer_SegResNet``  segresnet    MONAI SegResNet
+``NeoSegTrainer_DynUNet``    dynunet      MONAI DynUNet (nnU-Net's kernels and strides)
+``NeoSegTrainer_nnUNet``     nnunet       nnU-Net's own U-Net from the plans (reference)
+=========================== ============ ===============================================
+
+Settings come from the ``seg`` stage of ``neonet_plans.json`` (configuration chosen by the
+environment variable ``NEONET_SEG_CONFIGURATION``, else ``cpu_small`` on CPU / ``gpu_full`` on
+CUDA), falling back to the paper's values when the dataset has no NeoNet plans. The MONAI
+networks use AdamW (lr 1e-4, paper) with nnU-Net's poly schedule, nnU-Net's Dice+CE loss and no
+deep supervision; the nnU-Net reference keeps nnU-Net's own recipe (SGD, lr 1e-2, deep supervision).
+Environment overrides for short runs: ``NEONET_SEG_EPOCHS``, ``NEONET_SEG_ITERATIONS``,
+``NEONET_SEG_VAL_ITERATIONS``.
+
+The network settings are written into the trained model's ``plans.json`` (key ``neoseg`` of
+the configuration), so ``nnUNetv2_predict`` and the toolkit rebuild exactly the trained network.
+Nothing assumes a single device: nnU-Net's ``-num_gpus`` DDP path wraps the network after
+``configure_optimizers`` and splits the batch; the overrides below unwrap DDP/compiled modules.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from torch._dynamo import OptimizedModule
+
+from neonet_toolkit.training.seg.networks import NETWORK_KEYS, SEG_DEFAULTS, build_network, check_architecture
+
+logger = logging.getLogger(__name__)
+
+ENV_CONFIGURATION = "NEONET_SEG_CONFIGURATION"
+ENV_EPOCHS = "NEONET_SEG_EPOCHS"
+ENV_ITERATIONS = "NEONET_SEG_ITERATIONS"
+ENV_VAL_ITERATIONS = "NEONET_SEG_VAL_ITERATIONS"
+PLANS_KEY = "neoseg"
+
+
+def resolve_seg_settings(dataset_name: str, device: torch.device | str = "cpu",
+                         configuration: str | None = None) -> dict:
+    """The NeoSeg settings for a dataset: paper defaults < neonet_plans.json ``seg`` < environment."""
+    from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+
+    settings = copy.deepcopy(SEG_DEFAULTS)
+    configuration = configuration or os.environ.get(ENV_CONFIGURATION) or None
+    pp = os.environ.get("nnUNet_preprocessed")
+    plans_file = Path(pp) / dataset_name / NEONET_PLANS_FILE if pp else None
+    if plans_file is not None and plans_file.is_file():
+        plans = NeoNetPlans(plans_file)
+        settings.update(plans.stage("seg", configuration, str(device)))
+        settings["neonet_configuration"] = plans.configuration(configuration, str(device))["name"]
+    else:
+        if configuration:
+            raise FileNotFoundError(f"{ENV_CONFIGURATION}={configuration} but {plans_file} does not exist; run "
+                                    "`neonet_plan_and_preprocess` first or unset the variable.")
+        logger.info("No neonet_plans.json for %s: NeoSeg uses the paper's settings.", dataset_name)
+        settings["neonet_configuration"] = None
+    for env, key in ((ENV_EPOCHS, "epochs"), (ENV_ITERATIONS, "iterations_per_epoch"),
+                     (ENV_VAL_ITERATIONS, "val_iterations_per_epoch")):
+        if os.environ.get(env):
+            try:
+                settings[key] = int(os.environ[env])
+            except ValueError:
+                raise ValueError(f"{env}={os.environ[env]!r} must be an integer.") from None
+            if settings[key] < (0 if key == "epochs" else 1):
+                raise ValueError(f"{env}={settings[key]} is out of range.")
+    return settings
+
+
+def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    if isinstance(net, torch.nn.parallel.DistributedDataParallel):
+        net = net.module
+    if isinstance(net, OptimizedModule):
+        net = net._orig_mod
+    return net
+
+
+class NeoSegTrainerBase(nnUNetTrainer):
+    """Shared NeoSeg behaviour; use one of the concrete trainers below."""
+
+    architecture = "swinunetr"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        arch = check_architecture(self.architecture)
+        settings = resolve_seg_settings(self.plans_manager.dataset_name, self.device)
+        settings["architecture"] = arch
+        network_settings = {k: settings[k] for k in NETWORK_KEYS}
+        network_settings = self._check_same_network_as_saved(network_settings)
+        self.neoseg_settings = settings
+        # freeze the network settings and the batch size into the plans that nnU-Net copies to the result folder
+        for conf in (self.plans_manager.plans["configurations"][configuration], self.configuration_manager.configuration):
+            conf[PLANS_KEY] = dict(network_settings)
+            conf["batch_size"] = int(settings["batch_size"])
+        self.num_epochs = int(settings["epochs"])
+        self.num_iterations_per_epoch = int(settings["iterations_per_epoch"])
+        self.num_val_iterations_per_epoch = int(settings["val_iterations_per_epoch"])
+        self.save_every = max(1, min(self.save_every, self.num_epochs))
+        if arch != "nnunet":
+            self.initial_lr = float(settings["initial_lr"])
+            self.weight_decay = float(settings["weight_decay"])
+            self.enable_deep_supervision = False  # MONAI networks return a single full-resolution output
+        self._check_fold_exists()
+        self.print_to_log_file(f"NeoSeg: architecture {arch}, NeoNet configuration {settings['neonet_configuration']}, "
+                               f"network {network_settings}, epochs {self.num_epochs} x {self.num_iterations_per_epoch} "
+                               f"iterations, batch {settings['batch_size']}, lr {self.initial_lr}",
+                               also_print_to_console=False)
+
+    # ------------------------------------------------------------------ checks
+    def _check_same_network_as_saved(self, network_settings: dict) -> dict:
+        """Folds of one result folder share plans.json: refuse to mix network settings between folds."""
+        saved_plans = Path(self.output_folder_base) / "plans.json" if self.output_folder_base else None
+        if saved_plans is None or not saved_plans.is_file():
+            return network_settings
+        from neonet_toolkit.utils.io import load_json
+
+        saved = load_json(saved_plans)["configurations"].get(self.configuration_name, {}).get(PLANS_KEY)
+        if saved is not None and saved != network_settings:
+            others = sorted(p.name for p in Path(self.output_folder_base).glob("fold_*") if p.name != f"fold_{self.fold}")
+            if others:
+                raise ValueError(
+                    f"{self.output_folder_base} holds {others} trained with NeoSeg network {saved}, but the current "
+                    f"NeoNet configuration gives {network_settings}. All folds of one model must share the network: "
+                    f"train with the same --configuration ({ENV_CONFIGURATION}) or move that folder away.")
+        return network_settings
+
+    def _check_fold_exists(self) -> None:
+        if self.fold == "all" or self.preprocessed_dataset_folder_base is None:
+            return
+        splits_file = Path(self.preprocessed_dataset_folder_base) / "splits_final.json"
+        if splits_file.is_file():
+            from neonet_toolkit.utils.io import load_json
+
+            n = len(load_json(splits_file))
+            if not 0 <= int(self.fold) < n:
+                raise ValueError(f"Fold {self.fold} does not exist: {splits_file} defines folds 0..{n - 1}. "
+                                 "Pick one of those (nnU-Net would silently train on a random 80:20 split).")
+
+    # ------------------------------------------------------------------ network
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
+        settings = configuration_manager.configuration.get(PLANS_KEY)
+        if settings is None:  # plans without the frozen entry (e.g. building before __init__ ran)
+            settings = {k: v for k, v in resolve_seg_settings(plans_manager.dataset_name).items() if k in NETWORK_KEYS}
+        settings = {**{k: SEG_DEFAULTS[k] for k in NETWORK_KEYS}, **settings, "architecture": cls.architecture}
+        if cls.architecture == "nnunet":
+            return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                            num_output_channels, enable_deep_supervision)
+        arch_kwargs = configuration_manager.network_arch_init_kwargs
+        missing = [k for k in ("strides", "kernel_sizes", "features_per_stage") if k not in arch_kwargs]
+        if missing:
+            raise ValueError(f"NeoSeg sizes its MONAI networks from nnU-Net's U-Net topology, but the plans' "
+                             f"architecture {configuration_manager.network_arch_class_name} has no {missing} in "
+                             "arch_kwargs; plan the dataset with `neonet_plan_and_preprocess` (NeoNetPlans).")
+        return build_network(settings, configuration_manager.patch_size, arch_kwargs["strides"],
+                             arch_kwargs["kernel_sizes"], arch_kwargs["features_per_stage"],
+                             num_input_channels, num_output_channels)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        """nnU-Net's version touches ``network.decoder``; MONAI networks have no deep supervision to toggle."""
+        mod = _unwrap(self.network)
+        decoder = getattr(mod, "decoder", None)
+        if decoder is not None and hasattr(decoder, "deep_supervision"):
+            decoder.deep_supervision = enabled and self.enable_deep_supervision
+
+    def configure_optimizers(self):
+        if self.architecture == "nnunet":
+            return super().configure_optimizers()
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+
+class NeoSegTrainer(NeoSegTrainerBase):
+    """SwinUNETR (the paper's NeoSeg backbone)."""
+
+    architecture = "swinunetr"
+
+
+class NeoSegTrainer_UNet(NeoSegTrainerBase):
+    architecture = "unet"
+
+
+class NeoSegTrainer_SegResNet(NeoSegTrainerBase):
+    architecture = "segresnet"
+
+
+class NeoSegTrainer_DynUNet(NeoSegTrainerBase):
+    architecture = "dynunet"
+
+
+class NeoSegTrainer_nnUNet(NeoSegTrainerBase):
+    """nnU-Net's default U-Net and recipe, with NeoNet's epoch/iteration budget (the reference)."""
+
+    architecture = "nnunet"
+
+
+TRAINERS = {
+    "swinunetr": NeoSegTrainer,
+    "unet": NeoSegTrainer_UNet,
+    "segresnet": NeoSegTrainer_SegResNet,
+    "dynunet": NeoSegTrainer_DynUNet,
+    "nnunet": NeoSegTrainer_nnUNet,
+}
+
+
+def trainer_for(arch: str) -> type[NeoSegTrainerBase]:
+    return TRAINERS[check_architecture(arch)]
