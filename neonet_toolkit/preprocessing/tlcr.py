@@ -38,14 +38,19 @@ class TLCRInfo:
 
 
 def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(min, max_exclusive) of the True voxels of an n-D mask, or None when empty."""
-    lo, hi = [], []
-    for ax in range(mask.ndim):
+    """(min, max_exclusive) of the True voxels of an n-D mask, or None when empty.
+
+    One projection over the whole volume finds the extent along axis 0; the remaining axes are
+    projected inside that slab only (tumours are small, so this is close to one pass).
+    """
+    proj0 = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if proj0.size == 0:
+        return None
+    lo, hi = [proj0[0]], [proj0[-1] + 1]
+    slab = mask[lo[0]:hi[0]]
+    for ax in range(1, mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != ax)
-        proj = np.any(mask, axis=other)
-        idx = np.flatnonzero(proj)
-        if idx.size == 0:
-            return None
+        idx = np.flatnonzero(np.any(slab, axis=other))
         lo.append(idx[0])
         hi.append(idx[-1] + 1)
     return np.asarray(lo), np.asarray(hi)
@@ -111,13 +116,12 @@ def tlcr(image: np.ndarray, organ_mask: np.ndarray, tumor_mask: np.ndarray,
     lo, hi = bb
     center = (lo + hi) // 2
     start = crop_start(center, image.shape, crop)
-    roi = organ_mask | tumor_mask
-    img_c = extract(image.astype(np.float32, copy=False), start, crop)
-    roi_c = extract(roi, start, crop, fill=False)
+    img_c = extract(image, start, crop).astype(np.float32, copy=False)
     tum_c = extract(tumor_mask, start, crop, fill=False)
+    roi_c = extract(organ_mask, start, crop, fill=False) | tum_c
     image_patch = np.stack([img_c * roi_c, img_c * tum_c]).astype(np.float32)
     label_patch = np.stack([roi_c, tum_c]).astype(np.uint8)
-    n_t = int(tumor_mask.sum())
+    n_t = int(np.count_nonzero(tumor_mask[lo[0]:hi[0]]))  # all tumour voxels lie in this slab
     n_in = int(tum_c.sum())
     clipped = bool(np.any(lo < start) or np.any(hi > start + np.asarray(crop)))
     info = TLCRInfo(crop, tuple(int(s) for s in start), tuple(int(c) for c in center),
