@@ -1,0 +1,73 @@
+"""Quality-control flags: reasons not to trust (or not to give) a probability.
+
+Every flag is explained in README ("QC flags"); the explanations below are written into
+``predictions.json`` too, so a reader of one prediction file knows what each flag means.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+QC_FLAGS = {
+    "no_tumor": "NeoSeg found no tumour voxel in the (fold-ensembled) segmentation: no TLCR crop and no "
+                "probability are produced. Check the image and the segmentation; segment manually if needed.",
+    "tumor_exceeds_crop": "The tumour's bounding box is larger than the TLCR crop, so the classifier saw only "
+                          "part of it. Consider a larger crop_size in neonet_plans.json (retraining needed).",
+    "tumor_at_crop_border": "Tumour voxels touch the border of the TLCR crop (tumour or crop at the image edge): "
+                            "peritumoral tissue on that side is missing from the classifier's input.",
+    "small_tumor": "Fewer tumour voxels than the smallest training tumour: outside what the models were trained on.",
+    "spacing_out_of_range": "The image spacing is outside the range seen in training (nnU-Net fingerprint, "
+                            "x0.8..x1.25 tolerance); resampling may change what the models see.",
+    "intensity_out_of_range": "The median intensity inside the segmented liver+tumour is outside the training "
+                              "fingerprint's 0.5-99.5 percentile range of foreground intensities (other scanner, "
+                              "sequence or scaling).",
+    "fold_disagreement_seg": "The per-fold segmentations disagree about the tumour (mean pairwise tumour Dice "
+                             "< 0.5): the location of the crop is uncertain.",
+    "fold_disagreement_cls": "The per-fold probabilities spread widely (max - min > 0.5): the classifiers "
+                             "disagree about this case.",
+}
+
+
+def spacing_flag(spacing, training_spacings, tolerance=(0.8, 1.25)) -> bool:
+    """True when any axis of ``spacing`` lies outside [min*0.8, max*1.25] of the training spacings."""
+    sp = np.asarray(training_spacings, dtype=float)
+    lo, hi = sp.min(0) * tolerance[0], sp.max(0) * tolerance[1]
+    s = np.asarray(spacing, dtype=float)
+    return bool(np.any(s < lo) or np.any(s > hi))
+
+
+def intensity_flag(image: np.ndarray, roi: np.ndarray, fingerprint_channel: dict) -> bool:
+    if not roi.any():
+        return False
+    med = float(np.median(image[roi]))
+    lo = fingerprint_channel.get("percentile_00_5", fingerprint_channel.get("min"))
+    hi = fingerprint_channel.get("percentile_99_5", fingerprint_channel.get("max"))
+    return bool(med < lo or med > hi)
+
+
+def crop_border_flag(tumor_patch: np.ndarray) -> bool:
+    """True when tumour voxels lie on any face of the crop."""
+    t = np.asarray(tumor_patch, bool)
+    for ax in range(t.ndim):
+        if np.take(t, 0, axis=ax).any() or np.take(t, -1, axis=ax).any():
+            return True
+    return False
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
+
+
+def fold_seg_disagreement(tumor_masks: list[np.ndarray], threshold: float = 0.5) -> tuple[bool, float]:
+    """(flag, mean pairwise tumour Dice) across per-fold tumour masks."""
+    if len(tumor_masks) < 2:
+        return False, 1.0
+    ds = [dice(tumor_masks[i], tumor_masks[j]) for i in range(len(tumor_masks))
+          for j in range(i + 1, len(tumor_masks))]
+    m = float(np.mean(ds))
+    return m < threshold, m
+
+
+def fold_cls_disagreement(probs: list[float], spread: float = 0.5) -> bool:
+    return len(probs) > 1 and (max(probs) - min(probs)) > spread

@@ -1,0 +1,107 @@
+"""Input discovery (nnU-Net naming, DICOM series), sharding and QC helpers."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from neonet_toolkit.dataset.contract import DatasetError
+from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard
+from neonet_toolkit.inference.qc import (
+    crop_border_flag, fold_cls_disagreement, fold_seg_disagreement, intensity_flag, spacing_flag)
+
+
+def _nifti(path, shape=(6, 8, 10), spacing=(1.0, 1.0, 2.0), value=1.0):
+    img = sitk.GetImageFromArray(np.full(shape, value, np.float32))
+    img.SetSpacing(spacing)
+    sitk.WriteImage(img, str(path))
+    return img
+
+
+def write_dicom_series(volume_zyx: np.ndarray, folder, spacing=(0.8, 0.8, 2.5), origin=(10.0, -5.0, 3.0)):
+    """Write a 3D int16 volume as a DICOM series (one file per slice) with SimpleITK."""
+    folder.mkdir(parents=True, exist_ok=True)
+    img = sitk.GetImageFromArray(volume_zyx.astype(np.int16))
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series_uid = "1.2.826.0.1.3680043.2.1125.1.42"
+    for k in range(img.GetDepth()):
+        sl = img[:, :, k]
+        for tag, val in (("0020|000e", series_uid), ("0020|000d", series_uid + ".1"), ("0008|0060", "MR"),
+                         ("0020|0013", str(k + 1)), ("0028|0030", f"{spacing[1]}\\{spacing[0]}"),
+                         ("0018|0050", str(spacing[2])), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                         ("0020|0032", "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, k))))):
+            sl.SetMetaData(tag, val)
+        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        writer.Execute(sl)
+    return img
+
+
+def test_nnunet_naming(tmp_path):
+    for c in ("b", "a"):
+        _nifti(tmp_path / f"{c}_0000.nii.gz")
+    cases = discover_inputs(tmp_path)
+    assert [c.case_id for c in cases] == ["a", "b"]
+    assert cases[0].files == [tmp_path / "a_0000.nii.gz"]
+
+
+def test_wrong_channel_naming_and_missing_channel(tmp_path):
+    _nifti(tmp_path / "scan.nii.gz")
+    with pytest.raises(DatasetError, match="do not follow nnU-Net naming.*scan_0000.nii.gz"):
+        discover_inputs(tmp_path)
+    (tmp_path / "scan.nii.gz").unlink()
+    _nifti(tmp_path / "p1_0001.nii.gz")
+    with pytest.raises(DatasetError, match=r"case 'p1': found channel\(s\) \[1\], the model expects \[0\]"):
+        discover_inputs(tmp_path)
+
+
+def test_empty_and_unreadable(tmp_path):
+    with pytest.raises(DatasetError, match="the folder is empty"):
+        discover_inputs(tmp_path)
+    (tmp_path / "bad_0000.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(DatasetError, match="case 'bad': bad_0000.nii.gz cannot be read"):
+        discover_inputs(tmp_path)
+
+
+def test_dicom_series_is_read_with_geometry(tmp_path):
+    vol = (np.arange(5 * 12 * 10).reshape(5, 12, 10) % 300).astype(np.int16)
+    src = tmp_path / "in" / "patient 7"
+    ref = write_dicom_series(vol, src)
+    cases = discover_inputs(tmp_path / "in", work_folder=tmp_path / "work")
+    assert len(cases) == 1 and cases[0].case_id == "patient_7" and cases[0].source == "dicom"
+    img = sitk.ReadImage(str(cases[0].files[0]))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(img), vol)
+    np.testing.assert_allclose(img.GetSpacing(), ref.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(img.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+
+
+def test_shard_parts_partition_the_cases():
+    cases = [InputCase(f"c{i}", []) for i in range(7)]
+    parts = [shard(cases, 3, k) for k in range(3)]
+    ids = sorted(c.case_id for p in parts for c in p)
+    assert ids == sorted(c.case_id for c in cases)
+    assert [len(p) for p in parts] == [3, 2, 2]
+    with pytest.raises(ValueError, match="--part-id"):
+        shard(cases, 2, 2)
+
+
+def test_qc_helpers():
+    assert spacing_flag((1.0, 1.0, 3.0), [(1.0, 1.0, 2.5), (0.9, 0.9, 3.0)]) is False
+    assert spacing_flag((1.0, 1.0, 5.0), [(1.0, 1.0, 2.5), (0.9, 0.9, 3.0)]) is True
+    img = np.full((4, 4, 4), 100.0)
+    roi = np.ones((4, 4, 4), bool)
+    fp = {"percentile_00_5": 10.0, "percentile_99_5": 90.0}
+    assert intensity_flag(img, roi, fp) is True
+    assert intensity_flag(img * 0.5, roi, fp) is False
+    t = np.zeros((5, 5, 5), bool)
+    t[2, 2, 2] = True
+    assert crop_border_flag(t) is False
+    t[0, 2, 2] = True
+    assert crop_border_flag(t) is True
+    a = np.zeros((4, 4, 4), bool)
+    a[:2] = True
+    b = np.zeros_like(a)
+    b[2:] = True
+    flag, d = fold_seg_disagreement([a, a.copy(), b])
+    assert d == pytest.approx(1 / 3) and flag
+    assert fold_cls_disagreement([0.1, 0.7]) and not fold_cls_disagreement([0.4, 0.6])
