@@ -1,0 +1,1 @@
+"""Inference with trained NeoNet stages (NeoSeg: :mod:`neonet_toolkit.inference.seg`)."""

@@ -1,0 +1,355 @@
+"""``neonet_predict``: raw MRI → liver/tumour masks → TLCR → calibrated PNI probability, with QC.
+
+Per case:
+
+1. read the image(s) with the NeoSeg model's reader (nnU-Net naming or converted DICOM);
+2. NeoSeg: nnU-Net preprocessing and sliding-window prediction for every fold, logits averaged
+   exactly as ``nnUNetv2_predict`` does, exported to the input geometry (the written mask has
+   the input's affine and shape); per-fold tumour masks feed the ``fold_disagreement_seg`` flag;
+3. TLCR on the NeoNet preprocessed grid: the image and the predicted mask go through the same
+   nnU-Net preprocessing as the training ground truth did (``NeoNetPlans``/``3d_fullres``);
+4. every fold classifier of the chosen NeoCls run gives a prevalence-recalibrated probability;
+   the case probability is their mean, the decision uses the mean of the folds' thresholds
+   (each chosen on that fold's training data only);
+5. QC flags (see :mod:`neonet_toolkit.inference.qc`); no tumour → no probability.
+
+Outputs (all written atomically; a rerun completes only what is missing):
+``CASE.nii.gz`` (mask), ``cases/CASE.json`` (the per-case record), ``predictions.csv``,
+``predictions.json`` (provenance), and with ``--save-crops`` / ``--saliency``
+``crops/CASE_crop.nii.gz``, ``crops/CASE_crop.png``, ``crops/CASE_saliency.nii.gz`` and
+``crops/CASE_saliency.png``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from neonet_toolkit import paths
+from neonet_toolkit.dataset.contract import DatasetError, check_case_id, resolve_label_roles
+from neonet_toolkit.inference import qc
+from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard
+from neonet_toolkit.utils.io import atomic_path, load_json, save_json, save_text
+from neonet_toolkit.version import __version__
+
+logger = logging.getLogger(__name__)
+
+CSV_FIELDS = ["case_id", "probability", "decision", "threshold", "fold_probabilities", "tumor_volume_ml",
+              "qc_flags"]
+
+
+def list_cls_runs(dataset) -> list[str]:
+    res = paths.neonet_results() / paths.find_dataset_name(dataset)
+    return sorted(p.name.split("__")[0] for p in res.glob("cls_*__*") if p.is_dir()) if res.is_dir() else []
+
+
+class NeoNetPredictor:
+    """Loads NeoSeg + NeoCls once; ``predict_case`` runs the whole pipeline for one case."""
+
+    def __init__(self, dataset, seg_model: str | Path | None = None, cls_run: str | None = None,
+                 folds: Sequence[int] | None = None, device: str = "auto", plans_name: str = "NeoNetPlans"):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+        from neonet_toolkit.training.base import get_device
+        from neonet_toolkit.training.cls import load_fold_classifier
+        from neonet_toolkit.training.seg import ensure_trainer_env
+        from neonet_toolkit.training.seg.masks import (check_model_folder, default_model_folder, label_map_by_name,
+                                                       model_folds, registered_model)
+
+        env = paths.ensure_environment()
+        ensure_trainer_env()
+        self.dataset_name = paths.find_dataset_name(dataset)
+        pp = env["nnUNet_preprocessed"] / self.dataset_name
+        self.nplans = NeoNetPlans(pp / NEONET_PLANS_FILE)
+        self.device = get_device(device)
+        self.dataset_json = load_json(pp / "dataset.json")
+        self.roles = resolve_label_roles(self.dataset_json, self.dataset_name)
+        self.image_channel = int((self.dataset_json.get("neonet") or {}).get("image_channel", 0))
+        self.fingerprint = load_json(pp / "dataset_fingerprint.json")
+        self.neonet_pm = PlansManager(str(pp / f"{self.nplans['nnunet_plans']}.json"))
+        self.neonet_cfg = self.neonet_pm.get_configuration(self.nplans["seg_configuration"])
+
+        # NeoSeg
+        self.seg_model = Path(seg_model) if seg_model is not None else default_model_folder(self.dataset_name)
+        seg_folds = list(folds) if folds is not None else None
+        check_model_folder(self.seg_model, seg_folds)
+        self.seg_folds = seg_folds if seg_folds is not None else model_folds(self.seg_model)
+        dev = torch.device("cuda", self.device.index or 0) if self.device.type == "cuda" else self.device
+        self.seg = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                   perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
+                                   verbose_preprocessing=False, allow_tqdm=False)
+        self.seg.initialize_from_trained_model_folder(str(self.seg_model), use_folds=tuple(self.seg_folds),
+                                                      checkpoint_name="checkpoint_final.pth")
+        model_json = load_json(self.seg_model / "dataset.json")
+        self.file_ending = model_json["file_ending"]
+        self.n_channels = len(model_json["channel_names"])
+        reg = registered_model(self.dataset_name) or {}
+        self.label_map = label_map_by_name(model_json["labels"], self.dataset_json["labels"],
+                                           reg.get("label_names") or None, where=str(self.seg_model))
+        self.model_roles = resolve_label_roles({"labels": model_json["labels"],
+                                                "neonet": {"organ_labels": [self._model_name(n) for n in
+                                                                            self.roles.organ_names],
+                                                           "tumor_labels": [self._model_name(n) for n in
+                                                                            self.roles.tumor_names]}})
+
+        # NeoCls
+        runs = list_cls_runs(self.dataset_name)
+        if cls_run is None:
+            cls_run = "cls_pattennet_1" if "cls_pattennet_1" in runs else (runs[0] if len(runs) == 1 else None)
+            if cls_run is None:
+                raise FileNotFoundError(
+                    f"No NeoCls run chosen for {self.dataset_name}; available: {runs or 'none'}. Train one "
+                    "(`neonet_train 501 cls 0`) or pass --cls-run NAME.")
+        self.cls_run = cls_run
+        self.classifiers = []
+        cls_folds = self.seg_folds if folds is not None else None
+        folder = paths.neonet_results() / self.dataset_name / f"{cls_run}__{plans_name}"
+        available = sorted(int(p.name[5:]) for p in folder.glob("fold_*") if (p / "checkpoint_final.pth").is_file())
+        use = [f for f in (cls_folds if cls_folds is not None else available) if isinstance(f, int) or
+               str(f).isdigit()]
+        missing = [f for f in use if int(f) not in available]
+        if not use or missing:
+            raise FileNotFoundError(
+                f"NeoCls run {folder} has trained folds {available}; requested {use or 'any'}. Train the missing "
+                f"folds (`neonet_train {self.dataset_name} cls <fold>`) or choose folds with -f.")
+        for f in use:
+            net, info = load_fold_classifier(self.dataset_name, cls_run, int(f), self.device, plans_name)
+            if list(info["crop_size"]) != list(self.nplans.crop_size):
+                raise DatasetError(
+                    f"Mismatched plans: classifier {cls_run} fold {f} was trained on {info['crop_size']} crops but "
+                    f"neonet_plans.json of {self.dataset_name} now says {self.nplans.crop_size}. Retrain NeoCls "
+                    "or restore the plans it was trained with.")
+            self.classifiers.append((int(f), net, info))
+        gt_meta = pp / "neonet_tlcr" / "gt" / "metadata.json"
+        self.min_train_tumor = (min((r["tumor_voxels"] for r in load_json(gt_meta)["cases"].values()
+                                     if not r["empty_tumor"]), default=0) if gt_meta.is_file() else 0)
+        self.timings: dict[str, float] = {}
+
+    def _model_name(self, dataset_label: str) -> str:
+        """The seg model's label name carrying the dataset's label ``dataset_label`` (by id mapping)."""
+        ids = set(self.roles.labels[dataset_label])
+        model_ids = [s for s, t in self.label_map.items() if t in ids]
+        labels = load_json(self.seg_model / "dataset.json")["labels"]
+        for n, v in labels.items():
+            if isinstance(v, int) and v in model_ids:
+                return n
+        return dataset_label
+
+    def provenance(self) -> dict:
+        return {
+            "toolkit": "neonet_toolkit", "version": __version__, "dataset": self.dataset_name,
+            "seg_model": str(self.seg_model.resolve()), "seg_folds": [str(f) for f in self.seg_folds],
+            "cls_run": self.cls_run, "cls_folds": [f for f, _, _ in self.classifiers],
+            "plans": self.nplans["plans_name"], "nnunet_plans": self.nplans["nnunet_plans"],
+            "crop_size": self.nplans.crop_size, "spacing": self.nplans["spacing"],
+            "threshold": float(np.mean([i["threshold"] for _, _, i in self.classifiers])),
+            "threshold_rule": "mean of the fold classifiers' thresholds, each chosen on its fold's training data "
+                              "(" + ", ".join(sorted({str(i['threshold_source']) for _, _, i in self.classifiers}))
+                              + ")",
+            "probability": "mean over fold classifiers of the prevalence-recalibrated probability",
+            "qc_flags": qc.QC_FLAGS,
+        }
+
+    def _tick(self, key: str, t0: float) -> float:
+        t = time.perf_counter()
+        self.timings[key] = self.timings.get(key, 0.0) + t - t0
+        return t
+
+    def segment(self, case: InputCase):
+        """(raw-space segmentation in dataset label ids, properties, image data, per-fold tumour masks)."""
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        t0 = time.perf_counter()
+        rw = self.seg.plans_manager.image_reader_writer_class()
+        data, props = rw.read_images([str(f) for f in case.files])
+        pre = self.seg.configuration_manager.preprocessor_class(verbose=False)
+        pdata, _, pprops = pre.run_case_npy(data, None, props, self.seg.plans_manager,
+                                            self.seg.configuration_manager, self.seg.dataset_json)
+        t0 = self._tick("read_preprocess", t0)
+        x = torch.from_numpy(pdata)
+        total, fold_tumors = None, []
+        tumor_ids = list(self.model_roles.tumor_ids)
+        with torch.no_grad():
+            for params in self.seg.list_of_parameters:
+                self.seg.network.load_state_dict(params)
+                logits = self.seg.predict_sliding_window_return_logits(x).to("cpu")
+                fold_tumors.append(np.isin(self.seg.label_manager.convert_logits_to_segmentation(logits).numpy(),
+                                           tumor_ids))
+                total = logits if total is None else total + logits
+        total /= len(self.seg.list_of_parameters)
+        seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+            total, self.seg.plans_manager, self.seg.configuration_manager, self.seg.label_manager, pprops)
+        seg = np.asarray(seg)
+        if any(k != v for k, v in self.label_map.items()):
+            lut = np.zeros(max(max(self.label_map), int(seg.max())) + 1, dtype=np.uint8)
+            for s, t in self.label_map.items():
+                lut[int(s)] = int(t)
+            seg = lut[seg.astype(np.int64)]
+        self._tick("segmentation", t0)
+        return seg.astype(np.uint8), props, data, fold_tumors
+
+    def crop(self, data: np.ndarray, seg: np.ndarray, props: dict):
+        from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
+
+        t0 = time.perf_counter()
+        pre = self.neonet_cfg.preprocessor_class(verbose=False)
+        d, s, _ = pre.run_case_npy(data, seg[None].astype(np.int16), dict(props), self.neonet_pm, self.neonet_cfg,
+                                   self.dataset_json)
+        img_p, lab_p, info = tlcr_from_segmentation(d[self.image_channel], s[0], self.roles, self.nplans.crop_size)
+        self._tick("tlcr", t0)
+        return img_p, lab_p, info
+
+    def classify(self, patch: np.ndarray) -> list[float]:
+        from neonet_toolkit.training.cls import predict_proba
+
+        t0 = time.perf_counter()
+        probs = [float(predict_proba(net, info, patch[None], self.device)[0]) for _, net, info in self.classifiers]
+        self._tick("classification", t0)
+        return probs
+
+    def saliency(self, patch: np.ndarray) -> np.ndarray:
+        """|d logit / d input| summed over channels and averaged over fold classifiers (crop space)."""
+        maps = []
+        for _, net, _ in self.classifiers:
+            x = torch.from_numpy(patch[None]).float().to(self.device).requires_grad_(True)
+            net.zero_grad(set_to_none=True)
+            out = net(x).reshape(-1)[0]
+            out.backward()
+            maps.append(x.grad.detach().abs().sum(1)[0].cpu().numpy())
+        m = np.mean(maps, 0)
+        return (m / (m.max() + 1e-12)).astype(np.float32)
+
+    def predict_case(self, case: InputCase, out: Path, save_crops: bool = False, saliency: bool = False) -> dict:
+        seg, props, data, fold_tumors = self.segment(case)
+        t0 = time.perf_counter()
+        rw = self.seg.plans_manager.image_reader_writer_class()
+        target = out / f"{case.case_id}{self.file_ending}"
+        with atomic_path(target, suffix=self.file_ending) as tmp:
+            rw.write_seg(seg, str(tmp), props)
+        t0 = self._tick("export", t0)
+        img_p, lab_p, info = self.crop(data, seg, props)
+        flags = []
+        organ, tumor = self.roles.masks(seg)
+        spacing = [float(s) for s in props["spacing"]]
+        if qc.spacing_flag(spacing, self.fingerprint["spacings"]):
+            flags.append("spacing_out_of_range")
+        fp_ch = self.fingerprint["foreground_intensity_properties_per_channel"].get(str(self.image_channel))
+        if fp_ch and qc.intensity_flag(data[self.image_channel], organ | tumor, fp_ch):
+            flags.append("intensity_out_of_range")
+        dis, fold_dice = qc.fold_seg_disagreement(fold_tumors)
+        if dis:
+            flags.append("fold_disagreement_seg")
+        rec = {"case_id": case.case_id, "input": [str(f) for f in case.files], "source": case.source,
+               "segmentation": target.name, "spacing": spacing, "tumor_voxels": int(tumor.sum()),
+               "tumor_volume_ml": float(tumor.sum() * np.prod(spacing) / 1000.0),
+               "fold_tumor_dice": fold_dice, "tlcr": info.to_dict()}
+        if info.empty_tumor:
+            flags.insert(0, "no_tumor")
+            rec.update(probability=None, decision=None, fold_probabilities={})
+        else:
+            if info.tumor_clipped:
+                flags.append("tumor_exceeds_crop")
+            if qc.crop_border_flag(lab_p[1]):
+                flags.append("tumor_at_crop_border")
+            if self.min_train_tumor and info.tumor_voxels < self.min_train_tumor:
+                flags.append("small_tumor")
+            probs = self.classify(img_p)
+            p = float(np.mean(probs))
+            thr = float(np.mean([i["threshold"] for _, _, i in self.classifiers]))
+            if qc.fold_cls_disagreement(probs):
+                flags.append("fold_disagreement_cls")
+            rec.update(probability=p, decision=int(p >= thr), threshold=thr,
+                       fold_probabilities={str(f): q for (f, _, _), q in zip(self.classifiers, probs)})
+            if save_crops or saliency:
+                t0 = time.perf_counter()
+                self._write_crops(out, case.case_id, img_p, lab_p, saliency)
+                self._tick("export", t0)
+        rec["qc_flags"] = flags
+        save_json(rec, out / "cases" / f"{case.case_id}.json")
+        return rec
+
+    def _write_crops(self, out: Path, cid: str, img_p: np.ndarray, lab_p: np.ndarray, saliency: bool) -> None:
+        import SimpleITK as sitk
+
+        from neonet_toolkit.inference.report import crop_png
+
+        folder = out / "crops"
+        folder.mkdir(parents=True, exist_ok=True)
+        # crops are on the preprocessed grid (array order = nnU-Net's transposed axes)
+        spacing = list(self.nplans["spacing"])
+
+        def write(arr, name):
+            im = sitk.GetImageFromArray(arr)
+            im.SetSpacing(tuple(float(s) for s in spacing[::-1]))
+            with atomic_path(folder / name, suffix=".nii.gz") as tmp:
+                sitk.WriteImage(im, str(tmp), useCompression=True)
+
+        for ch in range(img_p.shape[0]):
+            write(img_p[ch], f"{cid}_crop_{ch:04d}.nii.gz")
+        write((lab_p[0] + lab_p[1]).astype(np.uint8), f"{cid}_crop_mask.nii.gz")
+        sal = self.saliency(img_p) if saliency else None
+        if sal is not None:
+            write(sal, f"{cid}_saliency.nii.gz")
+        crop_png(img_p, lab_p, folder / f"{cid}_crop.png", saliency=sal, title=cid)
+
+
+def collect(out: str | Path, provenance: dict | None = None) -> list[dict]:
+    """(Re)write predictions.csv / predictions.json from every case record in ``out/cases``."""
+    out = Path(out)
+    recs = [load_json(f) for f in sorted((out / "cases").glob("*.json"))] if (out / "cases").is_dir() else []
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in recs:
+        w.writerow({
+            "case_id": r["case_id"],
+            "probability": "" if r["probability"] is None else f"{r['probability']:.6f}",
+            "decision": "" if r["decision"] is None else r["decision"],
+            "threshold": "" if r.get("threshold") is None else f"{r['threshold']:.6f}",
+            "fold_probabilities": ";".join(f"{k}:{v:.6f}" for k, v in r["fold_probabilities"].items()),
+            "tumor_volume_ml": f"{r['tumor_volume_ml']:.3f}",
+            "qc_flags": ";".join(r["qc_flags"]),
+        })
+    save_text(buf.getvalue(), out / "predictions.csv")
+    prov_file = out / "predictions.json"
+    if provenance is None and prov_file.is_file():
+        provenance = load_json(prov_file).get("provenance", {})
+    save_json({"provenance": provenance or {}, "cases": recs}, prov_file)
+    return recs
+
+
+def predict(input_folder: str | Path, output_folder: str | Path, dataset, seg_model=None, cls_run=None,
+            folds=None, device: str = "auto", save_crops: bool = False, saliency: bool = False, num_parts: int = 1,
+            part_id: int = 0, overwrite: bool = False) -> dict:
+    """Run the whole pipeline on a folder; returns {'cases': [...], 'timings_s': {...}, 'skipped': [...]}."""
+    from tqdm import tqdm
+
+    out = Path(output_folder)
+    predictor = NeoNetPredictor(dataset, seg_model=seg_model, cls_run=cls_run, folds=folds, device=device)
+    cases = discover_inputs(input_folder, predictor.file_ending, predictor.n_channels,
+                            work_folder=out / ".work" / "dicom")
+    mine = shard(cases, num_parts, part_id)
+    out.mkdir(parents=True, exist_ok=True)
+    done, todo = [], []
+    for c in mine:
+        check_case_id(c.case_id)
+        complete = (out / "cases" / f"{c.case_id}.json").is_file() and \
+            (out / f"{c.case_id}{predictor.file_ending}").is_file()
+        (done if complete and not overwrite else todo).append(c)
+    if done:
+        logger.info("%d case(s) already complete in %s (use --overwrite to redo): %s", len(done), out,
+                    [c.case_id for c in done][:10])
+    for c in tqdm(todo, desc="neonet_predict", unit="case", disable=None):
+        rec = predictor.predict_case(c, out, save_crops=save_crops, saliency=saliency)
+        logger.info("%s: probability=%s flags=%s", c.case_id, rec["probability"], rec["qc_flags"])
+    recs = collect(out, predictor.provenance())
+    return {"cases": recs, "predicted": [c.case_id for c in todo], "skipped": [c.case_id for c in done],
+            "timings_s": dict(predictor.timings)}

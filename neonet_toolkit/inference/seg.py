@@ -1,0 +1,110 @@
+"""Predict liver/tumour masks for a folder of images with a NeoSeg (or any nnU-Net) model.
+
+Everything goes through nnU-Net's ``nnUNetPredictor`` (sliding window, Gaussian weighting,
+mirroring, export to the original image space), so results are those of ``nnUNetv2_predict``
+with the same model and folds. For a model registered from another group
+(:func:`neonet_toolkit.training.seg.masks.register_model`), the written masks are relabelled
+by name into the dataset's label ids.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from neonet_toolkit import paths
+from neonet_toolkit.utils.io import atomic_path, load_json
+
+logger = logging.getLogger(__name__)
+
+
+def _device(name: str):
+    import torch
+
+    from neonet_toolkit.training.base import get_device
+
+    dev = get_device(name)
+    return torch.device("cuda", dev.index or 0) if dev.type == "cuda" else dev
+
+
+def relabel_files(files: Iterable[Path], label_map: dict[int, int], reader_writer) -> None:
+    """Rewrite segmentation files with ``label_map`` applied (atomic per file)."""
+    lut_max = max(label_map) if label_map else 0
+    for f in files:
+        seg, props = reader_writer.read_seg(str(f))
+        lut = np.zeros(max(lut_max, int(seg.max())) + 1, dtype=np.uint8)
+        for s, t in label_map.items():
+            lut[int(s)] = int(t)
+        out = lut[seg[0].astype(np.int64)]
+        suffix = "".join(Path(f).suffixes)
+        with atomic_path(f, suffix=suffix) as tmp:
+            reader_writer.write_seg(out, str(tmp), props)
+
+
+def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset: int | str | None = None,
+                   model_folder: str | Path | None = None, arch: str | None = None,
+                   folds: Sequence[int | str] | None = None, device: str = "auto",
+                   checkpoint_name: str = "checkpoint_final.pth", tile_step_size: float = 0.5,
+                   use_mirroring: bool = True, save_probabilities: bool = False, overwrite: bool = True,
+                   num_processes: int = 0, label_names: dict | None = None) -> list[Path]:
+    """Segment every case of ``input_folder`` (nnU-Net naming ``CASE_0000.nii.gz``) into ``output_folder``.
+
+    Args:
+        dataset: NeoNet dataset; with ``model_folder`` unset the registered model, else NeoSeg's result
+            folder for ``arch`` (default SwinUNETR) is used; predicted labels are mapped onto its ids.
+        folds: folds to ensemble (default: every trained fold of the model).
+        num_processes: 0 predicts in this process (no worker pools); >0 uses nnU-Net's pools.
+    Returns the written segmentation files.
+    """
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from neonet_toolkit.training.seg import ensure_trainer_env
+    from neonet_toolkit.training.seg.masks import (check_model_folder, default_model_folder, label_map_by_name,
+                                                   model_folds, registered_model)
+
+    paths.ensure_environment()
+    ensure_trainer_env()
+    if model_folder is None:
+        if dataset is None:
+            raise ValueError("predict_folder needs a dataset (to find its NeoSeg model) or a model_folder.")
+        model_folder = default_model_folder(dataset, arch)
+    model_folder = Path(model_folder)
+    folds = list(folds) if folds is not None else None
+    check_model_folder(model_folder, folds)
+    folds = folds if folds is not None else model_folds(model_folder)
+    input_folder, output_folder = Path(input_folder), Path(output_folder)
+    if not input_folder.is_dir():
+        raise FileNotFoundError(f"Input folder {input_folder} does not exist.")
+    dev = _device(device)
+    predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                                perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=True)
+    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
+                                                   checkpoint_name=checkpoint_name)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    logger.info("NeoSeg: predicting %s with %s folds %s on %s", input_folder, model_folder, folds, dev)
+    if num_processes > 0:
+        predictor.predict_from_files(str(input_folder), str(output_folder), save_probabilities=save_probabilities,
+                                     overwrite=overwrite, num_processes_preprocessing=num_processes,
+                                     num_processes_segmentation_export=num_processes)
+    else:
+        predictor.predict_from_files_sequential(str(input_folder), str(output_folder),
+                                                save_probabilities=save_probabilities, overwrite=overwrite)
+    model_json = load_json(model_folder / "dataset.json")
+    ending = model_json["file_ending"]
+    written = sorted(p for p in output_folder.iterdir() if p.name.endswith(ending))
+    if dataset is not None:
+        name = paths.find_dataset_name(dataset)
+        ds_json = load_json(paths.nnunet_raw() / name / "dataset.json")
+        reg = registered_model(name) or {}
+        names = label_names if label_names is not None else reg.get("label_names") or None
+        label_map = label_map_by_name(model_json["labels"], ds_json["labels"], names, where=str(model_folder))
+        if any(k != v for k, v in label_map.items()):
+            from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+            rw = PlansManager(str(model_folder / "plans.json")).image_reader_writer_class()
+            relabel_files(written, label_map, rw)
+            logger.info("Relabelled %d prediction(s) by name: %s", len(written), label_map)
+    return written
