@@ -44,6 +44,7 @@ setup(
             "neonet_evaluate=neonet_toolkit.run.evaluate:main",
             "neonet_generate=neonet_toolkit.run.generate:main",
             "neonet_experiment=neonet_toolkit.run.experiment:main",
+            "neonet_predict=neonet_toolkit.run.predict:main",
         ],
     },
 )

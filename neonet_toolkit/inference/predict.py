@@ -94,11 +94,8 @@ class NeoNetPredictor:
         reg = registered_model(self.dataset_name) or {}
         self.label_map = label_map_by_name(model_json["labels"], self.dataset_json["labels"],
                                            reg.get("label_names") or None, where=str(self.seg_model))
-        self.model_roles = resolve_label_roles({"labels": model_json["labels"],
-                                                "neonet": {"organ_labels": [self._model_name(n) for n in
-                                                                            self.roles.organ_names],
-                                                           "tumor_labels": [self._model_name(n) for n in
-                                                                            self.roles.tumor_names]}})
+        # tumour label ids in the seg model's own label space (for the per-fold QC masks)
+        self.model_tumor_ids = sorted(int(k) for k, v in self.label_map.items() if v in self.roles.tumor_ids)
 
         # NeoCls
         runs = list_cls_runs(self.dataset_name)
@@ -133,16 +130,6 @@ class NeoNetPredictor:
                                      if not r["empty_tumor"]), default=0) if gt_meta.is_file() else 0)
         self.timings: dict[str, float] = {}
 
-    def _model_name(self, dataset_label: str) -> str:
-        """The seg model's label name carrying the dataset's label ``dataset_label`` (by id mapping)."""
-        ids = set(self.roles.labels[dataset_label])
-        model_ids = [s for s, t in self.label_map.items() if t in ids]
-        labels = load_json(self.seg_model / "dataset.json")["labels"]
-        for n, v in labels.items():
-            if isinstance(v, int) and v in model_ids:
-                return n
-        return dataset_label
-
     def provenance(self) -> dict:
         return {
             "toolkit": "neonet_toolkit", "version": __version__, "dataset": self.dataset_name,
@@ -176,7 +163,7 @@ class NeoNetPredictor:
         t0 = self._tick("read_preprocess", t0)
         x = torch.from_numpy(pdata)
         total, fold_tumors = None, []
-        tumor_ids = list(self.model_roles.tumor_ids)
+        tumor_ids = self.model_tumor_ids
         with torch.no_grad():
             for params in self.seg.list_of_parameters:
                 self.seg.network.load_state_dict(params)

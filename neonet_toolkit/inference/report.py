@@ -1,0 +1,56 @@
+"""Pictures people look at: a TLCR crop with its masks (and saliency) in three views."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _center(mask: np.ndarray) -> tuple[int, ...]:
+    idx = np.argwhere(mask)
+    if idx.size == 0:
+        return tuple(s // 2 for s in mask.shape)
+    return tuple(int(v) for v in np.round(idx.mean(0)))
+
+
+def crop_png(image_patch: np.ndarray, label_patch: np.ndarray, path: str | Path, saliency: np.ndarray | None = None,
+             title: str = "") -> Path:
+    """Three orthogonal slices through the tumour centre: image (channel 0) with organ/tumour contours,
+    and, when given, the saliency map overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    img, roi, tum = image_patch[0], label_patch[0] > 0, label_patch[1] > 0
+    c = _center(tum)
+    views = [("axis 0", (c[0], slice(None), slice(None))), ("axis 1", (slice(None), c[1], slice(None))),
+             ("axis 2", (slice(None), slice(None), c[2]))]
+    rows = 2 if saliency is not None else 1
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 3.2 * rows), squeeze=False)
+    vmin, vmax = (np.percentile(img[roi], [1, 99]) if roi.any() else (img.min(), img.max()))
+    for j, (name, sl) in enumerate(views):
+        ax = axes[0, j]
+        ax.imshow(img[sl], cmap="gray", vmin=vmin, vmax=vmax, aspect="auto")
+        if roi[sl].any():
+            ax.contour(roi[sl], levels=[0.5], colors="red", linewidths=0.8)
+        if tum[sl].any():
+            ax.contour(tum[sl], levels=[0.5], colors="yellow", linewidths=0.8)
+        ax.set_title(f"{name} (red: organ∪tumour, yellow: tumour)", fontsize=7)
+        ax.axis("off")
+        if saliency is not None:
+            ax = axes[1, j]
+            ax.imshow(img[sl], cmap="gray", vmin=vmin, vmax=vmax, aspect="auto")
+            ax.imshow(saliency[sl], cmap="jet", alpha=0.45, vmin=0, vmax=1, aspect="auto")
+            ax.set_title(f"{name} saliency", fontsize=7)
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,60 @@
+"""neonet_predict -i INPUT -o OUTPUT -d 501 [options]
+
+Raw MRI (nnU-Net naming CASE_0000.nii.gz, or DICOM series folders) → NeoSeg masks → TLCR →
+NeoCls fold ensemble → calibrated PNI probability with QC flags. Reruns complete only what is
+missing; --overwrite redoes everything. --num-parts/--part-id split the cases across machines.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from neonet_toolkit.run.common import add_common, run_cli, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neonet_predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-i", "--input", required=True, help="folder of images (CASE_0000.nii.gz) or DICOM series")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-d", "--dataset", required=True, help="dataset whose trained models to use, e.g. 501")
+    p.add_argument("-m", "--seg-model", dest="seg_model", default=None,
+                   help="NeoSeg / nnU-Net model folder (default: the dataset's registered or NeoSeg model)")
+    p.add_argument("--cls-run", dest="cls_run", default=None,
+                   help="NeoCls run name, e.g. cls_pattennet_1 (default: cls_pattennet_1, or the only run)")
+    p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds to ensemble (default: all)")
+    p.add_argument("-device", "--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--save-crops", dest="save_crops", action="store_true", help="write TLCR crops (NIfTI + PNG)")
+    p.add_argument("--saliency", action="store_true", help="write a saliency map per case (NIfTI + PNG overlay)")
+    p.add_argument("--num-parts", dest="num_parts", type=int, default=1)
+    p.add_argument("--part-id", dest="part_id", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="redo cases that are already complete")
+    p.add_argument("--collect-only", dest="collect_only", action="store_true",
+                   help="only rebuild predictions.csv/json from out/cases (e.g. after sharded runs)")
+    add_common(p)
+    return p
+
+
+def _run(args) -> None:
+    from neonet_toolkit.inference.predict import collect, predict
+
+    if args.collect_only:
+        recs = collect(args.output)
+        print(f"{len(recs)} case(s) in {args.output}/predictions.csv")
+        return
+    res = predict(args.input, args.output, args.dataset, seg_model=args.seg_model, cls_run=args.cls_run,
+                  folds=args.folds, device=args.device, save_crops=args.save_crops, saliency=args.saliency,
+                  num_parts=args.num_parts, part_id=args.part_id, overwrite=args.overwrite)
+    print(json.dumps({"predicted": res["predicted"], "skipped": res["skipped"],
+                      "timings_s": {k: round(v, 3) for k, v in res["timings_s"].items()}}, indent=2))
+    print(f"predictions: {args.output}/predictions.csv")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return run_cli(_run, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
