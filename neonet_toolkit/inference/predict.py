@@ -164,14 +164,14 @@ class NeoNetPredictor:
         x = torch.from_numpy(pdata)
         total, fold_tumors = None, []
         tumor_ids = self.model_tumor_ids
-        with torch.no_grad():
+        with torch.inference_mode():
             for params in self.seg.list_of_parameters:
                 self.seg.network.load_state_dict(params)
                 logits = self.seg.predict_sliding_window_return_logits(x).to("cpu")
                 fold_tumors.append(np.isin(self.seg.label_manager.convert_logits_to_segmentation(logits).numpy(),
                                            tumor_ids))
                 total = logits if total is None else total + logits
-        total /= len(self.seg.list_of_parameters)
+            total = total / len(self.seg.list_of_parameters)
         seg = convert_predicted_logits_to_segmentation_with_correct_shape(
             total, self.seg.plans_manager, self.seg.configuration_manager, self.seg.label_manager, pprops)
         seg = np.asarray(seg)
@@ -203,16 +203,23 @@ class NeoNetPredictor:
         return probs
 
     def saliency(self, patch: np.ndarray) -> np.ndarray:
-        """|d logit / d input| summed over channels and averaged over fold classifiers (crop space)."""
+        """Occlusion sensitivity (MONAI): how much the fold-averaged probability drops when a small cube
+        of the crop is set to 0 (the value outside the masks). Positive = evidence for PNI, negative =
+        against. Model-agnostic, so it also covers PattenNet's frozen encoder (no gradients needed)."""
+        from monai.visualize import OcclusionSensitivity
+
+        x = torch.from_numpy(patch[None]).float().to(self.device)
+        mask = [max(2, c // 4) for c in patch.shape[1:]]  # 4x4x4 blocks: ~100 forward passes per fold
         maps = []
         for _, net, _ in self.classifiers:
-            x = torch.from_numpy(patch[None]).float().to(self.device).requires_grad_(True)
-            net.zero_grad(set_to_none=True)
-            out = net(x).reshape(-1)[0]
-            out.backward()
-            maps.append(x.grad.detach().abs().sum(1)[0].cpu().numpy())
-        m = np.mean(maps, 0)
-        return (m / (m.max() + 1e-12)).astype(np.float32)
+            occ = OcclusionSensitivity(net, mask_size=mask, n_batch=16, verbose=False, mode=0.0, overlap=0.25,
+                                       activate=torch.sigmoid)
+            with torch.no_grad():
+                full = torch.sigmoid(net(x).reshape(-1)[0])
+                occ_map, _ = occ(x)
+            occ_map = occ_map.reshape(patch.shape[1:])  # (1, 1, *crop[, 1]) for a single-logit model
+            maps.append((full - occ_map).cpu().numpy())
+        return np.mean(maps, 0).astype(np.float32)
 
     def predict_case(self, case: InputCase, out: Path, save_crops: bool = False, saliency: bool = False) -> dict:
         seg, props, data, fold_tumors = self.segment(case)

@@ -43,8 +43,9 @@ def crop_png(image_patch: np.ndarray, label_patch: np.ndarray, path: str | Path,
         if saliency is not None:
             ax = axes[1, j]
             ax.imshow(img[sl], cmap="gray", vmin=vmin, vmax=vmax, aspect="auto")
-            ax.imshow(saliency[sl], cmap="jet", alpha=0.45, vmin=0, vmax=1, aspect="auto")
-            ax.set_title(f"{name} saliency", fontsize=7)
+            lim = float(np.abs(saliency).max()) or 1.0
+            ax.imshow(saliency[sl], cmap="coolwarm", alpha=0.5, vmin=-lim, vmax=lim, aspect="auto")
+            ax.set_title(f"{name} occlusion (red: for PNI, blue: against)", fontsize=7)
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
