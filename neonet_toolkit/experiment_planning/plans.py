@@ -75,8 +75,13 @@ def _gpu_full(n_vae_down: int, ldm_levels: int) -> dict:
         "controlnet": {"conditioning_embedding_num_channels": [16, 32, 64, 96][: n_vae_down + 1],
                        "epochs": 3000, "lr": 1e-5, "batch_size": 8, "loss": "l2"},
         "sampling": {"steps": 50, "sampler": "ddim", "eta": 0.0},
+        # NeoCls (docs/neocls.md). early_stopping: "val" = the paper (validation fold, optimistic),
+        # "inner" = stratified inner split of the training fold, "none" = last epoch.
         "cls": {"architecture": "pattennet", "n_dab": 2, "dab_mode": "channel_spatial", "spatial_kernel": 7,
-                "epochs": 300, "lr": 1e-4, "batch_size": 4, "patience": 20, "optimizer": "AdamW"},
+                "input_mode": "shared", "adapter_channels": 32, "reduction": 4, "head_hidden": 64, "dropout": 0.2,
+                "epochs": 300, "lr": 1e-4, "weight_decay": 1e-2, "batch_size": 4, "patience": 20,
+                "optimizer": "AdamW", "early_stopping": "val", "inner_val_fraction": 0.2, "augment": True,
+                "threshold_method": "youden", "swin_feature_size": 24, "resnet_conv1_stride": 2},
     }
 
 
@@ -94,7 +99,7 @@ def _cpu_small(n_vae_down: int, ldm_levels: int) -> dict:
         "controlnet": {"conditioning_embedding_num_channels": [8, 16, 16, 32][: n_vae_down + 1], "epochs": 60,
                        "lr": 1e-3, "batch_size": 4},
         "sampling": {"steps": 20},
-        "cls": {"epochs": 40, "lr": 1e-3, "batch_size": 4, "patience": 10},
+        "cls": {"epochs": 40, "lr": 1e-3, "batch_size": 4, "patience": 10, "swin_feature_size": 12},
     }
 
 

@@ -1,0 +1,523 @@
+"""``neonet_evaluate DATASET cls``: honest evaluation of NeoCls runs on real validation cases only.
+
+For every run found in ``neonet_results/<ds>/cls_*__<plans>/fold_N/`` (see training/cls.py):
+
+* per-fold AUC and their mean ± SD (what the paper reports as "Mean AUC");
+* pooled out-of-fold AUC over all folds' validation cases with a DeLong 95 % CI and a stratified
+  bootstrap 95 % CI (a single fold of ~26 cases has an AUC SD of ~0.10);
+* sensitivity / specificity (Wilson CIs) at each fold's threshold, chosen on that fold's
+  training data only, pooled over folds;
+* calibration of the prevalence-recalibrated probabilities (reliability curve, ECE, Brier),
+  and of the raw ones for comparison;
+* ROC and reliability PNGs; paired DeLong tests between runs on the same cases (automatic:
+  R vs R+S per architecture, PattenNet vs each baseline per ratio; or ``--compare A B``);
+* Table 2 (architectures × ratios) and Table 5 (PattenNet ablations) as Markdown + CSV, with the
+  early-stopping mode stated (``val`` = selected on the validation fold = optimistic);
+* the shortcut check (real-vs-synthetic discriminator AUC per fold's training set) beside them.
+
+Outputs go to ``neonet_results/<ds>/cls_evaluation__<plans>/``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+from neonet_toolkit.evaluation import stats
+from neonet_toolkit.utils.io import atomic_path, load_json, save_json, save_text
+
+logger = logging.getLogger(__name__)
+
+EVAL_DIR = "cls_evaluation"
+SHORTCUT_DIR = "cls_shortcut"
+RUN_RE = re.compile(r"^cls_(?P<arch>.+?)_(?P<ratio>\d+(?:\.\d+)?)(?P<suffix>(?:_pred)?(?:_es(?:inner|none))?)$")
+SHORTCUT_WARN_AUC = 0.8
+
+
+# ----------------------------------------------------------------------------- discovery and loading
+def _folders(dataset, plans_name: str):
+    from neonet_toolkit.training.base import dataset_folders
+
+    return dataset_folders(dataset)
+
+
+def parse_run_name(run: str) -> dict | None:
+    m = RUN_RE.match(run)
+    if not m:
+        return None
+    suf = m.group("suffix")
+    return {"arch": m.group("arch"), "ratio": float(m.group("ratio")),
+            "crop_source": "pred" if "_pred" in suf else "gt",
+            "early_stopping": "inner" if "_esinner" in suf else ("none" if "_esnone" in suf else "val")}
+
+
+def discover_runs(results_root: Path, plans_name: str = "NeoNetPlans") -> dict[str, dict[int, Path]]:
+    """{run name: {fold: fold folder}} for folds that finished (oof_predictions.csv + cls_summary.json)."""
+    from neonet_toolkit.training.cls import OOF_FILE, SUMMARY_FILE
+
+    runs: dict[str, dict[int, Path]] = {}
+    if not results_root.is_dir():
+        return runs
+    for d in sorted(results_root.glob(f"cls_*__{plans_name}")):
+        name = d.name[: -len(f"__{plans_name}")]
+        if parse_run_name(name) is None:
+            continue
+        for f in sorted(d.glob("fold_*")):
+            if (f / OOF_FILE).is_file() and (f / SUMMARY_FILE).is_file():
+                runs.setdefault(name, {})[int(f.name.split("_")[1])] = f
+    return runs
+
+
+def load_run(folds: dict[int, Path]) -> dict:
+    from neonet_toolkit.training.cls import OOF_FILE, SUMMARY_FILE, read_predictions_csv
+
+    out = {}
+    for k, f in sorted(folds.items()):
+        out[k] = {"rows": read_predictions_csv(f / OOF_FILE), "summary": load_json(f / SUMMARY_FILE)}
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics
+def evaluate_run(name: str, run: dict, n_folds: int, n_boot: int = 2000, seed: int = 0) -> dict:
+    info = parse_run_name(name) or {}
+    fold_res, ys, ps, raws, cases = [], [], [], [], []
+    tp = tn = fp = fn = 0
+    for k, fr in sorted(run.items()):
+        y = np.array([r["label"] for r in fr["rows"]])
+        p = np.array([r["probability"] for r in fr["rows"]])
+        thr = float(fr["summary"]["threshold"])
+        op = stats.sensitivity_specificity(y, p, thr)
+        tp, tn, fp, fn = tp + op["tp"], tn + op["tn"], fp + op["fp"], fn + op["fn"]
+        fold_res.append({"fold": k, "n": int(y.size), "n_pos": int(y.sum()),
+                         "auc": stats.roc_auc(y, p) if 0 < y.sum() < y.size else float("nan"),
+                         "threshold": thr, "sensitivity": op["sensitivity"], "specificity": op["specificity"],
+                         "selected_epoch": fr["summary"].get("selected_epoch"),
+                         "n_train_synthetic": fr["summary"].get("n_train_synthetic")})
+        ys.append(y)
+        ps.append(p)
+        raws.append(np.array([r.get("probability_raw", r["probability"]) for r in fr["rows"]]))
+        cases += [r["case_id"] for r in fr["rows"]]
+    y, p, raw = np.concatenate(ys), np.concatenate(ps), np.concatenate(raws)
+    fold_aucs = [f["auc"] for f in fold_res if np.isfinite(f["auc"])]
+    summ0 = next(iter(run.values()))["summary"]
+    res = {
+        "run": name, **info, "arch": summ0.get("arch", info.get("arch")),
+        "early_stopping": summ0.get("early_stopping", info.get("early_stopping")),
+        "folds_done": sorted(run), "n_folds_expected": n_folds, "complete": len(run) == n_folds,
+        "fold_results": fold_res,
+        "fold_auc_mean": float(np.mean(fold_aucs)) if fold_aucs else float("nan"),
+        "fold_auc_sd": float(np.std(fold_aucs, ddof=1)) if len(fold_aucs) > 1 else float("nan"),
+        "n": int(y.size), "n_pos": int(y.sum()), "case_ids": cases,
+    }
+    if 0 < y.sum() < y.size:
+        res["pooled_delong"] = stats.delong_ci(y, p)
+        res["pooled_bootstrap"] = stats.bootstrap_auc_ci(y, p, n_boot=n_boot, seed=seed)
+        res["pooled_auc"] = res["pooled_delong"]["auc"]
+    else:
+        res["pooled_auc"] = float("nan")
+    sens_ci = stats.wilson_ci(tp, tp + fn)
+    spec_ci = stats.wilson_ci(tn, tn + fp)
+    res["operating_point"] = {
+        "threshold_source": summ0.get("threshold_source"), "tp": tp, "tn": tn, "fp": fp, "fn": fn,
+        "sensitivity": tp / (tp + fn) if tp + fn else float("nan"), "sensitivity_ci": list(sens_ci),
+        "specificity": tn / (tn + fp) if tn + fp else float("nan"), "specificity_ci": list(spec_ci)}
+    res["calibration"] = {
+        "ece": stats.expected_calibration_error(y, p), "brier": stats.brier_score(y, p),
+        "ece_raw": stats.expected_calibration_error(y, raw), "brier_raw": stats.brier_score(y, raw),
+        "reliability": stats.reliability_curve(y, p, n_bins=5), "reliability_raw": stats.reliability_curve(y, raw, 5),
+        "mean_probability": float(p.mean()), "mean_probability_raw": float(raw.mean()), "prevalence": float(y.mean())}
+    res["_y"], res["_p"] = y, p
+    return res
+
+
+def paired_test(a: dict, b: dict) -> dict:
+    """Paired DeLong test on the cases both runs predicted (pooled out-of-fold)."""
+    pa = dict(zip(a["case_ids"], a["_p"]))
+    pb = dict(zip(b["case_ids"], b["_p"]))
+    ya = dict(zip(a["case_ids"], a["_y"]))
+    common = sorted(set(pa) & set(pb))
+    if not common:
+        raise ValueError(f"{a['run']} and {b['run']} share no validation cases.")
+    y = np.array([ya[c] for c in common])
+    t = stats.delong_paired_test(y, [pa[c] for c in common], [pb[c] for c in common])
+    return {"run_a": a["run"], "run_b": b["run"], **t, "n_common": len(common),
+            "complete": bool(a["complete"] and b["complete"])}
+
+
+def auto_comparisons(results: dict[str, dict]) -> list[tuple[str, str]]:
+    """R vs R+S (lowest vs highest ratio) per architecture; PattenNet vs each other arch per ratio."""
+    pairs = []
+    by = {}
+    for name, r in results.items():
+        by.setdefault((r.get("crop_source"), r.get("early_stopping")), []).append(r)
+    for group in by.values():
+        archs = {}
+        for r in group:
+            archs.setdefault(r["arch"], {})[r["ratio"]] = r["run"]
+        for arch, rr in archs.items():
+            if len(rr) > 1:
+                pairs.append((rr[max(rr)], rr[min(rr)]))
+        if "pattennet" in archs:
+            for ratio, run in sorted(archs["pattennet"].items()):
+                for arch, rr in sorted(archs.items()):
+                    if arch != "pattennet" and not arch.startswith("pattennet") and ratio in rr:
+                        pairs.append((run, rr[ratio]))
+    return pairs
+
+
+# ----------------------------------------------------------------------------- shortcut check
+def patch_features(img: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """Intensity/texture statistics of a TLCR patch (ROI of channel 0, tumour of channel 1)."""
+    roi = lab[0].astype(bool)
+    tum = lab[1].astype(bool)
+    x = img[0]
+    v = x[roi] if roi.any() else x.ravel()
+    g = np.sqrt(sum(d ** 2 for d in np.gradient(x)))
+    gv = g[roi] if roi.any() else g.ravel()
+    lap = sum(np.gradient(np.gradient(x, axis=a), axis=a) for a in range(3))
+    lv = lap[roi] if roi.any() else lap.ravel()
+    t = img[1][tum] if tum.any() else np.zeros(1)
+    return np.r_[np.percentile(v, [1, 5, 25, 50, 75, 95, 99]), v.mean(), v.std(), gv.mean(), gv.std(),
+                 np.abs(lv).mean(), lv.std(), t.mean(), t.std(), roi.mean(), tum.mean()].astype(float)
+
+
+def shortcut_check(dataset, fold: int, ratio: float = 1.0, crop_source: str = "gt", n_splits: int = 5,
+                   seed: int = 0, plans_name: str = "NeoNetPlans", save: bool = True) -> dict:
+    """Can a simple discriminator tell the fold's synthetic training patches from its real ones?
+
+    Standardised logistic regression on intensity/gradient/noise statistics, out-of-fold over a
+    stratified *group* k-fold (a synthetic patch is grouped with its source case, so anatomy seen
+    as real cannot give it away). AUC ~0.5: indistinguishable; high AUC: "synthetic" is learnable,
+    and since synthetic patches are (almost) all of the minority class, a classifier may learn
+    "synthetic" instead of PNI. Also reported on minority-class patches only (real vs synthetic
+    positives), which is the comparison that matters for the shortcut.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from neonet_toolkit.dataset.contract import safe_join
+    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+    from neonet_toolkit.generation.manifest import load_manifest, select_for_ratio, synthetic_folder
+    from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
+    from neonet_toolkit.training.cls import case_labels
+
+    name, pp, res_root = _folders(dataset, plans_name)
+    split = get_fold(load_splits(pp), fold)
+    labels = case_labels(pp, crop_source)
+    folder = synthetic_folder(name, fold, plans_name)
+    manifest = load_manifest(folder)
+    entries = select_for_ratio(manifest, ratio)
+    n_maj = sum(e["role"] == "majority" for e in manifest["entries"])
+    entries += select_for_ratio(manifest, 0.0, n_majority=n_maj)
+    if not entries:
+        raise ValueError(f"fold {fold}: no synthetic patches selected at ratio {ratio}.")
+    val = set(split["val"])
+    X, is_syn, groups, cls = [], [], [], []
+    pf = patch_folder(pp, crop_source)
+    for c in split["train"]:
+        img, lab = load_patch(pf, c)
+        X.append(patch_features(img, lab))
+        is_syn.append(0)
+        groups.append(c)
+        cls.append(labels[c])
+    for e in entries:
+        if e["source_case"] in val:
+            raise ValueError(f"synthetic patch {e['id']} derives from validation case {e['source_case']}.")
+        with np.load(safe_join(folder / "patches", e["id"], ".npz")) as z:
+            X.append(patch_features(z["image"], z["label"]))
+        is_syn.append(1)
+        groups.append(e["source_case"])
+        cls.append(int(e["label"]))
+    X, s, g, cls = np.array(X), np.array(is_syn), np.array(groups), np.array(cls)
+
+    def oof_auc(mask) -> dict | None:
+        Xm, sm, gm = X[mask], s[mask], g[mask]
+        if sm.sum() < 2 or (sm == 0).sum() < 2:
+            return None
+        k = int(min(n_splits, sm.sum(), (sm == 0).sum(), len(np.unique(gm))))
+        if k < 2:
+            return None
+        prob = np.zeros(len(sm))
+        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        for tr, te in cv.split(Xm, sm, gm):
+            if len(np.unique(sm[tr])) < 2:
+                prob[te] = 0.5
+                continue
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+            clf.fit(Xm[tr], sm[tr])
+            prob[te] = clf.predict_proba(Xm[te])[:, 1]
+        r = stats.delong_ci(sm, prob)
+        return {"auc": r["auc"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n_real": int((sm == 0).sum()),
+                "n_synthetic": int(sm.sum()), "cv_folds": k}
+
+    minority = int(manifest.get("minority_class", 1))
+    out = {"fold": fold, "ratio": float(ratio), "crop_source": crop_source,
+           "all": oof_auc(np.ones(len(s), bool)), "minority_only": oof_auc(cls == minority),
+           "synthetic_label_counts": {str(k): int(((s == 1) & (cls == k)).sum()) for k in (0, 1)},
+           "method": "logistic regression on patch intensity/gradient/noise statistics, stratified group k-fold"}
+    main_auc = (out["minority_only"] or out["all"] or {}).get("auc", float("nan"))
+    out["warning"] = bool(np.isfinite(main_auc) and main_auc >= SHORTCUT_WARN_AUC)
+    if out["warning"]:
+        logger.warning("fold %d: real-vs-synthetic discriminator AUC %.3f >= %.2f: a classifier could learn "
+                       "'synthetic' instead of the target.", fold, main_auc, SHORTCUT_WARN_AUC)
+    if save:
+        save_json(out, res_root / f"{SHORTCUT_DIR}__{plans_name}" / f"fold_{fold}_r{ratio:g}_{crop_source}.json")
+    return out
+
+
+def load_shortcut_checks(results_root: Path, plans_name: str = "NeoNetPlans") -> list[dict]:
+    d = results_root / f"{SHORTCUT_DIR}__{plans_name}"
+    return [load_json(f) for f in sorted(d.glob("fold_*.json"))] if d.is_dir() else []
+
+
+# ----------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _savefig(fig, path: Path) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    _plt().close(fig)
+
+
+def plot_roc(results: list[dict], path: Path, title: str = "ROC (pooled out-of-fold)") -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for r in results:
+        if "pooled_delong" not in r:
+            continue
+        fpr, tpr, _ = stats.roc_curve_points(r["_y"], r["_p"])
+        d = r["pooled_delong"]
+        ax.step(fpr, tpr, where="post",
+                label=f"{r['run']}: {d['auc']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _savefig(fig, path)
+
+
+def plot_calibration(r: dict, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for key, lab in (("reliability", "recalibrated"), ("reliability_raw", "raw")):
+        rc = r["calibration"][key]
+        mp, ob = np.array(rc["mean_predicted"], float), np.array(rc["observed"], float)
+        ok = np.array(rc["count"]) > 0
+        ece = r["calibration"]["ece" if key == "reliability" else "ece_raw"]
+        ax.plot(mp[ok], ob[ok], marker="o", label=f"{lab} (ECE {ece:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(f"Reliability: {r['run']}", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _savefig(fig, path)
+
+
+# ----------------------------------------------------------------------------- tables
+def _fmt(x, nd=3) -> str:
+    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
+
+
+def cell(r: dict | None) -> str:
+    if r is None:
+        return "—"
+    s = f"{_fmt(r['fold_auc_mean'])} ± {_fmt(r['fold_auc_sd'])}"
+    if "pooled_delong" in r:
+        d = r["pooled_delong"]
+        s += f" (pooled {_fmt(d['auc'])} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}])"
+    if not r["complete"]:
+        s += f" *{len(r['folds_done'])}/{r['n_folds_expected']} folds*"
+    return s
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_path(path, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+
+
+def tables(results: dict[str, dict], crop_source: str = "gt", early_stopping: str = "val",
+           table5_ratio: float | None = None) -> dict:
+    from neonet_toolkit.networks.classifiers import PRETTY, TABLE2_ARCHS, TABLE5_ARCHS
+
+    sel = {n: r for n, r in results.items() if r.get("crop_source") == crop_source
+           and r.get("early_stopping") == early_stopping}
+    ratios = sorted({r["ratio"] for r in sel.values()})
+    archs = sorted({r["arch"] for r in sel.values() if r["arch"] in TABLE2_ARCHS or not r["arch"].startswith("pattennet")},
+                   key=lambda a: (list(TABLE2_ARCHS).index(a) if a in TABLE2_ARCHS else -1, a))
+    get = {(r["arch"], r["ratio"]): r for r in sel.values()}
+    head = ["R (imbalanced)" if x == 0 else f"R+S ({x * 100:g}%{' balanced' if x == 1 else ''})" for x in ratios]
+    md = ["| Model (3D) | " + " | ".join(head) + " |", "|---" * (len(ratios) + 1) + "|"]
+    csv_rows = []
+    for a in archs:
+        md.append(f"| {PRETTY.get(a, a)} | " + " | ".join(cell(get.get((a, x))) for x in ratios) + " |")
+        for x in ratios:
+            r = get.get((a, x))
+            if r is not None:
+                csv_rows.append(_row(r))
+    means = []
+    for x in ratios:
+        v = [get[(a, x)]["fold_auc_mean"] for a in archs if (a, x) in get and get[(a, x)]["complete"]]
+        means.append(_fmt(float(np.mean(v))) if v else "—")
+    if archs:
+        md.append("| Mean AUC (complete runs) | " + " | ".join(means) + " |")
+    t5_ratio = table5_ratio if table5_ratio is not None else (max(ratios) if ratios else 1.0)
+    md5 = [f"| Configuration (ratio {t5_ratio:g}) | AUC |", "|---|---|"]
+    rows5 = []
+    for a in TABLE5_ARCHS:
+        r = get.get((a, t5_ratio))
+        if r is not None:
+            md5.append(f"| {PRETTY.get(a, a)} | {cell(r)} |")
+            rows5.append(_row(r))
+    es_note = ("Early stopping on the validation fold (as in the paper): the selected epoch has seen the "
+               "validation labels, so these AUCs are optimistic." if early_stopping == "val" else
+               "Early stopping on an inner split of each training fold (validation folds untouched)."
+               if early_stopping == "inner" else "No early stopping (last epoch).")
+    return {"table2_md": "\n".join(md), "table2_rows": csv_rows, "table5_md": "\n".join(md5) if rows5 else "",
+            "table5_rows": rows5, "note": es_note, "ratios": ratios, "archs": archs}
+
+
+def _row(r: dict) -> dict:
+    d, b, op = r.get("pooled_delong", {}), r.get("pooled_bootstrap", {}), r["operating_point"]
+    return {"run": r["run"], "arch": r["arch"], "ratio": r["ratio"], "crop_source": r["crop_source"],
+            "early_stopping": r["early_stopping"], "folds": len(r["folds_done"]), "complete": r["complete"],
+            "fold_auc_mean": r["fold_auc_mean"], "fold_auc_sd": r["fold_auc_sd"],
+            **{f"fold{f['fold']}_auc": f["auc"] for f in r["fold_results"]},
+            "pooled_auc": d.get("auc"), "delong_low": d.get("ci_low"), "delong_high": d.get("ci_high"),
+            "bootstrap_low": b.get("ci_low"), "bootstrap_high": b.get("ci_high"),
+            "sensitivity": op["sensitivity"], "specificity": op["specificity"],
+            "ece": r["calibration"]["ece"], "ece_raw": r["calibration"]["ece_raw"], "n": r["n"], "n_pos": r["n_pos"]}
+
+
+# ----------------------------------------------------------------------------- main API
+def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str, str]] | None = None,
+                 n_boot: int = 2000, seed: int = 0, table5_ratio: float | None = None,
+                 plans_name: str = "NeoNetPlans", output: Path | None = None) -> dict:
+    from neonet_toolkit.experiment_planning.splits import load_splits
+
+    name, pp, res_root = _folders(dataset, plans_name)
+    n_folds = len(load_splits(pp))
+    found = discover_runs(res_root, plans_name)
+    if runs:
+        missing = [r for r in runs if r not in found]
+        if missing:
+            raise FileNotFoundError(f"No finished NeoCls fold for run(s) {missing} in {res_root}; found: {sorted(found)}")
+        found = {r: found[r] for r in runs}
+    if not found:
+        raise FileNotFoundError(f"No finished NeoCls runs (cls_*__{plans_name}/fold_N/oof_predictions.csv) in "
+                                f"{res_root}: train with `neonet_train {dataset} cls FOLD` or `neonet_experiment`.")
+    out = Path(output) if output else res_root / f"{EVAL_DIR}__{plans_name}"
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    from tqdm import tqdm
+
+    for rn in tqdm(sorted(found), desc="cls runs", disable=None):
+        results[rn] = evaluate_run(rn, load_run(found[rn]), n_folds, n_boot=n_boot, seed=seed)
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", rn)
+        plot_roc([results[rn]], out / f"roc_{safe}.png", f"ROC {rn} (pooled OOF)")
+        plot_calibration(results[rn], out / f"calibration_{safe}.png")
+    pairs = list(compare) if compare else auto_comparisons(results)
+    tests = []
+    for a, b in pairs:
+        if a not in results or b not in results:
+            raise ValueError(f"--compare: run {a if a not in results else b!r} not found; found {sorted(results)}.")
+        tests.append(paired_test(results[a], results[b]))
+    _write_csv(out / "paired_tests.csv", tests)
+    shortcuts = load_shortcut_checks(res_root, plans_name)
+    groups = sorted({(r["crop_source"], r["early_stopping"]) for r in results.values()})
+    report = [f"# NeoCls evaluation: {name}", "",
+              f"Real validation cases only; {n_folds} folds. Cell: mean ± SD of per-fold AUC (as in the paper) "
+              "(pooled out-of-fold AUC [DeLong 95 % CI]).", ""]
+    all_tables = {}
+    for cs, es in groups:
+        t = tables(results, cs, es, table5_ratio)
+        all_tables[f"{cs}_{es}"] = t
+        sfx = "" if (cs, es) == ("gt", "val") else f"_{cs}_es{es}"
+        save_text(t["table2_md"] + "\n\n" + t["note"] + "\n", out / f"table2{sfx}.md")
+        _write_csv(out / f"table2{sfx}.csv", t["table2_rows"])
+        if t["table5_md"]:
+            save_text(t["table5_md"] + "\n\n" + t["note"] + "\n", out / f"table5{sfx}.md")
+            _write_csv(out / f"table5{sfx}.csv", t["table5_rows"])
+        report += [f"## Table 2 shape (crop source {cs}, early stopping {es})", "", t["table2_md"], "",
+                   f"_{t['note']}_", ""]
+        if t["table5_md"]:
+            report += ["## Table 5 shape (PattenNet ablations)", "", t["table5_md"], ""]
+        plot_roc([r for r in results.values() if r["crop_source"] == cs and r["early_stopping"] == es],
+                 out / f"roc_all{sfx}.png", f"ROC, crop {cs}, early stopping {es}")
+    report += ["## Operating point and calibration", "",
+               "| run | sensitivity [95% CI] | specificity [95% CI] | threshold from | ECE (raw → recalibrated) | "
+               "bootstrap 95% CI |", "|---|---|---|---|---|---|"]
+    for rn, r in sorted(results.items()):
+        op, c, b = r["operating_point"], r["calibration"], r.get("pooled_bootstrap", {})
+        report.append(f"| {rn} | {_fmt(op['sensitivity'], 2)} [{_fmt(op['sensitivity_ci'][0], 2)}, "
+                      f"{_fmt(op['sensitivity_ci'][1], 2)}] | {_fmt(op['specificity'], 2)} "
+                      f"[{_fmt(op['specificity_ci'][0], 2)}, {_fmt(op['specificity_ci'][1], 2)}] | "
+                      f"{op['threshold_source']} | {_fmt(c['ece_raw'])} → {_fmt(c['ece'])} | "
+                      f"[{_fmt(b.get('ci_low'))}, {_fmt(b.get('ci_high'))}] |")
+    if tests:
+        report += ["", "## Paired DeLong tests (same validation cases, pooled out-of-fold)", "",
+                   "| A | B | AUC A | AUC B | diff | z | p |", "|---|---|---|---|---|---|---|"]
+        report += [f"| {t['run_a']} | {t['run_b']} | {_fmt(t['auc_a'])} | {_fmt(t['auc_b'])} | {_fmt(t['diff'])} | "
+                   f"{_fmt(t['z'], 2)} | {_fmt(t['p_value'], 4)} |" for t in tests]
+    report += ["", "## Shortcut check (real vs synthetic discriminator on each fold's training set)", ""]
+    if shortcuts:
+        report += ["| fold | ratio | crop | AUC all [95% CI] | AUC minority-class only | warning |",
+                   "|---|---|---|---|---|---|"]
+        for s in shortcuts:
+            a, m = s.get("all") or {}, s.get("minority_only") or {}
+            report.append(f"| {s['fold']} | {s['ratio']:g} | {s['crop_source']} | {_fmt(a.get('auc'))} "
+                          f"[{_fmt(a.get('ci_low'))}, {_fmt(a.get('ci_high'))}] | {_fmt(m.get('auc'))} | "
+                          f"{'**synthetic is detectable**' if s['warning'] else 'ok'} |")
+        report += ["", f"AUC ≥ {SHORTCUT_WARN_AUC}: synthetic patches are easy to tell from real ones; as they are "
+                   "(almost) all of the minority class, R+S gains may come from learning 'synthetic', not the target."]
+    else:
+        report.append("No shortcut check found (runs without synthetic data, or not computed: `neonet_experiment` "
+                      "computes it for every fold with a synthetic set).")
+    save_text("\n".join(report) + "\n", out / "report.md")
+    summary = {"dataset": name, "n_folds": n_folds,
+               "runs": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()},
+               "paired_tests": tests, "shortcut_checks": shortcuts, "output": str(out)}
+    save_json(summary, out / "summary.json")
+    logger.info("NeoCls evaluation of %d run(s) written to %s", len(results), out)
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cls")
+    g.add_argument("--runs", nargs="+", default=None, help="run names (default: every finished cls_* run)")
+    g.add_argument("--compare", nargs=2, action="append", metavar=("RUN_A", "RUN_B"), default=None,
+                   help="paired DeLong test between two runs (repeatable); default: R vs R+S and PattenNet vs baselines")
+    g.add_argument("--n-boot", dest="n_boot", type=int, default=2000, help="bootstrap replicates")
+    g.add_argument("--table5-ratio", dest="table5_ratio", type=float, default=None)
+    g.add_argument("--output", default=None, help="output folder (default neonet_results/<ds>/cls_evaluation__<plans>)")
+
+
+def evaluate_from_args(args) -> dict:
+    return evaluate_cls(args.dataset, runs=args.runs, compare=[tuple(c) for c in args.compare] if args.compare else None,
+                        n_boot=args.n_boot, table5_ratio=args.table5_ratio,
+                        output=Path(args.output) if args.output else None)

@@ -1,0 +1,174 @@
+"""NeoCls architectures by name: PattenNet (+ Table 5 ablations) and the MONAI 3D baselines of Table 2.
+
+Names (``--arch``)::
+
+    pattennet                      2 DABs, channel+spatial (the paper's model)
+    pattennet_dab{0,1,2,3}         number of DABs (Table 5)
+    pattennet_channel|_spatial     channel-only / spatial-only DABs (Table 5), combinable: pattennet_dab1_spatial
+    resnet{10,18,34,50,101,152,200}    monai.networks.nets.resnetXX, conv1_t_stride=2 (stride 1 is ~12x slower)
+    densenet{121,169,201,264}          monai.networks.nets.DenseNetXXX
+    efficientnet_b{0..7}               monai.networks.nets.EfficientNetBN(pretrained=False) -- MONAI's
+                                       default pretrained=True silently leaves 3D nets random
+    swin                               monai SwinTransformer encoder + LayerNorm/avg-pool/linear head
+
+Every network maps a (B, 2, *crop) TLCR patch to one logit (B, 1).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+RESNETS = (10, 18, 34, 50, 101, 152, 200)
+DENSENETS = (121, 169, 201, 264)
+EFFICIENTNETS = tuple(range(8))
+TABLE2_ARCHS = ("resnet50", "resnet101", "resnet152", "resnet200", "densenet121", "densenet169", "densenet201",
+                "densenet264", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "swin",
+                "pattennet")
+TABLE5_ARCHS = ("pattennet", "pattennet_channel", "pattennet_spatial", "pattennet_dab0", "pattennet_dab1",
+                "pattennet_dab3")
+PRETTY = {**{f"resnet{d}": f"ResNet-{d}" for d in RESNETS}, **{f"densenet{d}": f"DenseNet-{d}" for d in DENSENETS},
+          **{f"efficientnet_b{i}": f"EfficientNet-B{i}" for i in EFFICIENTNETS}, "swin": "SwinTransformer",
+          "pattennet": "PattenNet", "pattennet_channel": "PattenNet w/ channel attention only",
+          "pattennet_spatial": "PattenNet w/ spatial attention only", "pattennet_dab0": "PattenNet 0 DABs (base encoder)",
+          "pattennet_dab1": "PattenNet 1 DAB", "pattennet_dab2": "PattenNet 2 DABs", "pattennet_dab3": "PattenNet 3 DABs",
+          "radiomics": "Radiomics + logistic regression"}
+
+
+def parse_arch(arch: str, cfg: dict | None = None) -> dict:
+    """Resolve an architecture name to {'family': ..., plus family options}. Raises ValueError on unknown names."""
+    cfg = cfg or {}
+    a = arch.lower().strip()
+    if a.startswith("pattennet"):
+        n_dab, mode = int(cfg.get("n_dab", 2)), str(cfg.get("dab_mode", "channel_spatial"))
+        for tok in [t for t in a[len("pattennet"):].split("_") if t]:
+            m = re.fullmatch(r"dab(\d)", tok)
+            if m:
+                n_dab = int(m.group(1))
+            elif tok in ("channel", "spatial"):
+                mode = tok
+            else:
+                raise ValueError(f"Unknown PattenNet variant {tok!r} in {arch!r}; use _dabN, _channel, _spatial.")
+        return {"family": "pattennet", "n_dab": n_dab, "dab_mode": mode}
+    m = re.fullmatch(r"resnet(\d+)", a)
+    if m and int(m.group(1)) in RESNETS:
+        return {"family": "resnet", "depth": int(m.group(1))}
+    m = re.fullmatch(r"densenet(\d+)", a)
+    if m and int(m.group(1)) in DENSENETS:
+        return {"family": "densenet", "depth": int(m.group(1))}
+    m = re.fullmatch(r"efficientnet[-_]b(\d)", a)
+    if m and int(m.group(1)) in EFFICIENTNETS:
+        return {"family": "efficientnet", "variant": int(m.group(1))}
+    if a in ("swin", "swintransformer", "swin_transformer"):
+        return {"family": "swin"}
+    raise ValueError(
+        f"Unknown classifier architecture {arch!r}. Choose pattennet[_dabN][_channel|_spatial], "
+        f"resnet{{{','.join(map(str, RESNETS))}}}, densenet{{{','.join(map(str, DENSENETS))}}}, "
+        "efficientnet_b0..b7 or swin."
+    )
+
+
+def canonical_arch(arch: str) -> str:
+    """Folder-safe canonical name (e.g. 'EfficientNet-B0' -> 'efficientnet_b0', 'pattennet_dab2' -> 'pattennet')."""
+    info = parse_arch(arch)
+    fam = info["family"]
+    if fam == "pattennet":
+        name = "pattennet"
+        if info["n_dab"] != 2:
+            name += f"_dab{info['n_dab']}"
+        if info["dab_mode"] != "channel_spatial":
+            name += f"_{info['dab_mode']}"
+        return name
+    if fam == "resnet":
+        return f"resnet{info['depth']}"
+    if fam == "densenet":
+        return f"densenet{info['depth']}"
+    if fam == "efficientnet":
+        return f"efficientnet_b{info['variant']}"
+    return "swin"
+
+
+def needs_vae(arch: str) -> bool:
+    return parse_arch(arch)["family"] == "pattennet"
+
+
+class SwinClassifier(nn.Module):
+    """MONAI's 3D Swin transformer encoder (as in SwinUNETR) + LayerNorm, global average pooling, linear."""
+
+    def __init__(self, in_channels: int = 2, feature_size: int = 24, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24),
+                 window_size: int = 7, dropout: float = 0.0):
+        super().__init__()
+        from monai.networks.nets.swin_unetr import SwinTransformer
+
+        self.encoder = SwinTransformer(in_chans=in_channels, embed_dim=feature_size, window_size=(window_size,) * 3,
+                                       patch_size=(2, 2, 2), depths=tuple(depths), num_heads=tuple(num_heads),
+                                       spatial_dims=3, drop_path_rate=0.0)
+        out = feature_size * 2 ** len(depths)
+        self.norm = nn.LayerNorm(out)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.encoder(x, normalize=True)[-1]
+        f = F.adaptive_avg_pool3d(f, 1).flatten(1)
+        return self.fc(self.drop(self.norm(f)))
+
+
+class PadToMinimum(nn.Module):
+    """Zero-pads (symmetrically) every spatial side below ``min_size`` before ``net``.
+
+    TLCR patches are zero outside the ROI, so zero padding adds nothing the patch did not already
+    have. DenseNet's and EfficientNet's 32x downsampling needs >= 32 voxels per side (the phantom's crop
+    has 16 slices); at the paper's 96x96x48 this is a no-op.
+    """
+
+    def __init__(self, net: nn.Module, min_size: int):
+        super().__init__()
+        self.net, self.min_size = net, int(min_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = []
+        for s in reversed(x.shape[2:]):
+            extra = max(0, self.min_size - int(s))
+            pad += [extra // 2, extra - extra // 2]
+        if any(pad):
+            x = F.pad(x, pad)
+        return self.net(x)
+
+
+def build_classifier(arch: str, cfg: dict | None = None, in_channels: int = 2, vae_config: dict | None = None,
+                     scale_factor: float = 1.0, vae: nn.Module | None = None) -> nn.Module:
+    """Instantiate ``arch``. PattenNet needs the fold's VAE (``vae`` + its config, or only the
+    config when the weights will be loaded from a classifier checkpoint)."""
+    cfg = dict(cfg or {})
+    info = parse_arch(arch, cfg)
+    fam = info["family"]
+    if fam == "pattennet":
+        from neonet_toolkit.networks.pattennet import FrozenVAEEncoder, PattenNet
+
+        if vae_config is None:
+            raise ValueError("PattenNet needs the fold's VAE: train the VAE stage of this fold first.")
+        enc = FrozenVAEEncoder(vae_config, scale_factor, vae=vae)
+        return PattenNet(enc, n_dab=info["n_dab"], dab_mode=info["dab_mode"], input_mode=cfg.get("input_mode", "shared"),
+                         adapter_channels=int(cfg.get("adapter_channels", 32)), reduction=int(cfg.get("reduction", 4)),
+                         spatial_kernel=int(cfg.get("spatial_kernel", 7)), head_hidden=int(cfg.get("head_hidden", 64)),
+                         dropout=float(cfg.get("dropout", 0.2)), in_channels=in_channels)
+    if fam == "resnet":
+        from monai.networks import nets
+
+        fn = getattr(nets, f"resnet{info['depth']}")
+        return fn(spatial_dims=3, n_input_channels=in_channels, num_classes=1,
+                  conv1_t_stride=int(cfg.get("resnet_conv1_stride", 2)))
+    if fam == "densenet":
+        from monai.networks import nets
+
+        cls = getattr(nets, f"DenseNet{info['depth']}")
+        return PadToMinimum(cls(spatial_dims=3, in_channels=in_channels, out_channels=1), 32)
+    if fam == "efficientnet":
+        from monai.networks.nets import EfficientNetBN
+
+        return PadToMinimum(EfficientNetBN(f"efficientnet-b{info['variant']}", pretrained=False, spatial_dims=3,
+                                           in_channels=in_channels, num_classes=1), 32)
+    return SwinClassifier(in_channels, feature_size=int(cfg.get("swin_feature_size", 24)))
