@@ -3,11 +3,13 @@ feature extractor.
 
 FID feature extractors (``make_feature_extractor``):
 
-* ``pca`` (default, weight-free, in-domain): slices are resized to 32×32 and projected onto the
-  leading principal components of the *real reference slices of that view* (fitted on the real set
-  only, so it is not the generator's own encoder and has no trainable weights). Numbers are only
-  comparable between runs that use the same real reference set and settings, never with published
-  Inception/RadImageNet FIDs.
+* ``pca`` (default, weight-free, in-domain): slices are resized to 16×16 and projected onto the
+  leading principal components of real slices of that view. The basis is fitted on one half of the
+  real cases (even positions) and FID is computed against the *other* half, because a PCA basis
+  fitted on the very samples it then describes inflates their variance (few hundred slices, 256
+  dimensions) and would bias FID. It uses real data only, so it is not the generator's own encoder,
+  and has no trainable weights. Numbers are only comparable between runs that use the same real set
+  and settings, never with published Inception/RadImageNet FIDs.
 * ``radimagenet`` (torchvision ResNet-50 with RadImageNet weights) and ``inception`` (torchvision
   Inception-v3): need a local weights file (``state_dict`` saved with ``torch.save``); nothing is
   downloaded. Features are the 2048-d global-average-pooled activations.
@@ -54,10 +56,15 @@ def view_axes(transpose_forward) -> dict[str, int]:
     return {"axial": world_of_axis.index(2), "sagittal": world_of_axis.index(0), "coronal": world_of_axis.index(1)}
 
 
-def view_slices(volumes: np.ndarray, rois: np.ndarray, axis: int, min_roi_fraction: float = 0.05) -> np.ndarray:
-    """2D slices (M, a, b) of (N, D, H, W) ``volumes`` along ``axis`` whose ROI covers ≥ ``min_roi_fraction``."""
+def view_slices(volumes: np.ndarray, rois: np.ndarray, axis: int, min_roi_fraction: float = 0.05,
+                cases: slice | None = None) -> np.ndarray:
+    """2D slices (M, a, b) of (N, D, H, W) ``volumes`` along ``axis`` whose ROI covers ≥ ``min_roi_fraction``.
+
+    ``cases`` selects volumes first (e.g. ``slice(0, None, 2)`` for the even ones).
+    """
     out = []
-    for vol, roi in zip(volumes, rois):
+    sel = cases if cases is not None else slice(None)
+    for vol, roi in zip(volumes[sel], rois[sel]):
         v = np.moveaxis(vol, axis, 0)
         r = np.moveaxis(roi, axis, 0)
         for s, m in zip(v, r):
@@ -78,8 +85,9 @@ class PCAFeatures:
     """Weight-free in-domain features: projection on the real slices' principal components."""
 
     name = "pca"
+    heldout_fit = True  # fit on a disjoint half of the real cases (see module docstring)
 
-    def __init__(self, n_components: int = 16, size: int = 32):
+    def __init__(self, n_components: int = 8, size: int = 16):
         self.n_components, self.size = int(n_components), int(size)
         self.mean = None
         self.basis = None
@@ -88,7 +96,7 @@ class PCAFeatures:
         x = _resize(real_slices, self.size).flatten(1).double()
         self.mean = x.mean(0, keepdim=True)
         _, _, vh = torch.linalg.svd(x - self.mean, full_matrices=False)
-        k = int(min(self.n_components, vh.shape[0], max(2, x.shape[0] // 4)))
+        k = int(min(self.n_components, vh.shape[0], max(2, x.shape[0] // 8)))
         self.basis = vh[:k].T
         return self
 
@@ -101,6 +109,8 @@ class PCAFeatures:
 
 class TorchvisionFeatures:
     """2048-d pooled features of a torchvision ResNet-50 (RadImageNet) or Inception-v3 from local weights."""
+
+    heldout_fit = False
 
     def __init__(self, arch: str, weights_path: str | Path, device: str = "cpu", batch_size: int = 32,
                  intensity_range: tuple[float, float] | None = None):
@@ -172,14 +182,22 @@ def fid_per_view(real: np.ndarray, real_roi: np.ndarray, fake: np.ndarray, fake_
                  transpose_forward, extractor_factory, min_roi_fraction: float = 0.05) -> dict:
     """FID for axial, sagittal and coronal slices and their average.
 
-    ``extractor_factory()`` returns a fresh extractor with ``fit(real_slices)`` and ``__call__(slices)``.
+    ``extractor_factory()`` returns a fresh extractor with ``fit(real_slices)`` and ``__call__(slices)``;
+    an extractor with ``heldout_fit`` is fitted on the even real cases and FID uses the odd ones.
     """
     axes = view_axes(transpose_forward)
     out = {}
     for view in VIEWS:
-        rs = view_slices(real, real_roi, axes[view], min_roi_fraction)
+        ex = extractor_factory()
+        if getattr(ex, "heldout_fit", False):
+            if len(real) < 2:
+                raise ValueError("FID with the pca extractor needs at least 2 real cases.")
+            ex.fit(view_slices(real, real_roi, axes[view], min_roi_fraction, slice(0, None, 2)))
+            rs = view_slices(real, real_roi, axes[view], min_roi_fraction, slice(1, None, 2))
+        else:
+            rs = view_slices(real, real_roi, axes[view], min_roi_fraction)
+            ex.fit(rs)
         fs = view_slices(fake, fake_roi, axes[view], min_roi_fraction)
-        ex = extractor_factory().fit(rs)
         out[view] = fid(ex(rs), ex(fs))
         out[f"{view}_n_slices"] = {"real": int(len(rs)), "synthetic": int(len(fs))}
     out["average"] = float(np.mean([out[v] for v in VIEWS]))

@@ -1,0 +1,209 @@
+"""``neonet_evaluate DATASET gen``: NeoGen quality report per fold (Tables 3-4 shape) and a montage.
+
+* Reconstruction (Table 3): the fold's VAE on the fold's **validation** patches (channel 0, in the
+  patches' z-scored intensity scale), SSIM (3D) and PSNR, next to a trivial baseline that predicts
+  the mean training patch for every case. LPIPS is not computed (needs pretrained weights and the
+  ``lpips`` package; see docs/neogen.md).
+* Generation (Table 4): FID between the fold's real training patches (the set NeoGen imitates) and
+  the fold's synthetic set, on axial, sagittal and coronal slices (slices with ≥ 5 % ROI) and their
+  average; also real validation vs real training patches as a reference floor for the same
+  extractor. Feature extractor: ``--fid-network pca`` (default, weight-free, in-domain; see
+  :mod:`neonet_toolkit.evaluation.image_metrics`) or ``radimagenet`` / ``inception`` with
+  ``--fid-weights PATH``.
+* ``montage.png``: real source patch vs synthetic patch (channel 0) with the conditioning masks.
+
+Outputs: ``neonet_results/<ds>/gen_evaluation__<plans>/fold_N/{gen_report.json, tables.md, montage.png}``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neonet_toolkit.evaluation.image_metrics import VIEWS, fid_per_view, make_feature_extractor, psnr, ssim, view_axes
+from neonet_toolkit.utils.io import save_json, save_text
+
+logger = logging.getLogger(__name__)
+
+
+def _stack_patches(folder, ids, loader):
+    ims, labs = zip(*(loader(folder, i) for i in ids))
+    return np.stack(ims).astype(np.float32), np.stack(labs)
+
+
+@torch.no_grad()
+def reconstruction_metrics(dataset, fold: int, device: str = "cpu", plans_name: str = "NeoNetPlans") -> dict:
+    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+    from neonet_toolkit.networks.generative import from_vae_output, load_fold_vae, to_vae_input
+    from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
+    from neonet_toolkit.training.base import dataset_folders
+
+    name, pp, _ = dataset_folders(dataset)
+    split = get_fold(load_splits(pp), fold)
+    src = patch_folder(pp, "gt")
+    val, _ = _stack_patches(src, split["val"], load_patch)
+    train, _ = _stack_patches(src, split["train"], load_patch)
+    vae, _, cfg = load_fold_vae(name, fold, device, plans_name)
+    x = torch.from_numpy(val[:, :1])
+    recs = []
+    for s in range(0, len(x), 4):
+        mu, _ = vae.encode(to_vae_input(x[s:s + 4], cfg).to(device))
+        recs.append(from_vae_output(vae.decode(mu).float().cpu(), cfg))
+    rec = torch.cat(recs)
+    data_range = float(x.max() - x.min())
+    mean_patch = torch.from_numpy(train[:, :1].mean(0, keepdims=True)).expand_as(x)
+    out = {"n_val_cases": len(split["val"]), "data_range": data_range,
+           "vae": {"ssim": float(ssim(rec, x, data_range).mean()), "psnr": float(psnr(rec, x, data_range).mean()),
+                   "lpips": None},
+           "mean_patch_baseline": {"ssim": float(ssim(mean_patch, x, data_range).mean()),
+                                   "psnr": float(psnr(mean_patch, x, data_range).mean())},
+           "per_case_psnr": dict(zip(split["val"], psnr(rec, x, data_range).tolist()))}
+    return out
+
+
+def generation_metrics(dataset, fold: int, fid_network: str = "pca", fid_weights: str | None = None,
+                       device: str = "cpu", plans_name: str = "NeoNetPlans", pca_components: int = 8) -> dict:
+    from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+    from neonet_toolkit.generation.generate import load_synthetic_patch
+    from neonet_toolkit.generation.manifest import load_manifest, synthetic_folder
+    from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
+    from neonet_toolkit.training.base import dataset_folders
+
+    name, pp, _ = dataset_folders(dataset)
+    plans = NeoNetPlans(pp / NEONET_PLANS_FILE)
+    split = get_fold(load_splits(pp), fold)
+    syn_folder = synthetic_folder(name, fold, plans_name)
+    manifest = load_manifest(syn_folder)
+    if not manifest["entries"]:
+        raise ValueError(f"{syn_folder} has no synthetic entries; run neonet_generate with --ratio > 0.")
+    src = patch_folder(pp, "gt")
+    real, real_lab = _stack_patches(src, split["train"], load_patch)
+    val, val_lab = _stack_patches(src, split["val"], load_patch)
+    syn, syn_lab = _stack_patches(syn_folder, [e["id"] for e in manifest["entries"]], load_synthetic_patch)
+    tf = plans["transpose_forward"]
+    kw = {"n_components": pca_components} if fid_network == "pca" else {}
+
+    def factory():
+        return make_feature_extractor(fid_network, fid_weights, device=device, **kw)
+
+    fid_syn = fid_per_view(real[:, 0], real_lab[:, 0] > 0, syn[:, 0], syn_lab[:, 0] > 0, tf, factory)
+    fid_val = fid_per_view(real[:, 0], real_lab[:, 0] > 0, val[:, 0], val_lab[:, 0] > 0, tf, factory)
+    roi_stats = {}
+    for key, ims, labs in (("real_train", real, real_lab), ("synthetic", syn, syn_lab)):
+        tum = labs[:, 1] > 0
+        liv = (labs[:, 0] > 0) & ~tum
+        roi_stats[key] = {"tumour_mean": float(ims[:, 0][tum].mean()), "organ_only_mean": float(ims[:, 0][liv].mean()),
+                          "roi_std": float(ims[:, 0][labs[:, 0] > 0].std())}
+    return {"fid_network": fid_network, "fid_weights": fid_weights, "n_real": len(real), "n_synthetic": len(syn),
+            "fid_synthetic_vs_real_train": fid_syn, "fid_real_val_vs_real_train": fid_val,
+            "intensity": roi_stats, "manifest_settings": manifest.get("settings", {})}
+
+
+def save_montage(dataset, fold: int, path: Path, n: int = 4, plans_name: str = "NeoNetPlans") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+    from neonet_toolkit.generation.generate import load_synthetic_patch
+    from neonet_toolkit.generation.manifest import load_manifest, synthetic_folder
+    from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
+    from neonet_toolkit.training.base import dataset_folders
+
+    name, pp, _ = dataset_folders(dataset)
+    axis = view_axes(NeoNetPlans(pp / NEONET_PLANS_FILE)["transpose_forward"])["axial"]
+    syn_folder = synthetic_folder(name, fold, plans_name)
+    entries = load_manifest(syn_folder)["entries"]
+    # alternate minority / majority examples when both exist
+    by_role = {r: [e for e in entries if e["role"] == r] for r in ("minority", "majority")}
+    picked = [e for pair in zip(by_role["minority"], by_role["majority"]) for e in pair] or entries
+    picked = (picked + [e for e in entries if e not in picked])[:n]
+    fig, axes = plt.subplots(len(picked), 2, figsize=(6, 3 * len(picked)), squeeze=False)
+    for row, e in enumerate(picked):
+        real, lab = load_patch(patch_folder(pp, "gt"), e["source_case"])
+        syn, _ = load_synthetic_patch(syn_folder, e["id"])
+        tum_area = np.moveaxis(lab[1], axis, 0).reshape(lab.shape[1 + axis], -1).sum(1)
+        k = int(np.argmax(tum_area))
+        lo, hi = np.percentile(real[0][lab[0] > 0], [1, 99]) if (lab[0] > 0).any() else (real.min(), real.max())
+        for col, (img, title) in enumerate(((real, f"real {e['source_case']}"),
+                                            (syn, f"synthetic {e['id']} (PNI={e['label']}, {e['role']})"))):
+            ax = axes[row, col]
+            ax.imshow(np.take(img[0], k, axis=axis), cmap="gray", vmin=lo, vmax=hi)
+            ax.contour(np.take(lab[0], k, axis=axis), levels=[0.5], colors="lime", linewidths=0.6)
+            ax.contour(np.take(lab[1], k, axis=axis), levels=[0.5], colors="red", linewidths=0.6)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.suptitle(f"{name} fold {fold}: real vs NeoGen (axial; green ROI, red tumour)", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def tables_markdown(report: dict) -> str:
+    lines = []
+    for fold, r in report["folds"].items():
+        rec = r["reconstruction"]
+        lines += [f"## fold {fold}", "", "Table 3 shape (VAE reconstruction, validation patches):", "",
+                  "| Model | LPIPS ↓ | SSIM ↑ | PSNR ↑ |", "|---|---|---|---|",
+                  f"| NeoGen VAE | n/a | {rec['vae']['ssim']:.4f} | {rec['vae']['psnr']:.4f} |",
+                  f"| mean-patch baseline | n/a | {rec['mean_patch_baseline']['ssim']:.4f} | "
+                  f"{rec['mean_patch_baseline']['psnr']:.4f} |", ""]
+        g = r.get("generation")
+        if g:
+            lines += [f"Table 4 shape (FID, feature extractor: {g['fid_network']}; not comparable to Inception FID "
+                      "unless inception weights were used):", "",
+                      "| Method | FID ↓ (A) | FID ↓ (S) | FID ↓ (C) | FID ↓ (Avg.) |", "|---|---|---|---|---|"]
+            for label, f in (("NeoGen (synthetic vs real train)", g["fid_synthetic_vs_real_train"]),
+                             ("real val vs real train (floor)", g["fid_real_val_vs_real_train"])):
+                lines.append(f"| {label} | " + " | ".join(f"{f[v]:.4f}" for v in VIEWS) + f" | {f['average']:.4f} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_gen(dataset, folds=(0,), fid_network: str = "pca", fid_weights: str | None = None, device: str = "cpu",
+                 n_montage: int = 4, plans_name: str = "NeoNetPlans", skip_generation: bool = False) -> dict:
+    from neonet_toolkit.training.base import dataset_folders, get_device
+
+    dev = str(get_device(device))
+    name, _, res = dataset_folders(dataset)
+    report = {"dataset": name, "folds": {}}
+    for fold in folds:
+        out = res / f"gen_evaluation__{plans_name}" / f"fold_{int(fold)}"
+        r = {"reconstruction": reconstruction_metrics(name, fold, dev, plans_name)}
+        if not skip_generation:
+            r["generation"] = generation_metrics(name, fold, fid_network, fid_weights, dev, plans_name)
+            r["montage"] = str(save_montage(name, fold, out / "montage.png", n_montage, plans_name))
+        save_json(r, out / "gen_report.json")
+        report["folds"][str(fold)] = r
+        logger.info("fold %s: VAE PSNR %.3f (mean-patch %.3f), SSIM %.4f%s", fold, r["reconstruction"]["vae"]["psnr"],
+                    r["reconstruction"]["mean_patch_baseline"]["psnr"], r["reconstruction"]["vae"]["ssim"],
+                    "" if skip_generation else f", FID avg {r['generation']['fid_synthetic_vs_real_train']['average']:.4f}")
+        save_text(tables_markdown({"folds": {str(fold): r}}), out / "tables.md")
+    if len(report["folds"]) > 0:
+        summary = res / f"gen_evaluation__{plans_name}" / "summary.json"
+        save_json(report, summary)
+    return report
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("-f", "--folds", type=int, nargs="+", default=[0], help="folds to evaluate (default 0)")
+    parser.add_argument("--fid-network", default="pca", choices=["pca", "radimagenet", "inception"],
+                        help="FID feature extractor (pca: weight-free in-domain fallback)")
+    parser.add_argument("--fid-weights", default=None, help="local weights file for radimagenet/inception")
+    parser.add_argument("-device", "--device", default="auto")
+    parser.add_argument("--n-montage", type=int, default=4)
+    parser.add_argument("--reconstruction-only", action="store_true", help="only the VAE table (no synthetic set needed)")
+
+
+def evaluate_from_args(args):
+    return evaluate_gen(args.dataset, args.folds, args.fid_network, args.fid_weights, args.device, args.n_montage,
+                        skip_generation=args.reconstruction_only)

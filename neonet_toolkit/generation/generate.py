@@ -1,0 +1,227 @@
+"""NeoGen inference: mask-conditioned synthetic TLCR patches that balance a fold's training set.
+
+``generate_synthetic_set(dataset, fold, ratio)`` writes the set described in
+:mod:`neonet_toolkit.generation.manifest`. Each synthetic patch is conditioned on the real label
+patch (and, with a class-conditional ControlNet, the PNI label) of one *training* case of the fold:
+
+* minority entries: ``round(ratio * gap)`` patches, conditioned on the minority-class training
+  cases in turn (ratio 1.0 = balanced 1:1, Table 2);
+* majority entries (``n_majority``, or ``-1`` = as many as the minority entries): conditioned on
+  majority-class training cases, so that "synthetic" is not a proxy for "positive".
+
+A patch is ``[x * roi, x * tumour]`` (float32) with ``x`` the decoded channel-0 image and
+``roi``/``tumour`` the masks of its conditioning label patch, plus that label patch (uint8) — the
+TLCR format the classifier reads with ``load_patch``. Provenance (source case, seed, steps,
+checkpoint) is in the manifest entry and in the patch file (``provenance``, a JSON string).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neonet_toolkit.generation.manifest import MANIFEST, synthetic_folder
+from neonet_toolkit.generation.sampler import ddim_sample, make_noise_scheduler
+from neonet_toolkit.networks.generative import (build_controlnet, build_unet, controlled_unet_output, freeze,
+                                                from_vae_output, label_to_condition, load_fold_vae,
+                                                stage_checkpoint_path)
+from neonet_toolkit.utils.io import load_json, save_json, save_npz
+
+logger = logging.getLogger(__name__)
+
+MAJORITY_SEED_OFFSET = 1_000_000
+MAJORITY_ID_OFFSET = 50_000  # minority entries are syn_00000.., majority entries syn_50000..
+
+
+@dataclass
+class NeoGenModels:
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    controlnet: torch.nn.Module
+    alphas_cumprod: torch.Tensor
+    scale_factor: float
+    vae_config: dict
+    latent_shape: list
+    class_conditional: bool
+    checkpoint: str
+    device: torch.device
+    sampling: dict = field(default_factory=dict)
+
+
+def load_neogen_models(dataset, fold: int, device: str | torch.device = "cpu", plans_name: str = "NeoNetPlans",
+                       configuration: str | None = None) -> NeoGenModels:
+    """The fold's frozen VAE, diffusion U-Net and ControlNet (all from their checkpoint_final.pth)."""
+    from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+    from neonet_toolkit.training.base import dataset_folders, load_checkpoint
+
+    device = torch.device(device)
+    name, pp, _ = dataset_folders(dataset)
+    vae, _, vae_cfg = load_fold_vae(name, fold, device, plans_name)
+    cn_path = stage_checkpoint_path(name, "controlnet", fold, plans_name)
+    cn = load_checkpoint(cn_path, device)
+    ex = cn["extra"]
+    ldm = load_checkpoint(ex["ldm_checkpoint"], device)
+    latent_channels = int(ex["latent_channels"])
+    unet = build_unet(ldm["config"], latent_channels)
+    unet.load_state_dict(ldm["network"])
+    controlnet = build_controlnet(ldm["config"], cn["config"], latent_channels, int(ex["vae_downsampling"]),
+                                  num_class_embeds=2 if ex.get("class_conditional") else None)
+    controlnet.load_state_dict(cn["network"])
+    plans = NeoNetPlans(pp / NEONET_PLANS_FILE)
+    conf_name = configuration or cn.get("configuration_name")
+    try:
+        sampling = dict(plans.stage("sampling", conf_name, device.type))
+    except KeyError:
+        sampling = {}
+    sched = make_noise_scheduler(ldm["config"])
+    return NeoGenModels(vae=freeze(vae.to(device)), unet=freeze(unet.to(device)), controlnet=freeze(controlnet.to(device)),
+                        alphas_cumprod=sched.alphas_cumprod.clone(), scale_factor=float(ex["scale_factor"]),
+                        vae_config=vae_cfg, latent_shape=list(ex["latent_shape"]),
+                        class_conditional=bool(ex.get("class_conditional")), checkpoint=str(cn_path), device=device,
+                        sampling=sampling)
+
+
+@torch.no_grad()
+def generate_patch(models: NeoGenModels, label: np.ndarray, seed: int, steps: int, class_label: int | None = None,
+                   eta: float = 0.0, progress: bool = False) -> np.ndarray:
+    """One synthetic TLCR image patch (2, *crop) float32 conditioned on ``label`` (2, *crop).
+
+    Deterministic: the same (models, label, seed, steps, class_label, eta) gives the same bits on a
+    given device (noise drawn from a CPU ``torch.Generator`` seeded with ``seed``).
+    """
+    dev = models.device
+    gen = torch.Generator().manual_seed(int(seed))
+    lab = torch.from_numpy(np.asarray(label))[None]
+    cond = label_to_condition(lab).to(dev)
+    cls = None
+    if models.class_conditional:
+        if class_label is None:
+            raise ValueError("This ControlNet is class-conditional: pass the PNI class label (0/1).")
+        cls = torch.tensor([int(class_label)], dtype=torch.long, device=dev)
+
+    def eps_fn(x, t):
+        return controlled_unet_output(models.unet, models.controlnet, x, t, cond, class_labels=cls)
+
+    z = ddim_sample(eps_fn, (1, *models.latent_shape), models.alphas_cumprod, steps, gen, eta=eta, device=dev,
+                    progress=progress)
+    x = models.vae.decode(z / models.scale_factor).float()
+    x = from_vae_output(x, models.vae_config)[0, 0].cpu().numpy()
+    roi = (np.asarray(label[0]) > 0).astype(np.float32)
+    tum = (np.asarray(label[1]) > 0).astype(np.float32)
+    return np.stack([x * roi, x * tum]).astype(np.float32)
+
+
+def plan_entries(train_labels: dict[str, int], ratio: float, n_majority: int = 0) -> tuple[dict, list[dict]]:
+    """Class counts, gap and the (label, role, source_case, order) of every synthetic entry."""
+    if not 0.0 <= float(ratio) <= 1.0:
+        raise ValueError(f"--ratio must be in [0, 1] (share of the class gap to fill), got {ratio}.")
+    counts = {c: sum(1 for v in train_labels.values() if v == c) for c in (0, 1)}
+    if min(counts.values()) == 0:
+        raise ValueError(f"The fold's training set has only one class ({counts}); nothing to balance.")
+    minority = 1 if counts[1] <= counts[0] else 0
+    majority = 1 - minority
+    gap = counts[majority] - counts[minority]
+    n_min = int(round(float(ratio) * gap))
+    n_maj = n_min if int(n_majority) < 0 else int(n_majority)
+    by_class = {c: sorted(k for k, v in train_labels.items() if v == c) for c in (0, 1)}
+    entries = []
+    for k in range(n_min):
+        entries.append({"label": minority, "role": "minority", "source_case": by_class[minority][k % counts[minority]],
+                        "order": k})
+    for k in range(n_maj):
+        entries.append({"label": majority, "role": "majority", "source_case": by_class[majority][k % counts[majority]],
+                        "order": k})
+    info = {"class_counts": {str(c): counts[c] for c in (0, 1)}, "minority_class": minority, "gap": gap}
+    return info, entries
+
+
+def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: int = 0, steps: int | None = None,
+                           seed: int = 0, eta: float = 0.0, device: str = "cpu", overwrite: bool = False,
+                           plans_name: str = "NeoNetPlans", configuration: str | None = None) -> Path:
+    """Generate (or extend) the fold's synthetic set; returns its folder. See the module docstring."""
+    from tqdm import tqdm
+
+    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+    from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
+    from neonet_toolkit.training.base import dataset_folders, get_device
+    from neonet_toolkit.training.gen_common import case_labels
+
+    dev = get_device(device)
+    name, pp, _ = dataset_folders(dataset)
+    split = get_fold(load_splits(pp), fold)
+    train_ids, val_ids = list(split["train"]), set(split["val"])
+    models = load_neogen_models(name, fold, dev, plans_name, configuration)
+    steps = int(steps or models.sampling.get("steps", 50))
+    labels = case_labels(pp, train_ids)
+    info, planned = plan_entries(labels, ratio, n_majority)
+
+    out = synthetic_folder(name, fold, plans_name)
+    settings = {"checkpoint": models.checkpoint, "checkpoint_sha1": file_sha1(models.checkpoint), "steps": steps, "seed": int(seed), "eta": float(eta),
+                "sampler": "ddim"}
+    existing = {}
+    if (out / MANIFEST).is_file():
+        old = load_json(out / MANIFEST)
+        if overwrite or old.get("settings") != settings or old.get("train_ids") != sorted(train_ids):
+            if not overwrite:
+                raise FileExistsError(
+                    f"{out} holds a synthetic set made with other settings ({old.get('settings')}); use --overwrite to "
+                    "replace it.")
+            for f in (out / "patches").glob("syn_*.npz"):
+                f.unlink()
+        else:
+            existing = {(e["role"], e["order"]): e for e in old["entries"]
+                        if (out / "patches" / f"{e['id']}.npz").is_file()}
+    # keep every entry already generated with these settings (a later run with a lower ratio keeps the extras)
+    wanted = {(e["role"], e["order"]): e for e in planned}
+    for key, e in existing.items():
+        wanted.setdefault(key, e)
+    entries, todo = [], []
+    for key in sorted(wanted, key=lambda k: (k[0] != "minority", k[1])):
+        e = dict(wanted[key])
+        if e["source_case"] in val_ids or e["source_case"] not in labels:
+            raise RuntimeError(f"synthetic entry conditioned on {e['source_case']!r}, not a training case of fold {fold}")
+        off = 0 if e["role"] == "minority" else MAJORITY_SEED_OFFSET
+        e.update({"id": f"syn_{int(e['order']) + (0 if e['role'] == 'minority' else MAJORITY_ID_OFFSET):05d}",
+                  "seed": int(seed) + off + int(e["order"]), "steps": steps, "checkpoint": models.checkpoint})
+        entries.append(e)
+        if key not in existing:
+            todo.append(e)
+    src = patch_folder(pp, "gt")
+    logger.info("fold %d: %s, gap %d -> %d synthetic entries (%d to generate, %d steps)", fold, info["class_counts"],
+                info["gap"], len(entries), len(todo), steps)
+    for e in tqdm(todo, desc=f"neonet_generate fold {fold}", disable=None):
+        _, lab = load_patch(src, e["source_case"])
+        img = generate_patch(models, lab, e["seed"], steps, class_label=e["label"], eta=eta)
+        prov = {k: e[k] for k in ("id", "label", "role", "source_case", "seed", "steps", "checkpoint")}
+        save_npz(out / "patches" / f"{e['id']}.npz", image=img, label=lab.astype(np.uint8),
+                 provenance=np.array(json.dumps(prov)))
+    manifest = {"fold": int(fold), "dataset": name, "train_ids": sorted(train_ids),
+                "excluded_val_ids": sorted(val_ids), "ratio": float(ratio), "settings": settings, **info,
+                "entries": entries}
+    save_json(manifest, out / MANIFEST)
+    return out
+
+
+def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def load_synthetic_patch(folder: str | Path, entry_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image (2, *crop) float32, label (2, *crop) uint8) of one synthetic entry."""
+    from neonet_toolkit.dataset.contract import safe_join
+
+    with np.load(safe_join(Path(folder) / "patches", entry_id, ".npz")) as z:
+        return z["image"], z["label"]
