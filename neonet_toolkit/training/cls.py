@@ -364,7 +364,9 @@ class ClsTrainer(NeoNetTrainer):
     def run(self) -> Path:
         final = self.output_folder / "checkpoint_final.pth"
         if self.continue_training and final.is_file() and (self.output_folder / OOF_FILE).is_file():
-            if load_checkpoint(final).get("extra", {}).get("finished"):
+            st = load_checkpoint(final)
+            ex = st.get("extra", {})
+            if ex.get("finished") and (ex.get("stopped") or len(st.get("history", [])) >= self.num_epochs):
                 self.log("already finished (%s); nothing to do", final)
                 return self.output_folder
         return super().run()

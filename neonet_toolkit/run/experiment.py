@@ -1,0 +1,126 @@
+"""neonet_experiment DATASET --archs pattennet resnet50 --ratios 0 1.0 --folds 0 1 2 3 4
+
+Runs the NeoCls grid (architectures × real:synthetic ratios × folds), one fold at a time:
+
+* a fold whose run finished (``checkpoint_final.pth`` + ``oof_predictions.csv``) is skipped;
+* a fold with only ``checkpoint_latest.pth`` (interrupted) is resumed;
+* for every fold with a synthetic set, the real-vs-synthetic shortcut check is computed;
+* at the end ``neonet_evaluate DATASET cls`` writes the Table 2 / Table 5 shaped report.
+
+A failing run is logged and the grid goes on; the exit status is non-zero if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from neonet_toolkit.run.common import add_common, run_cli, setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[int] | None = None,
+                   device: str = "auto", configuration: str | None = None, epochs: int | None = None,
+                   crop_source: str = "gt", early_stopping: str | None = None, evaluate: bool = True,
+                   shortcut: bool = True, n_boot: int = 2000, plans_name: str = "NeoNetPlans") -> dict:
+    """Train every (arch, ratio, fold) not yet finished, then evaluate. Returns a status dict."""
+    from tqdm import tqdm
+
+    from neonet_toolkit.evaluation.cls import evaluate_cls, shortcut_check
+    from neonet_toolkit.experiment_planning.splits import load_splits
+    from neonet_toolkit.training.base import dataset_folders, load_checkpoint
+    from neonet_toolkit.training.cls import OOF_FILE, ClsTrainer, _check_ratio, canonical_arch
+
+    name, pp, _ = dataset_folders(dataset)
+    n_folds = len(load_splits(pp))
+    folds = list(range(n_folds)) if folds is None else [int(f) for f in folds]
+    archs = [canonical_arch(a) for a in archs]  # validates names before any training
+    ratios = [_check_ratio(r) for r in ratios]
+    status = {"trained": [], "resumed": [], "skipped": [], "failed": [], "shortcut": []}
+    grid = [(a, r, f) for a in archs for r in ratios for f in folds]
+    for arch, ratio, fold in tqdm(grid, desc="NeoCls grid", disable=None):
+        tag = f"{arch} ratio={ratio:g} fold={fold}"
+        try:
+            probe = ClsTrainer(name, fold, arch=arch, synthetic_ratio=ratio, crop_source=crop_source,
+                               early_stopping=early_stopping, configuration=configuration, device=device,
+                               epochs=epochs, continue_training=True)
+            out = probe.output_folder
+            final, latest = out / "checkpoint_final.pth", out / "checkpoint_latest.pth"
+            done = (final.is_file() and (out / OOF_FILE).is_file()
+                    and load_checkpoint(final).get("extra", {}).get("finished", False))
+            if done:
+                logger.info("skip %s: finished (%s)", tag, out)
+                status["skipped"].append(tag)
+                continue
+            kind = "resumed" if latest.is_file() else "trained"
+            logger.info("%s %s -> %s", "resume" if kind == "resumed" else "train", tag, out)
+            probe.run()
+            status[kind].append(tag)
+        except Exception as e:  # keep the grid going; report at the end
+            logger.error("FAILED %s: %s", tag, e)
+            status["failed"].append(f"{tag}: {e}")
+    if shortcut and any(r > 0 for r in ratios):
+        from neonet_toolkit.generation.manifest import synthetic_folder
+
+        for fold in folds:
+            if not (synthetic_folder(name, fold, plans_name) / "manifest.json").is_file():
+                continue
+            try:
+                res = shortcut_check(name, fold, max(ratios), crop_source, plans_name=plans_name)
+                status["shortcut"].append({"fold": fold, "auc": (res.get("all") or {}).get("auc"),
+                                           "warning": res["warning"]})
+            except Exception as e:
+                logger.error("shortcut check fold %d failed: %s", fold, e)
+                status["failed"].append(f"shortcut fold {fold}: {e}")
+    if evaluate:
+        try:
+            status["evaluation"] = evaluate_cls(name, n_boot=n_boot, plans_name=plans_name)["output"]
+        except FileNotFoundError as e:
+            logger.error("evaluation skipped: %s", e)
+            status["failed"].append(f"evaluation: {e}")
+    logger.info("grid: %d trained, %d resumed, %d skipped, %d failed", len(status["trained"]),
+                len(status["resumed"]), len(status["skipped"]), len(status["failed"]))
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neonet_experiment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", help="dataset id or name, e.g. 501")
+    p.add_argument("--archs", nargs="+", default=["pattennet"], help="architectures (see neonet_train ... cls --help)")
+    p.add_argument("--ratios", nargs="+", type=float, default=[0.0, 1.0], help="synthetic ratios, e.g. 0 0.25 0.5 0.75 1.0")
+    p.add_argument("--folds", nargs="+", type=int, default=None, help="folds (default: all)")
+    p.add_argument("-device", "--device", default="auto")
+    p.add_argument("--configuration", default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--crop-source", dest="crop_source", choices=("gt", "pred"), default="gt")
+    p.add_argument("--early-stopping", dest="early_stopping", choices=("val", "inner", "none"), default=None)
+    p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
+    p.add_argument("--no-shortcut", dest="shortcut", action="store_false")
+    p.add_argument("--n-boot", dest="n_boot", type=int, default=2000)
+    add_common(p)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    result = {}
+
+    def _run(a):
+        result.update(run_experiment(a.dataset, a.archs, a.ratios, a.folds, a.device, a.configuration, a.epochs,
+                                     a.crop_source, a.early_stopping, a.evaluate, a.shortcut, a.n_boot))
+
+    rc = run_cli(_run, args)
+    if rc == 0 and result.get("failed"):
+        print("failed runs:\n  " + "\n  ".join(result["failed"]), file=sys.stderr)
+        return 1
+    if rc == 0 and result.get("evaluation"):
+        print(Path(result["evaluation"]) / "report.md")
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
