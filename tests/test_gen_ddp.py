@@ -1,4 +1,5 @@
-"""NeoGen trainers under torchrun DDP (CPU, gloo, 2 processes): VAE then LDM on the tiny phantom."""
+"""NeoGen trainers under torchrun DDP (CPU, gloo, 2 processes): VAE and ControlNet on the tiny phantom
+(the LDM in between is trained in-process; it shares the DDP code path of the ControlNet trainer)."""
 from __future__ import annotations
 
 import json
@@ -14,16 +15,24 @@ import torch
 from test_gen_pipeline import copy_planned
 
 DDP_CFG = {"inherits_from": "cpu_small", "vae": {"epochs": 2, "batch_size": 2, "val_every": 1},
-           "ldm": {"epochs": 2, "batch_size": 2, "val_every": 1}}
+           "ldm": {"epochs": 2, "batch_size": 2, "val_every": 1},
+           "controlnet": {"epochs": 2, "batch_size": 2, "val_every": 1}}
 
 
 @pytest.mark.ddp
-def test_vae_and_ldm_train_under_torchrun_gloo(planned_phantom, tmp_path):
+def test_vae_and_controlnet_train_under_torchrun_gloo(planned_phantom, tmp_path, monkeypatch):
+    from neonet_toolkit.run.train import main as train_main
+
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = dict(os.environ, OMP_NUM_THREADS="1",
                **copy_planned(planned_phantom, tmp_path, {"ddp_test": DDP_CFG}))
     res = Path(env["neonet_results"]) / planned_phantom["dataset_name"]
-    for stage in ("vae", "ldm"):
+    for stage in ("vae", "ldm", "controlnet"):
+        if stage == "ldm":
+            for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "neonet_results"):
+                monkeypatch.setenv(k, env[k])
+            assert train_main(["501", "ldm", "0", "-device", "cpu", "--configuration", "ddp_test"]) == 0
+            continue
         cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "neonet_toolkit.run.train", "501", stage, "0",
                "-device", "cpu", "--configuration", "ddp_test"]
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

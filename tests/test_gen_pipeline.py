@@ -14,9 +14,9 @@ import pytest
 import torch
 
 GEN_TEST = {"inherits_from": "cpu_small",
-            "vae": {"epochs": 25, "lr": 3e-3, "batch_size": 2, "val_every": 5},
-            "ldm": {"epochs": 40, "lr": 2e-3, "val_every": 10},
-            "controlnet": {"epochs": 20, "lr": 2e-3, "val_every": 10},
+            "vae": {"epochs": 15, "lr": 3e-3, "batch_size": 2, "val_every": 5},
+            "ldm": {"epochs": 30, "lr": 2e-3, "val_every": 10},
+            "controlnet": {"epochs": 15, "lr": 2e-3, "val_every": 5},
             "sampling": {"steps": 5}}
 
 
