@@ -106,7 +106,8 @@ def evaluate_run(name: str, run: dict, n_folds: int, n_boot: int = 2000, seed: i
     summ0 = next(iter(run.values()))["summary"]
     res = {
         "run": name, **info, "arch": summ0.get("arch", info.get("arch")),
-        "early_stopping": summ0.get("early_stopping", info.get("early_stopping")),
+        "early_stopping": info.get("early_stopping", summ0.get("early_stopping")),
+        "early_stopping_actual": summ0.get("early_stopping"),
         "folds_done": sorted(run), "n_folds_expected": n_folds, "complete": len(run) == n_folds,
         "fold_results": fold_res,
         "fold_auc_mean": float(np.mean(fold_aucs)) if fold_aucs else float("nan"),
@@ -369,7 +370,7 @@ def tables(results: dict[str, dict], crop_source: str = "gt", early_stopping: st
            and r.get("early_stopping") == early_stopping}
     ratios = sorted({r["ratio"] for r in sel.values()})
     archs = sorted({r["arch"] for r in sel.values() if r["arch"] in TABLE2_ARCHS or not r["arch"].startswith("pattennet")},
-                   key=lambda a: (list(TABLE2_ARCHS).index(a) if a in TABLE2_ARCHS else -1, a))
+                   key=lambda a: (list(TABLE2_ARCHS).index(a) if a in TABLE2_ARCHS else 100, a))
     get = {(r["arch"], r["ratio"]): r for r in sel.values()}
     head = ["R (imbalanced)" if x == 0 else f"R+S ({x * 100:g}%{' balanced' if x == 1 else ''})" for x in ratios]
     md = ["| Model (3D) | " + " | ".join(head) + " |", "|---" * (len(ratios) + 1) + "|"]

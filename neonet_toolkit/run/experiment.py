@@ -36,7 +36,8 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
     name, pp, _ = dataset_folders(dataset)
     n_folds = len(load_splits(pp))
     folds = list(range(n_folds)) if folds is None else [int(f) for f in folds]
-    archs = [canonical_arch(a) for a in archs]  # validates names before any training
+    want_radiomics = any(a.lower() == "radiomics" for a in archs)
+    archs = [canonical_arch(a) for a in archs if a.lower() != "radiomics"]  # validates names before training
     ratios = [_check_ratio(r) for r in ratios]
     status = {"trained": [], "resumed": [], "skipped": [], "failed": [], "shortcut": []}
     grid = [(a, r, f) for a in archs for r in ratios for f in folds]
@@ -61,6 +62,18 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
         except Exception as e:  # keep the grid going; report at the end
             logger.error("FAILED %s: %s", tag, e)
             status["failed"].append(f"{tag}: {e}")
+    if want_radiomics:
+        from neonet_toolkit.evaluation.radiomics import RadiomicsUnavailable, run_radiomics_baseline
+
+        try:
+            run_radiomics_baseline(name, folds, crop_source, plans_name=plans_name)
+            status["trained"].append(f"radiomics folds={folds}")
+        except RadiomicsUnavailable as e:
+            logger.warning("radiomics baseline skipped: %s", e)
+            status["skipped"].append(f"radiomics: {e}")
+        except Exception as e:
+            logger.error("FAILED radiomics baseline: %s", e)
+            status["failed"].append(f"radiomics: {e}")
     if shortcut and any(r > 0 for r in ratios):
         from neonet_toolkit.generation.manifest import synthetic_folder
 

@@ -467,7 +467,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("NeoCls")
     g.add_argument("--arch", default=None,
                    help="pattennet (default; variants pattennet_dab{0..3}, pattennet_channel, pattennet_spatial), "
-                        "resnet50/101/152/200, densenet121/169/201/264, efficientnet_b0..b3, swin")
+                        "resnet50/101/152/200, densenet121/169/201/264, efficientnet_b0..b3, swin; "
+                        "radiomics (optional extra: pyradiomics + logistic regression)")
     g.add_argument("--synthetic-ratio", dest="synthetic_ratio", type=float, default=0.0,
                    help="fraction of the class gap filled with synthetic minority patches: 0, 0.25, 0.5, 0.75, 1.0")
     g.add_argument("--crop-source", dest="crop_source", choices=("gt", "pred"), default="gt",
@@ -485,6 +486,12 @@ def trainer_from_args(args) -> ClsTrainer:
 
 
 def train_from_args(args) -> Path:
+    if (args.arch or "").lower() == "radiomics":
+        from neonet_toolkit.evaluation.radiomics import run_radiomics_baseline
+
+        if args.synthetic_ratio:
+            raise ValueError("The radiomics baseline trains on real cases only (--synthetic-ratio 0).")
+        return run_radiomics_baseline(args.dataset, [args.fold], args.crop_source, overwrite=args.overwrite)
     t = trainer_from_args(args)
     try:
         return t.run()

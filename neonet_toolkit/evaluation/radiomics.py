@@ -1,0 +1,143 @@
+"""Radiomics baseline (optional extra): pyradiomics features from the TLCR patches + logistic regression.
+
+Install with ``pip install neonet_toolkit[radiomics]`` (pyradiomics 3.0.1; its 3.1.0 sdist is
+broken, and 3.0.1 needs ``pip install --no-build-isolation pyradiomics==3.0.1`` with numpy
+installed first). Without it, :func:`run_radiomics_baseline` raises :class:`RadiomicsUnavailable`
+with that message and the experiment runner skips the baseline.
+
+Same folds, same real training/validation cases, same output layout as the deep runs
+(``neonet_results/<ds>/cls_radiomics_0[_pred]__<plans>/fold_N/oof_predictions.csv`` +
+``cls_summary.json``), so ``neonet_evaluate DATASET cls`` puts it in the same tables. Features
+(first order, shape, GLCM, GLRLM, GLSZM, GLDM, NGTDM) are extracted inside the tumour mask and inside
+the organ∪tumour ROI (the peritumoral liver is where PNI spreads), standardised, and fed to an
+L2 logistic regression fitted on the fold's real training cases only (no synthetic data: ratio 0).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from neonet_toolkit.evaluation import stats
+from neonet_toolkit.utils.io import load_json, save_json
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = ("pyradiomics is not installed: `pip install numpy && pip install --no-build-isolation "
+                "pyradiomics==3.0.1` (or `pip install neonet_toolkit[radiomics]`); the radiomics baseline is skipped.")
+
+
+class RadiomicsUnavailable(ImportError):
+    pass
+
+
+def radiomics_available() -> bool:
+    try:
+        import radiomics  # noqa: F401
+        from radiomics import featureextractor  # noqa: F401
+    except Exception:  # pyradiomics missing or its C extensions broken
+        return False
+    return True
+
+
+def _extractor():
+    if not radiomics_available():
+        raise RadiomicsUnavailable(INSTALL_HINT)
+    from radiomics import featureextractor
+
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+    ext = featureextractor.RadiomicsFeatureExtractor(binCount=32, force2D=False, label=1, minimumROIDimensions=1,
+                                                     minimumROISize=1)
+    ext.disableAllFeatures()
+    for c in ("firstorder", "shape", "glcm", "glrlm", "glszm", "gldm", "ngtdm"):
+        ext.enableFeatureClassByName(c)
+    return ext
+
+
+def extract_case_features(image: np.ndarray, label: np.ndarray, spacing_xyz, extractor=None) -> dict[str, float]:
+    """Features of one TLCR patch (image (2, D, H, W), label (2, D, H, W)) for the tumour and the ROI."""
+    import SimpleITK as sitk
+
+    ext = extractor or _extractor()
+    img = sitk.GetImageFromArray(image[0].astype(np.float32))
+    img.SetSpacing(tuple(float(s) for s in spacing_xyz))
+    out = {}
+    for name, m in (("tumor", label[1]), ("roi", label[0])):
+        m = (np.asarray(m) > 0).astype(np.uint8)
+        if m.sum() < 2:
+            continue
+        mask = sitk.GetImageFromArray(m)
+        mask.CopyInformation(img)
+        for k, v in ext.execute(img, mask).items():
+            if k.startswith("original_"):
+                try:
+                    out[f"{name}_{k[len('original_'):]}"] = float(v)
+                except (TypeError, ValueError):
+                    continue
+    return out
+
+
+def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source: str = "gt", C: float = 1.0,
+                           plans_name: str = "NeoNetPlans", overwrite: bool = False) -> Path:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from tqdm import tqdm
+
+    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+    from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder
+    from neonet_toolkit.training.base import dataset_folders
+    from neonet_toolkit.training.cls import (OOF_FILE, SUMMARY_FILE, TRAIN_PRED_FILE, case_labels,
+                                             write_predictions_csv)
+
+    ext = _extractor()
+    name, pp, res_root = dataset_folders(dataset)
+    run = "cls_radiomics_0" + ("" if crop_source == "gt" else f"_{crop_source}")
+    root = res_root / f"{run}__{plans_name}"
+    splits = load_splits(pp)
+    folds = list(range(len(splits))) if folds is None else [int(f) for f in folds]
+    labels = case_labels(pp, crop_source)
+    pf = patch_folder(pp, crop_source)
+    meta = load_metadata(pf)["cases"]
+    cache_f = root / "features.json"
+    cache = load_json(cache_f) if cache_f.is_file() and not overwrite else {}
+    needed = sorted({c for k in folds for part in ("train", "val") for c in get_fold(splits, k)[part]})
+    todo = [c for c in needed if c not in cache]
+    for c in tqdm(todo, desc="radiomics", disable=None):
+        img, lab = load_patch(pf, c)
+        cache[c] = extract_case_features(img, lab, list(meta[c]["spacing"])[::-1], ext)
+    if todo:
+        save_json(cache, cache_f)
+    keys = sorted(set.intersection(*(set(cache[c]) for c in needed)))
+    if not keys:
+        raise ValueError("radiomics: no feature common to every case (empty tumour masks?).")
+    X = {c: np.nan_to_num(np.array([cache[c][k] for k in keys], float), posinf=0.0, neginf=0.0) for c in needed}
+    for k in folds:
+        split = get_fold(splits, k)
+        tr, va = list(split["train"]), list(split["val"])
+        ytr = np.array([labels[c] for c in tr])
+        yva = np.array([labels[c] for c in va])
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
+        clf.fit(np.stack([X[c] for c in tr]), ytr)
+        ptr = clf.predict_proba(np.stack([X[c] for c in tr]))[:, 1]
+        pva = clf.predict_proba(np.stack([X[c] for c in va]))[:, 1]
+        thr = stats.select_threshold(ytr, ptr)
+        out = root / f"fold_{k}"
+        write_predictions_csv(out / OOF_FILE, [{"case_id": c, "label": int(y), "probability": float(p),
+                                               "probability_raw": float(p)} for c, y, p in zip(va, yva, pva)],
+                              ["case_id", "label", "probability", "probability_raw"])
+        write_predictions_csv(out / TRAIN_PRED_FILE, [{"case_id": c, "label": int(y), "probability": float(p),
+                                                      "probability_raw": float(p), "set": "training_cases"}
+                                                     for c, y, p in zip(tr, ytr, ptr)],
+                              ["case_id", "label", "probability", "probability_raw", "set"])
+        save_json({"dataset": name, "fold": k, "run": run, "arch": "radiomics", "synthetic_ratio": 0.0,
+                   "crop_source": crop_source, "early_stopping": "none", "selected_epoch": None,
+                   "val_ids": va, "train_ids": tr, "n_train_real": len(tr), "n_train_synthetic": 0,
+                   "n_features": len(keys), "threshold": thr, "threshold_source": "training_cases",
+                   "train_prevalence": float(ytr.mean()), "real_prevalence": float(ytr.mean()),
+                   "val_auc": stats.roc_auc(yva, pva) if 0 < yva.sum() < yva.size else None},
+                  out / SUMMARY_FILE)
+        logger.info("radiomics fold %d: %d features, validation AUC %s", k, len(keys),
+                    f"{stats.roc_auc(yva, pva):.3f}" if 0 < yva.sum() < yva.size else "n/a")
+    return root
