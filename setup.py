@@ -45,6 +45,7 @@ setup(
             "neonet_generate=neonet_toolkit.run.generate:main",
             "neonet_experiment=neonet_toolkit.run.experiment:main",
             "neonet_predict=neonet_toolkit.run.predict:main",
+            "neonet_demo=neonet_toolkit.run.demo:main",
         ],
     },
 )
