@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 GEN_TEST = {"inherits_from": "cpu_small",
             "vae": {"epochs": 15, "lr": 3e-3, "batch_size": 2, "val_every": 5},

@@ -6,8 +6,9 @@
   ``lpips`` package; see docs/neogen.md).
 * Generation (Table 4): FID between the fold's real training patches (the set NeoGen imitates) and
   the fold's synthetic set, on axial, sagittal and coronal slices (slices with ≥ 5 % ROI) and their
-  average; also real validation vs real training patches as a reference floor for the same
-  extractor. Feature extractor: ``--fid-network pca`` (default, weight-free, in-domain; see
+  average; also real validation vs real training patches as a reference for the same extractor
+  (FID is biased upwards for small sets, so compare sets of similar size: the reference uses only the
+  fold's few validation cases). Feature extractor: ``--fid-network pca`` (default, weight-free, in-domain; see
   :mod:`neonet_toolkit.evaluation.image_metrics`) or ``radimagenet`` / ``inception`` with
   ``--fid-weights PATH``.
 * ``montage.png``: real source patch vs synthetic patch (channel 0) with the conditioning masks.
@@ -163,7 +164,7 @@ def tables_markdown(report: dict) -> str:
                       "unless inception weights were used):", "",
                       "| Method | FID ↓ (A) | FID ↓ (S) | FID ↓ (C) | FID ↓ (Avg.) |", "|---|---|---|---|---|"]
             for label, f in (("NeoGen (synthetic vs real train)", g["fid_synthetic_vs_real_train"]),
-                             ("real val vs real train (floor)", g["fid_real_val_vs_real_train"])):
+                             ("real val vs real train (reference)", g["fid_real_val_vs_real_train"])):
                 lines.append(f"| {label} | " + " | ".join(f"{f[v]:.4f}" for v in VIEWS) + f" | {f['average']:.4f} |")
             lines.append("")
     return "\n".join(lines) + "\n"
