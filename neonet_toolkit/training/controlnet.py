@@ -42,8 +42,7 @@ class ControlNetTrainer(LatentDiffusionTrainer):
         self.class_conditional = bool(self.config.get("class_conditional", True))
         self.network = build_controlnet(self.ldm_config, self.config, self.latent_channels, vae_down,
                                         num_class_embeds=2 if self.class_conditional else None).to(self.device)
-        if not self.continue_training:
-            init_controlnet_from_unet(self.network, self.unet)
+        init_controlnet_from_unet(self.network, self.unet)  # a resumed checkpoint then overwrites it
         self.scheduler = make_noise_scheduler(self.ldm_config)
         self.train_cond = label_to_condition(self.train_labels)
         self.val_cond = label_to_condition(self.val_labels)
