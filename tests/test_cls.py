@@ -344,3 +344,30 @@ def test_pattennet_learns_phantom_cue(tmp_path, monkeypatch):
         ps += [r["probability"] for r in rows]
     d = stats.delong_ci(ys, ps)
     assert d["auc"] > 0.75 and d["ci_low"] > 0.5, d
+
+
+# ----------------------------------------------------------------------------- radiomics (optional extra)
+def test_radiomics_missing_is_a_clear_skip(cls_env, monkeypatch):
+    from neonet_toolkit.evaluation import radiomics
+    from neonet_toolkit.run.experiment import run_experiment
+
+    monkeypatch.setattr(radiomics, "radiomics_available", lambda: False)
+    with pytest.raises(radiomics.RadiomicsUnavailable, match="pip install"):
+        radiomics.run_radiomics_baseline(cls_env["dataset_name"], [0])
+    st = run_experiment(cls_env["dataset_name"], ["radiomics"], [0], device="cpu", evaluate=False)
+    assert not st["failed"] and any("pyradiomics is not installed" in s for s in st["skipped"])
+
+
+def test_radiomics_baseline_same_folds(cls_env):
+    pytest.importorskip("radiomics")
+    from neonet_toolkit.evaluation import radiomics
+    from neonet_toolkit.evaluation.cls import evaluate_cls
+
+    if not radiomics.radiomics_available():
+        pytest.skip("pyradiomics installed but not importable")
+    root = radiomics.run_radiomics_baseline(cls_env["dataset_name"])
+    assert root.name == "cls_radiomics_0__NeoNetPlans"
+    res = evaluate_cls(cls_env["dataset_name"], n_boot=200)
+    r = res["runs"]["cls_radiomics_0"]
+    assert r["complete"] and r["n"] == 20 and 0.0 <= r["pooled_auc"] <= 1.0
+    assert "Radiomics" in (Path(res["output"]) / "table2.md").read_text()
