@@ -202,8 +202,6 @@ class ClsTrainer(NeoNetTrainer):
 
     def __init__(self, dataset, fold: int, arch: str | None = None, synthetic_ratio: float = 0.0,
                  crop_source: str = "gt", early_stopping: str | None = None, **kw):
-        # the run name needs the plans' defaults; resolve them first with a throwaway read
-        self._arch_arg, self._es_arg = arch, early_stopping
         self.synthetic_ratio = _check_ratio(synthetic_ratio)
         if crop_source not in ("gt", "pred"):
             raise ValueError(f"--crop-source must be gt or pred, got {crop_source!r}.")
