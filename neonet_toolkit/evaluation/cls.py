@@ -366,8 +366,9 @@ def tables(results: dict[str, dict], crop_source: str = "gt", early_stopping: st
            table5_ratio: float | None = None) -> dict:
     from neonet_toolkit.networks.classifiers import PRETTY, TABLE2_ARCHS, TABLE5_ARCHS
 
+    # radiomics has no model selection: it belongs in every table of its crop source
     sel = {n: r for n, r in results.items() if r.get("crop_source") == crop_source
-           and r.get("early_stopping") == early_stopping}
+           and (r.get("early_stopping") == early_stopping or r.get("arch") == "radiomics")}
     ratios = sorted({r["ratio"] for r in sel.values()})
     archs = sorted({r["arch"] for r in sel.values() if r["arch"] in TABLE2_ARCHS or not r["arch"].startswith("pattennet")},
                    key=lambda a: (list(TABLE2_ARCHS).index(a) if a in TABLE2_ARCHS else 100, a))
@@ -450,7 +451,8 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
         tests.append(paired_test(results[a], results[b]))
     _write_csv(out / "paired_tests.csv", tests)
     shortcuts = load_shortcut_checks(res_root, plans_name)
-    groups = sorted({(r["crop_source"], r["early_stopping"]) for r in results.values()})
+    groups = sorted({(r["crop_source"], r["early_stopping"]) for r in results.values() if r["arch"] != "radiomics"}
+                    or {(r["crop_source"], r["early_stopping"]) for r in results.values()})
     report = [f"# NeoCls evaluation: {name}", "",
               f"Real validation cases only; {n_folds} folds. Cell: mean ± SD of per-fold AUC (as in the paper) "
               "(pooled out-of-fold AUC [DeLong 95 % CI]).", ""]
@@ -468,7 +470,8 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
                    f"_{t['note']}_", ""]
         if t["table5_md"]:
             report += ["## Table 5 shape (PattenNet ablations)", "", t["table5_md"], ""]
-        plot_roc([r for r in results.values() if r["crop_source"] == cs and r["early_stopping"] == es],
+        plot_roc([r for r in results.values() if r["crop_source"] == cs
+                  and (r["early_stopping"] == es or r["arch"] == "radiomics")],
                  out / f"roc_all{sfx}.png", f"ROC, crop {cs}, early stopping {es}")
     report += ["## Operating point and calibration", "",
                "| run | sensitivity [95% CI] | specificity [95% CI] | threshold from | ECE (raw → recalibrated) | "
