@@ -152,6 +152,26 @@ def test_quality_report_vae_beats_mean_patch_and_montage(neogen_run):
     assert "| NeoGen VAE |" in (neogen_run["res"] / "gen_evaluation__NeoNetPlans/fold_0/tables.md").read_text()
 
 
+def test_generation_is_incremental_and_refuses_other_settings(neogen_run):
+    from neonet_toolkit.generation.generate import generate_synthetic_set
+    from neonet_toolkit.generation.manifest import load_manifest
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in neogen_run["env"].items():
+            mp.setenv(k, v)
+        folder = neogen_run["res"] / "synthetic__NeoNetPlans/fold_0"
+        before = load_manifest(folder)
+        mtimes = {f.name: f.stat().st_mtime_ns for f in (folder / "patches").iterdir()}
+        # same settings, lower ratio: nothing regenerated, the existing entries are kept
+        generate_synthetic_set(neogen_run["name"], 0, ratio=0.5, n_majority=2, device="cpu",
+                               configuration="gen_test")
+        after = load_manifest(folder)
+        assert after["entries"] == before["entries"]
+        assert {f.name: f.stat().st_mtime_ns for f in (folder / "patches").iterdir()} == mtimes
+        with pytest.raises(FileExistsError, match="overwrite"):
+            generate_synthetic_set(neogen_run["name"], 0, ratio=1.0, steps=3, device="cpu")
+
+
 def test_resume_continues_from_latest_and_refuses_silent_overwrite(neogen_run):
     from neonet_toolkit.run.train import main as train_main
     from neonet_toolkit.training.base import load_checkpoint
@@ -167,3 +187,12 @@ def test_resume_continues_from_latest_and_refuses_silent_overwrite(neogen_run):
     assert ck["epoch"] == n + 1 and len(ck["history"]) == n + 2
     assert "resumed from checkpoint_latest.pth" in \
         (neogen_run["res"] / "ldm__NeoNetPlans/fold_0/training_log.txt").read_text()
+    # the synthetic set now derives from a superseded LDM: regenerating needs --overwrite
+    from neonet_toolkit.generation.generate import generate_synthetic_set
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in neogen_run["env"].items():
+            mp.setenv(k, v)
+        with pytest.raises(FileExistsError, match="overwrite"):
+            generate_synthetic_set(neogen_run["name"], 0, ratio=1.0, n_majority=2, device="cpu",
+                                   configuration="gen_test")

@@ -232,3 +232,21 @@ def test_torchvision_fid_extractor_requires_local_weights(tmp_path):
     torch.save({"foo": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="does not look like"):
         make_feature_extractor("radimagenet", str(bad))
+
+
+def test_torchvision_fid_extractor_loads_local_state_dict(tmp_path):
+    """The RadImageNet path with a locally saved ResNet-50 state_dict (random weights here: only the
+    loading and feature mechanics are tested, no FID value is claimed)."""
+    import torchvision
+
+    from neonet_toolkit.evaluation.image_metrics import make_feature_extractor
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet50(weights=None)
+    f = tmp_path / "resnet50.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, f)
+    ex = make_feature_extractor("radimagenet", str(f))
+    assert torch.equal(ex.net.conv1.weight, net.conv1.weight)
+    slices = np.random.default_rng(0).normal(size=(3, 16, 32)).astype(np.float32)
+    feats = ex.fit(slices)(slices)
+    assert feats.shape == (3, 2048) and torch.isfinite(feats).all()

@@ -50,6 +50,7 @@ class NeoGenModels:
     checkpoint: str
     device: torch.device
     sampling: dict = field(default_factory=dict)
+    upstream: dict = field(default_factory=dict)  # {"vae": path, "ldm": path} the ControlNet was trained on
 
 
 def load_neogen_models(dataset, fold: int, device: str | torch.device = "cpu", plans_name: str = "NeoNetPlans",
@@ -82,7 +83,7 @@ def load_neogen_models(dataset, fold: int, device: str | torch.device = "cpu", p
                         alphas_cumprod=sched.alphas_cumprod.clone(), scale_factor=float(ex["scale_factor"]),
                         vae_config=vae_cfg, latent_shape=list(ex["latent_shape"]),
                         class_conditional=bool(ex.get("class_conditional")), checkpoint=str(cn_path), device=device,
-                        sampling=sampling)
+                        sampling=sampling, upstream={"vae": str(ex["vae_checkpoint"]), "ldm": str(ex["ldm_checkpoint"])})
 
 
 @torch.no_grad()
@@ -160,7 +161,8 @@ def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: i
     info, planned = plan_entries(labels, ratio, n_majority)
 
     out = synthetic_folder(name, fold, plans_name)
-    settings = {"checkpoint": models.checkpoint, "checkpoint_sha1": file_sha1(models.checkpoint), "steps": steps, "seed": int(seed), "eta": float(eta),
+    settings = {"checkpoint": models.checkpoint, "checkpoint_sha1": file_sha1(models.checkpoint),
+                "upstream_sha1": {k: file_sha1(v) for k, v in models.upstream.items()}, "steps": steps, "seed": int(seed), "eta": float(eta),
                 "sampler": "ddim"}
     existing = {}
     if (out / MANIFEST).is_file():
