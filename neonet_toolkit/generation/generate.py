@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from neonet_toolkit.generation.manifest import MANIFEST, synthetic_folder
-from neonet_toolkit.generation.sampler import ddim_sample, make_noise_scheduler
+from neonet_toolkit.generation.sampler import ddim_sample, ddim_timesteps, make_noise_scheduler
 from neonet_toolkit.networks.generative import (build_controlnet, build_unet, controlled_unet_output, freeze,
                                                 from_vae_output, label_to_condition, load_fold_vae,
                                                 stage_checkpoint_path)
@@ -157,6 +157,7 @@ def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: i
     train_ids, val_ids = list(split["train"]), set(split["val"])
     models = load_neogen_models(name, fold, dev, plans_name, configuration)
     steps = int(steps or models.sampling.get("steps", 50))
+    ddim_timesteps(steps, int(models.alphas_cumprod.shape[0]))  # validates the step count before any work
     labels = case_labels(pp, train_ids)
     info, planned = plan_entries(labels, ratio, n_majority)
 
