@@ -256,6 +256,10 @@ def test_experiment_grid_evaluation_resume(cls_env):
         (fold / f).unlink()
     st2 = run_experiment(ds, **kw, evaluate=False, shortcut=False)
     assert len(st2["resumed"]) == 1 and len(st2["skipped"]) == 19 and (fold / "oof_predictions.csv").is_file()
+    from neonet_toolkit.run.experiment import main as experiment_main
+
+    assert experiment_main(["501", "--archs", "pattennet", "resnet10", "--ratios", "0", "1.0", "-device", "cpu",
+                            "--configuration", cls_env["cfg"], "--epochs", "1", "--no-shortcut", "--n-boot", "100"]) == 0
 
 
 def test_evaluation_numbers_match_stats(tmp_path, monkeypatch, planned_phantom):
@@ -294,6 +298,10 @@ def test_evaluation_numbers_match_stats(tmp_path, monkeypatch, planned_phantom):
     ref = stats.delong_paired_test(y, [allp["cls_pattennet_1"][c] for c in ids], [allp["cls_resnet50_1"][c] for c in ids])
     assert (t["run_a"], t["run_b"]) == ("cls_pattennet_1", "cls_resnet50_1") and t["p_value"] == pytest.approx(ref["p_value"])
     assert "ResNet-50" in (Path(res["output"]) / "table2.md").read_text()
+    from neonet_toolkit.run.evaluate import main as evaluate_main
+
+    assert evaluate_main(["501", "cls", "--n-boot", "100", "--compare", "cls_resnet50_1", "cls_pattennet_1"]) == 0
+    assert evaluate_main(["501", "cls", "--compare", "cls_resnet50_1", "cls_nope_1"]) == 2
 
 
 def _free_port() -> int:
@@ -334,7 +342,7 @@ def test_pattennet_learns_phantom_cue(tmp_path, monkeypatch):
                                neonet_options={"crop_size": [32, 32, 16]})
     plan_and_preprocess(502, num_processes=1)
     pp = tmp_path / "nnUNet_preprocessed" / raw.name
-    cfg = U.add_configuration(pp, "cls_learn", {"epochs": 25, "lr": 1e-2, "adapter_channels": 32})
+    cfg = U.add_configuration(pp, "cls_learn", {"epochs": 25, "lr": 3e-3, "adapter_channels": 32})
     ys, ps = [], []
     for f in range(5):
         U.make_fold_vae(raw.name, pp, f)
