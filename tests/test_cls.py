@@ -94,6 +94,19 @@ def test_frozen_encoder_unchanged_by_training_step():
     assert any(not torch.equal(v, other[k]) for k, v in net.state_dict().items() if k in other)
 
 
+def test_frozen_encoder_is_the_vaes_encoder_with_its_intensity_mapping():
+    from neonet_toolkit.networks.generative import build_vae
+
+    torch.manual_seed(0)
+    cfg = dict(U.TINY_VAE, input_intensity={"scale": 2.0, "clip": 3.0})
+    vae = build_vae(cfg).eval()
+    enc = FrozenVAEEncoder(cfg, 0.7, vae=vae)
+    x = 4 * torch.randn(2, 1, 16, 32, 32)
+    with torch.no_grad():
+        ref = vae.encode(torch.clamp(x / 2.0, -3.0, 3.0))[0] * 0.7
+    torch.testing.assert_close(enc(x), ref)
+
+
 @pytest.mark.parametrize("n_dab", [0, 1, 3])
 def test_number_of_dabs(n_dab):
     net = build_classifier(f"pattennet_dab{n_dab}", {"adapter_channels": 8}, vae_config=U.TINY_VAE)

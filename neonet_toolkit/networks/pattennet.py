@@ -87,6 +87,9 @@ class DualAttentionBlock(nn.Module):
 class FrozenVAEEncoder(nn.Module):
     """The VAE's encoder + ``quant_conv_mu`` (the LDM's E(x) = z_mu * scale_factor), frozen.
 
+    The input goes through the VAE's own intensity mapping first (``vae_config["input_intensity"]``,
+    :func:`neonet_toolkit.networks.generative.to_vae_input`), as the VAE trainer applied it.
+
     ``train()`` never switches it out of eval mode and it runs without autograd.
     """
 
@@ -98,6 +101,9 @@ class FrozenVAEEncoder(nn.Module):
         self.encoder = copy.deepcopy(src.encoder)
         self.quant_conv_mu = copy.deepcopy(src.quant_conv_mu)
         self.vae_config = dict(vae_config)
+        # the intensity mapping the VAE was trained with (networks.generative.to_vae_input); hand-made
+        # VAEs without it take the raw channel
+        self.input_intensity = dict(vae_config["input_intensity"]) if "input_intensity" in vae_config else None
         self.latent_channels = int(vae_config["latent_channels"])
         self.downsampling = 2 ** (len(vae_config["channels"]) - 1)
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
@@ -110,6 +116,10 @@ class FrozenVAEEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
+            if self.input_intensity is not None:
+                from neonet_toolkit.networks.generative import to_vae_input
+
+                x = to_vae_input(x, self.input_intensity)
             return self.quant_conv_mu(self.encoder(x)) * self.scale_factor
 
 
