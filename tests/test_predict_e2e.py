@@ -1,0 +1,225 @@
+"""neonet_predict end to end with tiny models trained in the fixture (NeoSeg → TLCR → NeoCls).
+
+The fixture trains, on a mini phantom (15 cases, 32×32×16 voxels, 2 folds): nnU-Net's U-Net
+through the NeoSeg trainer (fold 0, a few epochs: enough to find these tumours), a VAE and a
+PattenNet (fold 0, 2-3 epochs). Everything is real; the models are just small.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from neonet_toolkit.dataset.contract import DatasetError
+
+DS = 503
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import os
+
+    from neonet_toolkit.demo.phantom import make_phantom_dataset
+    from neonet_toolkit.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.cls import ClsTrainer
+    from neonet_toolkit.training.seg.api import train_seg
+    from neonet_toolkit.training.vae import VAETrainer
+
+    root = tmp_path_factory.mktemp("e2e")
+    saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "neonet_results")}
+    for k in saved:
+        os.environ[k] = str(root / k)
+    raw = make_phantom_dataset(root / "nnUNet_raw", DS, "Mini", n_train=15, n_test=2, shape_xyz=(32, 32, 16),
+                               spacing=(1.5, 1.5, 3.0), shape_jitter=1, seed=1,
+                               neonet_options={"crop_size": [16, 16, 8]})
+    plan_and_preprocess(DS, num_processes=1)
+    pp = root / "nnUNet_preprocessed" / raw.name
+    plans = json.loads((pp / "neonet_plans.json").read_text())
+    plans["configurations"]["test_tiny"] = {"inherits_from": "cpu_small", "vae": {"epochs": 2, "val_every": 1},
+                                            "cls": {"epochs": 3, "patience": 10}}
+    (pp / "neonet_plans.json").write_text(json.dumps(plans))
+    seg_folder = train_seg(DS, 0, arch="nnunet", device="cpu", epochs=10, iterations=12, val_iterations=1)
+    VAETrainer(DS, 0, configuration="test_tiny", device="cpu").run()
+    ClsTrainer(DS, 0, arch="pattennet", synthetic_ratio=0.0, configuration="test_tiny", device="cpu").run()
+    yield {"root": root, "raw": raw, "pp": pp, "seg_model": Path(seg_folder).parent, "cls_run": "cls_pattennet_0"}
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _predict(trained, inp, out, **kw):
+    from neonet_toolkit.inference.predict import predict
+
+    kw.setdefault("folds", [0])
+    return predict(inp, out, DS, seg_model=trained["seg_model"], cls_run=trained["cls_run"], device="cpu", **kw)
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def full_run(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred_full")
+    res = _predict(trained, trained["raw"] / "imagesTs", out, save_crops=True, saliency=True)
+    return out, res
+
+
+def test_end_to_end_outputs(trained, full_run):
+    out, res = full_run
+    rows = _read_csv(out / "predictions.csv")
+    ids = sorted(p.name[:-12] for p in (trained["raw"] / "imagesTs").glob("*_0000.nii.gz"))
+    assert [r["case_id"] for r in rows] == ids
+    meta = json.loads((out / "predictions.json").read_text())
+    prov = meta["provenance"]
+    assert prov["cls_run"] == "cls_pattennet_0" and prov["cls_folds"] == [0] and prov["seg_folds"] == ["0"]
+    assert "threshold_rule" in prov and "no_tumor" in prov["qc_flags"]
+    for r, rec in zip(rows, meta["cases"]):
+        # masks: same geometry as the input image
+        img = sitk.ReadImage(str(trained["raw"] / "imagesTs" / f"{r['case_id']}_0000.nii.gz"))
+        seg = sitk.ReadImage(str(out / f"{r['case_id']}.nii.gz"))
+        assert seg.GetSize() == img.GetSize()
+        np.testing.assert_allclose(seg.GetSpacing(), img.GetSpacing(), atol=1e-5)
+        np.testing.assert_allclose(seg.GetOrigin(), img.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(seg.GetDirection(), img.GetDirection(), atol=1e-6)
+        gt = sitk.GetArrayFromImage(sitk.ReadImage(str(trained["raw"] / "labelsTs" / f"{r['case_id']}.nii.gz")))
+        pred = sitk.GetArrayFromImage(seg)
+        assert set(np.unique(pred)) <= {0, 1, 2}
+        if "no_tumor" not in rec["qc_flags"]:
+            p = float(r["probability"])
+            assert 0.0 <= p <= 1.0
+            assert r["decision"] in ("0", "1") and int(r["decision"]) == int(p >= float(r["threshold"]))
+            assert (out / "crops" / f"{r['case_id']}_crop.png").is_file()
+            assert (out / "crops" / f"{r['case_id']}_saliency.nii.gz").is_file()
+            assert rec["tumor_voxels"] == int((pred == 2).sum())
+        # the tiny model really segments: liver overlap with the ground truth
+        liver = np.isin(gt, (1, 2))
+        pl = np.isin(pred, (1, 2))
+        assert 2 * (liver & pl).sum() / (liver.sum() + pl.sum()) > 0.7
+    assert any(r["probability"] for r in rows), "the fixture model should find at least one tumour"
+    assert not list(out.rglob(".*.tmp*")), "no temporary file may be left behind"
+
+
+def test_removed_tumour_gives_no_tumor_and_no_probability(trained, tmp_path):
+    raw = trained["raw"]
+    cid = sorted(p.name[:-12] for p in (raw / "imagesTs").glob("*_0000.nii.gz"))[0]
+    img = sitk.ReadImage(str(raw / "imagesTs" / f"{cid}_0000.nii.gz"))
+    arr = sitk.GetArrayFromImage(img)
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTs" / f"{cid}.nii.gz")))
+    rng = np.random.default_rng(0)
+    liver = arr[lab == 1]
+    arr[lab == 2] = rng.choice(liver, size=int((lab == 2).sum()))  # tumour replaced by liver tissue
+    new = sitk.GetImageFromArray(arr)
+    new.CopyInformation(img)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    sitk.WriteImage(new, str(inp / "notumour_0000.nii.gz"))
+    _predict(trained, inp, tmp_path / "out")
+    row = _read_csv(tmp_path / "out" / "predictions.csv")[0]
+    assert row["qc_flags"].split(";")[0] == "no_tumor"
+    assert row["probability"] == "" and row["decision"] == ""
+    rec = json.loads((tmp_path / "out" / "cases" / "notumour.json").read_text())
+    assert rec["probability"] is None and rec["tlcr"]["empty_tumor"]
+
+
+def test_rerun_after_crash_completes_only_what_is_missing(trained, full_run, tmp_path, monkeypatch):
+    from neonet_toolkit.inference import predict as P
+
+    out = tmp_path / "out"
+    calls = {"n": 0}
+    original = P.NeoNetPredictor.predict_case
+
+    def crashing(self, case, o, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, case, o, **kw)
+
+    monkeypatch.setattr(P.NeoNetPredictor, "predict_case", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        _predict(trained, trained["raw"] / "imagesTs", out)
+    monkeypatch.setattr(P.NeoNetPredictor, "predict_case", original)
+    assert len(list((out / "cases").glob("*.json"))) == 1
+    res = _predict(trained, trained["raw"] / "imagesTs", out)
+    assert len(res["skipped"]) == 1 and len(res["predicted"]) == 1
+    full = _read_csv(full_run[0] / "predictions.csv")
+    assert [r["case_id"] for r in _read_csv(out / "predictions.csv")] == [r["case_id"] for r in full]
+    for a, b in zip(_read_csv(out / "predictions.csv"), full):
+        assert a["probability"] == b["probability"] and a["qc_flags"] == b["qc_flags"]
+    # --overwrite redoes everything
+    res = _predict(trained, trained["raw"] / "imagesTs", out, overwrite=True)
+    assert len(res["predicted"]) == 2 and not res["skipped"]
+
+
+def test_two_parts_equal_one_run(trained, full_run, tmp_path):
+    from neonet_toolkit.inference.predict import collect
+
+    out = tmp_path / "sharded"
+    r0 = _predict(trained, trained["raw"] / "imagesTs", out, num_parts=2, part_id=0)
+    r1 = _predict(trained, trained["raw"] / "imagesTs", out, num_parts=2, part_id=1)
+    assert len(r0["predicted"]) == len(r1["predicted"]) == 1 and r0["predicted"] != r1["predicted"]
+    collect(out)
+    assert _read_csv(out / "predictions.csv") == _read_csv(full_run[0] / "predictions.csv")
+
+
+def test_dicom_series_input(trained, tmp_path):
+    from test_inference_inputs import write_dicom_series
+
+    raw = trained["raw"]
+    cid = sorted(p.name[:-12] for p in (raw / "imagesTs").glob("*_0000.nii.gz"))[1]
+    img = sitk.ReadImage(str(raw / "imagesTs" / f"{cid}_0000.nii.gz"))
+    vol = np.clip(sitk.GetArrayFromImage(img), -32000, 32000).astype(np.int16)
+    write_dicom_series(vol, tmp_path / "dicom" / "patient_A", spacing=img.GetSpacing(), origin=img.GetOrigin())
+    _predict(trained, tmp_path / "dicom", tmp_path / "out")
+    rows = _read_csv(tmp_path / "out" / "predictions.csv")
+    assert [r["case_id"] for r in rows] == ["patient_A"]
+    seg = sitk.ReadImage(str(tmp_path / "out" / "patient_A.nii.gz"))
+    assert seg.GetSize() == img.GetSize()
+    np.testing.assert_allclose(seg.GetSpacing(), img.GetSpacing(), atol=1e-4)
+
+
+def test_clear_errors(trained, tmp_path):
+    from neonet_toolkit.inference.predict import predict
+
+    with pytest.raises(DatasetError, match="the folder is empty"):
+        (tmp_path / "empty").mkdir()
+        _predict(trained, tmp_path / "empty", tmp_path / "o1")
+    with pytest.raises(FileNotFoundError, match="fold"):
+        _predict(trained, trained["raw"] / "imagesTs", tmp_path / "o2", folds=[1])  # fold 1 never trained
+    with pytest.raises(FileNotFoundError, match="cls_resnet50_1__NeoNetPlans has trained folds \\[\\]"):
+        predict(trained["raw"] / "imagesTs", tmp_path / "o3", DS, seg_model=trained["seg_model"],
+                cls_run="cls_resnet50_1", folds=[0], device="cpu")
+    # plans changed after training: classifier and plans disagree
+    plans_file = trained["pp"] / "neonet_plans.json"
+    backup = plans_file.read_text()
+    try:
+        p = json.loads(backup)
+        p["tlcr"]["crop_size"] = [16, 32, 32]
+        plans_file.write_text(json.dumps(p))
+        with pytest.raises(DatasetError, match="Mismatched plans"):
+            _predict(trained, trained["raw"] / "imagesTs", tmp_path / "o4")
+    finally:
+        plans_file.write_text(backup)
+
+
+def test_cli(trained, tmp_path, capsys):
+    from neonet_toolkit.run.predict import main
+
+    src = trained["raw"] / "imagesTs"
+    inp = tmp_path / "in"
+    inp.mkdir()
+    f = sorted(src.glob("*_0000.nii.gz"))[0]
+    shutil.copy(f, inp / f.name)
+    code = main(["-i", str(inp), "-o", str(tmp_path / "out"), "-d", str(DS), "-m", str(trained["seg_model"]),
+                 "--cls-run", trained["cls_run"], "-f", "0", "-device", "cpu"])
+    assert code == 0
+    assert "predictions.csv" in capsys.readouterr().out
+    assert main(["-i", str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "-d", str(DS)]) == 2
