@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from neonet_toolkit.evaluation import stats
-from neonet_toolkit.utils.io import atomic_path, load_json, save_json, save_text
+from neonet_toolkit.utils.io import atomic_path, load_json, save_figure, save_json, save_text
 
 logger = logging.getLogger(__name__)
 
@@ -288,9 +288,7 @@ def _plt():
 
 
 def _savefig(fig, path: Path) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    _plt().close(fig)
+    save_figure(fig, path)
 
 
 def plot_roc(results: list[dict], path: Path, title: str = "ROC (pooled out-of-fold)") -> None:

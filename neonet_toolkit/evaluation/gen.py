@@ -18,14 +18,13 @@ Outputs: ``neonet_results/<ds>/gen_evaluation__<plans>/fold_N/{gen_report.json, 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from neonet_toolkit.evaluation.image_metrics import VIEWS, fid_per_view, make_feature_extractor, psnr, ssim, view_axes
-from neonet_toolkit.utils.io import save_json, save_text
+from neonet_toolkit.utils.io import save_figure, save_json, save_text
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +140,7 @@ def save_montage(dataset, fold: int, path: Path, n: int = 4, plans_name: str = "
             ax.axis("off")
     fig.suptitle(f"{name} fold {fold}: real vs NeoGen (axial; green ROI, red tumour)", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def tables_markdown(report: dict) -> str:

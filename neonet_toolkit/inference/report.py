@@ -1,10 +1,11 @@
 """Pictures people look at: a TLCR crop with its masks (and saliency) in three views."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from neonet_toolkit.utils.io import save_figure
 
 
 def _center(mask: np.ndarray) -> tuple[int, ...]:
@@ -49,9 +50,4 @@ def crop_png(image_patch: np.ndarray, label_patch: np.ndarray, path: str | Path,
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=90)

@@ -20,6 +20,13 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def cli_main(build_parser, fn, argv=None) -> int:
+    """Parse ``argv`` strictly, set up logging, run ``fn(args)`` (see :func:`run_cli`)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return run_cli(fn, args)
+
+
 def run_cli(fn, args) -> int:
     """Call ``fn(args)``; turn user errors into one clear message and exit code 2."""
     try:

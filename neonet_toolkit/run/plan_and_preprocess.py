@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from neonet_toolkit.run.common import add_common, run_cli, setup_logging
+from neonet_toolkit.run.common import add_common, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,9 +40,7 @@ def _run(args) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    return run_cli(_run, args)
+    return cli_main(build_parser, _run, argv)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,7 @@ STAGES = {
 def stage_module(stage: str):
     if stage not in STAGES:
         raise ValueError(f"Unknown stage {stage!r}; choose one of {sorted(STAGES)}.")
-    try:
-        return importlib.import_module(STAGES[stage])
-    except ModuleNotFoundError as e:
-        if e.name == STAGES[stage]:
-            raise ValueError(f"Stage {stage!r} is not available in this version of the toolkit.") from None
-        raise
+    return importlib.import_module(STAGES[stage])
 
 
 def add_common_training_arguments(p: argparse.ArgumentParser) -> None:

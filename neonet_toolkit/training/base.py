@@ -31,7 +31,7 @@ import torch
 from neonet_toolkit import paths
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-from neonet_toolkit.utils.io import save_json
+from neonet_toolkit.utils.io import save_figure, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +178,7 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- trainer base

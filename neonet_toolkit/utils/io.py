@@ -65,3 +65,14 @@ def save_npz(target: str | os.PathLike, **arrays: np.ndarray) -> None:
 def save_text(text: str, target: str | os.PathLike) -> None:
     with atomic_path(target) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
+
+
+def save_figure(fig, target: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    target = Path(target)
+    with atomic_path(target, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return target
