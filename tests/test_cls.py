@@ -196,6 +196,28 @@ def test_train_fold_pattennet_rs(cls_env):
     np.testing.assert_allclose(predict_proba(net, info2, x), [float(r["probability"]) for r in rows], atol=1e-5)
 
 
+def test_latent_cache_matches_uncached_training(cls_env):
+    """Caching the frozen encoder's latents (all flip variants) is a pure speed-up: same augmentation
+    draws, same updates, same out-of-fold probabilities as encoding every batch."""
+    from neonet_toolkit.training.cls import ClsTrainer, OOF_FILE, read_predictions_csv
+
+    ds, pp = cls_env["dataset_name"], cls_env["preprocessed"]
+    U.make_fold_vae(ds, pp, 0)
+    probs = {}
+    for cache in (True, False):
+        cfg = U.add_configuration(pp, f"cls_cache_{int(cache)}", {"epochs": 2, "cache_latents": cache,
+                                                                   "dropout": 0.0})
+        tr = ClsTrainer(ds, 0, configuration=cfg, device="cpu", early_stopping="none")
+        out = tr.run()
+        assert (tr.z_train is not None) == cache
+        if cache:
+            assert tuple(tr.z_train.shape[:2]) == (len(tr.y_train), 8)  # every flip variant encoded once
+        probs[cache] = [r["probability_raw"] for r in read_predictions_csv(out / OOF_FILE)]
+        for f in out.iterdir():
+            f.unlink()
+    np.testing.assert_allclose(probs[True], probs[False], atol=1e-5)
+
+
 def test_synthetic_from_validation_case_is_refused(cls_env):
     from neonet_toolkit.training.cls import ClsTrainer
 

@@ -152,26 +152,38 @@ class PattenNet(nn.Module):
                                   nn.Linear(head_hidden, 1))
         self.n_dab, self.dab_mode = int(n_dab), dab_mode
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Frozen part: (B, 2, D, H, W) TLCR patch -> latent features fed to the adapter (no autograd).
+
+        Deterministic and parameter-free w.r.t. training, so a trainer may cache it
+        (:meth:`forward_latents` continues from here)."""
         if x.shape[1] != 2:
             raise ValueError(f"PattenNet expects (B, 2, D, H, W) TLCR patches, got {tuple(x.shape)}.")
         if self.input_mode == "shared":
             b = x.shape[0]
             z = self.encoder(torch.cat([x[:, :1], x[:, 1:2]], dim=0))  # one batched pass, shared weights
-            z = torch.cat([z[:b], z[b:]], dim=1)
-        else:
-            z = self.encoder(x[:, :1])
-            mask = (x[:, 1:2] != 0).to(z.dtype)
-            z = torch.cat([z, F.adaptive_avg_pool3d(mask, z.shape[2:])], dim=1)
+            return torch.cat([z[:b], z[b:]], dim=1)
+        z = self.encoder(x[:, :1])
+        mask = (x[:, 1:2] != 0).to(z.dtype)
+        return torch.cat([z, F.adaptive_avg_pool3d(mask, z.shape[2:])], dim=1)
+
+    def features_from_latents(self, z: torch.Tensor) -> torch.Tensor:
         f = self.adapter(z)
         for dab in self.dabs:
             f = dab(f)
         return f
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features(x)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_from_latents(self.encode(x))
+
+    def forward_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Trainable part: latents from :meth:`encode` -> 1 logit; ``forward(x) == forward_latents(encode(x))``."""
+        f = self.features_from_latents(z)
         pooled = torch.cat([F.adaptive_avg_pool3d(f, 1).flatten(1), F.adaptive_max_pool3d(f, 1).flatten(1)], dim=1)
         return self.head(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_latents(self.encode(x))
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]

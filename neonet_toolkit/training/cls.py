@@ -170,14 +170,46 @@ def read_predictions_csv(path: Path) -> list[dict]:
     return rows
 
 
+FLIP_VARIANTS = tuple(tuple(d + 1 for d in range(3) if (v >> d) & 1) for v in range(8))  # per-sample flip dims
+
+
+def draw_flip_variants(n: int, rng: np.random.Generator) -> list[int]:
+    """Per sample, a random subset of the 3 spatial axes (each with p=0.5) as an index into FLIP_VARIANTS."""
+    return [sum(1 << d for d in range(3) if rng.random() < 0.5) for _ in range(n)]
+
+
 def augment_batch(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """Random flips along each spatial axis, per sample."""
     out = []
-    for i in range(x.shape[0]):
-        xi = x[i]
-        dims = [d + 1 for d in range(3) if rng.random() < 0.5]
-        out.append(torch.flip(xi, dims) if dims else xi)
+    for xi, v in zip(x, draw_flip_variants(x.shape[0], rng)):
+        out.append(torch.flip(xi, FLIP_VARIANTS[v]) if v else xi)
     return torch.stack(out)
+
+
+@torch.no_grad()
+def encode_latents(model: torch.nn.Module, images: torch.Tensor, device: torch.device, variants=(0,),
+                   batch_size: int = 8) -> torch.Tensor:
+    """Frozen-encoder latents ``model.encode(flip(x))`` for each flip variant: (N, len(variants), C, d, h, w).
+
+    Valid as a training cache only because the encoder is frozen (no gradient, eval mode, fixed weights)."""
+    model.eval()
+    out = []
+    for s in range(0, len(images), batch_size):
+        x = torch.as_tensor(images[s:s + batch_size], dtype=torch.float32).to(device)
+        zs = []
+        for v in variants:
+            xv = torch.flip(x, [d + 1 for d in FLIP_VARIANTS[v]]) if v else x  # batch dim first
+            with autocast(device):
+                zs.append(model.encode(xv).float())
+        out.append(torch.stack(zs, 1).cpu())
+    return torch.cat(out)
+
+
+def encoder_is_frozen(model: torch.nn.Module) -> bool:
+    """A PattenNet-like model whose ``encode`` part has no trainable parameter."""
+    enc = getattr(model, "encoder", None)
+    return (hasattr(model, "encode") and hasattr(model, "forward_latents") and enc is not None
+            and not any(p.requires_grad for p in enc.parameters()))
 
 
 @torch.no_grad()
@@ -286,6 +318,19 @@ class ClsTrainer(NeoNetTrainer):
         self.scaler = make_grad_scaler(self.device)
         self.log("arch=%s (%s) trainable params=%d frozen=%d", self.arch, parse_arch(self.arch),
                  sum(p.numel() for p in params), sum(p.numel() for p in net.parameters() if not p.requires_grad))
+        self.z_train = None
+        if self.config.get("cache_latents", True) and encoder_is_frozen(net):
+            if self.dist.world_size > 1:
+                self.log("latent cache off under DDP (the wrapped model is called on images)")
+            else:
+                import time
+
+                t0 = time.time()
+                variants = tuple(range(len(FLIP_VARIANTS))) if self.config.get("augment", True) else (0,)
+                self.z_train = encode_latents(net, self.x_train, self.device, variants)
+                net.train()
+                self.log("frozen-encoder latents cached for %d training patches x %d flip variants %s in %.1fs",
+                         len(self.x_train), len(variants), tuple(self.z_train.shape[2:]), time.time() - t0)
 
     # -- loop
     def train_epoch(self, epoch: int) -> dict:
@@ -299,15 +344,21 @@ class ClsTrainer(NeoNetTrainer):
         for chunk in batches(mine, bs):
             if len(chunk) == 1 and len(mine) > 1:
                 continue  # BatchNorm nets cannot train on one sample; it is seen in another epoch
-            x = self.x_train[chunk]
-            if self.config.get("augment", True):
-                x = augment_batch(x, aug_rng)
-            x = x.to(self.device, non_blocking=True)
             y = self.y_train[chunk].to(self.device)
             self.seen_train_items.update(self.train_item_ids[i] for i in chunk)
             self.optimizer.zero_grad(set_to_none=True)
-            with autocast(self.device):
-                logits = self.network(x).reshape(-1).float()
+            if self.z_train is not None:  # frozen encoder: same draws as augment_batch, latents from the cache
+                v = draw_flip_variants(len(chunk), aug_rng) if self.config.get("augment", True) else [0] * len(chunk)
+                z = self.z_train[chunk, v].to(self.device, non_blocking=True)
+                with autocast(self.device):
+                    logits = unwrap(self.network).forward_latents(z).reshape(-1).float()
+            else:
+                x = self.x_train[chunk]
+                if self.config.get("augment", True):
+                    x = augment_batch(x, aug_rng)
+                x = x.to(self.device, non_blocking=True)
+                with autocast(self.device):
+                    logits = self.network(x).reshape(-1).float()
             loss = F.binary_cross_entropy_with_logits(logits, y)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
