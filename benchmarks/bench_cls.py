@@ -85,7 +85,7 @@ def main() -> None:
             print(f"{arch:18s} {dev.type:6s} {r['trainable_params_M']:9.2f} {r['train_patches_per_s']:10.1f} "
                   f"{r['infer_patches_per_s']:10.1f}", flush=True)
     if a.json:
-        with open(a.json, "w") as f:
+        with open(a.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
 
 

@@ -62,7 +62,7 @@ def run(dataset, fold, steps_list, n, devices, fid_network="pca", fid_weights=No
                          "fid_axial": f["axial"], "fid_sagittal": f["sagittal"], "fid_coronal": f["coronal"],
                          "fid_avg": f["average"], "fid_network": fid_network})
     out = res / f"bench_gen_fold_{fold}.json"
-    out.write_text(json.dumps(rows, indent=1))
+    out.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return rows, out
 
 

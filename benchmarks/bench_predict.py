@@ -48,7 +48,7 @@ print("RESULT" + json.dumps({"seconds": dt, "timings": r["timings_s"], "n": len(
 
 
 def _child(code: str, args: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, encoding="utf-8", errors="replace")
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")), None)
     if out.returncode != 0 or line is None:
         raise RuntimeError(f"benchmark child failed:\n{out.stderr[-3000:]}")

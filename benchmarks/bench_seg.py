@@ -42,9 +42,9 @@ def bench(trainer_cls, device, iterations: int, n_predict: int) -> dict:
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name  # noqa: F401
 
     pp = Path(os.environ["nnUNet_preprocessed"]) / "Dataset502_SegBench"
-    plans = json.loads((pp / "NeoNetPlans.json").read_text())
+    plans = json.loads((pp / "NeoNetPlans.json").read_text(encoding="utf-8"))
     plans["continue_training"] = False
-    dj = json.loads((pp / "dataset.json").read_text())
+    dj = json.loads((pp / "dataset.json").read_text(encoding="utf-8"))
     tr = trainer_cls(plans, "3d_fullres", 0, dj, device)
     tr.on_train_start()
     tr.on_train_epoch_start()

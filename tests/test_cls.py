@@ -148,7 +148,7 @@ def cls_env(planned_phantom, tmp_path, monkeypatch):
 
 
 def _rows(path):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -167,7 +167,7 @@ def test_train_fold_pattennet_rs(cls_env):
     for f in ("checkpoint_final.pth", "checkpoint_best.pth", "progress.png", "training_log.txt",
               "oof_predictions.csv", "train_predictions.csv", "cls_summary.json"):
         assert (out / f).is_file(), f
-    summ = __import__("json").loads((out / "cls_summary.json").read_text())
+    summ = __import__("json").loads((out / "cls_summary.json").read_text(encoding="utf-8"))
     val, train = set(summ["val_ids"]), set(summ["train_ids"])
     rows = _rows(out / "oof_predictions.csv")
     assert [r["case_id"] for r in rows] == summ["val_ids"] and not val & train
@@ -238,7 +238,7 @@ def test_inner_split_resume_and_cli(cls_env):
             "--configuration", cls_env["cfg"], "--early-stopping", "inner", "--epochs", "1"]
     assert train_main(args) == 0
     out = cls_env["results"] / "cls_resnet10_0.5_esinner__NeoNetPlans" / "fold_2"
-    summ = __import__("json").loads((out / "cls_summary.json").read_text())
+    summ = __import__("json").loads((out / "cls_summary.json").read_text(encoding="utf-8"))
     inner = set(summ["inner_val_ids"])
     assert inner and not inner & set(summ["fit_ids"]) and summ["threshold_source"] == "inner_split"
     assert not set(summ["synthetic_sources"]) & inner  # synthetic derived from inner-val cases left out
@@ -276,9 +276,9 @@ def test_experiment_grid_evaluation_resume(cls_env):
     for f in ("report.md", "table2.md", "table2.csv", "table5.md", "paired_tests.csv", "summary.json",
               "roc_all.png", "roc_cls_pattennet_1.png", "calibration_cls_resnet10_0.png"):
         assert (ev / f).is_file(), f
-    table = (ev / "table2.md").read_text()
+    table = (ev / "table2.md").read_text(encoding="utf-8")
     assert "PattenNet" in table and "ResNet-10" in table and "R+S (100% balanced)" in table and "pooled" in table
-    summary = __import__("json").loads((ev / "summary.json").read_text())
+    summary = __import__("json").loads((ev / "summary.json").read_text(encoding="utf-8"))
     r = summary["runs"]["cls_pattennet_1"]
     assert r["complete"] and r["n"] == 20
     assert r["pooled_delong"]["ci_low"] <= r["pooled_auc"] <= r["pooled_delong"]["ci_high"]
@@ -306,9 +306,9 @@ def test_evaluation_numbers_match_stats(tmp_path, monkeypatch, planned_phantom):
     from neonet_toolkit.utils.io import save_json
 
     env = U.copy_planned(planned_phantom, tmp_path, monkeypatch)
-    splits = __import__("json").loads((env["preprocessed"] / "splits_final.json").read_text())
+    splits = __import__("json").loads((env["preprocessed"] / "splits_final.json").read_text(encoding="utf-8"))
     labels = {c: r["label"] for c, r in __import__("json").loads(
-        (env["preprocessed"] / "neonet_tlcr/gt/metadata.json").read_text())["cases"].items()}
+        (env["preprocessed"] / "neonet_tlcr/gt/metadata.json").read_text(encoding="utf-8"))["cases"].items()}
     rng = np.random.default_rng(0)
     allp = {}
     for run, signal in (("cls_pattennet_1", 1.5), ("cls_resnet50_1", 0.3)):
@@ -332,7 +332,7 @@ def test_evaluation_numbers_match_stats(tmp_path, monkeypatch, planned_phantom):
     t = res["paired_tests"][0]
     ref = stats.delong_paired_test(y, [allp["cls_pattennet_1"][c] for c in ids], [allp["cls_resnet50_1"][c] for c in ids])
     assert (t["run_a"], t["run_b"]) == ("cls_pattennet_1", "cls_resnet50_1") and t["p_value"] == pytest.approx(ref["p_value"])
-    assert "ResNet-50" in (Path(res["output"]) / "table2.md").read_text()
+    assert "ResNet-50" in (Path(res["output"]) / "table2.md").read_text(encoding="utf-8")
     from neonet_toolkit.run.evaluate import main as evaluate_main
 
     assert evaluate_main(["501", "cls", "--n-boot", "100", "--compare", "cls_resnet50_1", "cls_pattennet_1"]) == 0
@@ -352,12 +352,12 @@ def test_ddp_gloo_two_processes(cls_env):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "neonet_toolkit.run.train", "501", "cls", "0", "-device", "cpu",
            "--configuration", cls_env["cfg"], "--epochs", "2"]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     out = cls_env["results"] / "cls_pattennet_0__NeoNetPlans" / "fold_0"
-    summ = __import__("json").loads((out / "cls_summary.json").read_text())
+    summ = __import__("json").loads((out / "cls_summary.json").read_text(encoding="utf-8"))
     assert summ["world_size"] == 2 and len(_rows(out / "oof_predictions.csv")) == 4
-    assert "world=2" in (out / "training_log.txt").read_text()
+    assert "world=2" in (out / "training_log.txt").read_text(encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- learning
@@ -418,4 +418,4 @@ def test_radiomics_baseline_same_folds(cls_env):
     res = evaluate_cls(cls_env["dataset_name"], n_boot=200)
     r = res["runs"]["cls_radiomics_0"]
     assert r["complete"] and r["n"] == 20 and 0.0 <= r["pooled_auc"] <= 1.0
-    assert "Radiomics" in (Path(res["output"]) / "table2.md").read_text()
+    assert "Radiomics" in (Path(res["output"]) / "table2.md").read_text(encoding="utf-8")

@@ -27,11 +27,11 @@ def ds_folder(template, tmp_path):
 
 
 def _csv(folder, rows, header="case_id,PNI"):
-    (folder / "case_labels.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    (folder / "case_labels.csv").write_text(header + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
 
 
 def _rows(folder):
-    return (folder / "case_labels.csv").read_text().strip().splitlines()[1:]
+    return (folder / "case_labels.csv").read_text(encoding="utf-8").strip().splitlines()[1:]
 
 
 def test_valid_dataset_loads(ds_folder):
@@ -91,14 +91,14 @@ def test_single_class_dataset(ds_folder):
 
 
 def test_unknown_label_names(ds_folder):
-    dj = json.loads((ds_folder / "dataset.json").read_text())
+    dj = json.loads((ds_folder / "dataset.json").read_text(encoding="utf-8"))
     dj["neonet"]["tumor_labels"] = ["lesion"]
-    (ds_folder / "dataset.json").write_text(json.dumps(dj))
+    (ds_folder / "dataset.json").write_text(json.dumps(dj), encoding="utf-8")
     with pytest.raises(DatasetError, match="'lesion'.*not in dataset.json 'labels'"):
         NeoNetDataset.load(ds_folder)
     dj["neonet"].pop("tumor_labels")
     dj["labels"] = {"background": 0, "hepar": 1, "tumor": 2}
-    (ds_folder / "dataset.json").write_text(json.dumps(dj))
+    (ds_folder / "dataset.json").write_text(json.dumps(dj), encoding="utf-8")
     with pytest.raises(DatasetError, match="'liver'"):
         NeoNetDataset.load(ds_folder)
 

@@ -35,15 +35,15 @@ def test_vae_and_controlnet_train_under_torchrun_gloo(planned_phantom, tmp_path,
             continue
         cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "neonet_toolkit.run.train", "501", stage, "0",
                "-device", "cpu", "--configuration", "ddp_test"]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        p = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
         fold = res / f"{stage}__NeoNetPlans" / "fold_0"
-        log = (fold / "training_log.txt").read_text()
+        log = (fold / "training_log.txt").read_text(encoding="utf-8")
         assert "world=2" in log
         ck = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=True)
         assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["network"].values()
                                         if torch.is_tensor(v) and v.is_floating_point())
-        hist = json.loads((fold / "progress.json").read_text())
+        hist = json.loads((fold / "progress.json").read_text(encoding="utf-8"))
         assert len(hist) == 2 and all("train_loss" in h for h in hist)
-        assert json.loads((fold / "training_manifest.json").read_text())["train_ids"]
+        assert json.loads((fold / "training_manifest.json").read_text(encoding="utf-8"))["train_ids"]
     assert torch.load(res / "vae__NeoNetPlans/fold_0/checkpoint_final.pth", weights_only=True)["extra"]["scale_factor"] > 0

@@ -32,7 +32,7 @@ def test_cpu_small_neogen_learns_on_phantom(planned_phantom, tmp_path, monkeypat
                           "--configuration", "gen_learn"]) == 0
     assert evaluate_main(["501", "gen", "-f", "0", "-device", "cpu"]) == 0
     res = Path(env["neonet_results"]) / planned_phantom["dataset_name"]
-    rep = json.loads((res / "gen_evaluation__NeoNetPlans/fold_0/gen_report.json").read_text())
+    rep = json.loads((res / "gen_evaluation__NeoNetPlans/fold_0/gen_report.json").read_text(encoding="utf-8"))
     rec = rep["reconstruction"]
     assert rec["vae"]["psnr"] > rec["mean_patch_baseline"]["psnr"] + 3.0, rec
 

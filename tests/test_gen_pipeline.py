@@ -29,9 +29,9 @@ def copy_planned(planned, dst: Path, configurations: dict) -> dict:
             target.mkdir(parents=True, exist_ok=True)
         env[k] = str(target)
     plans_file = Path(env["nnUNet_preprocessed"]) / planned["dataset_name"] / "neonet_plans.json"
-    plans = json.loads(plans_file.read_text())
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
     plans["configurations"].update(configurations)
-    plans_file.write_text(json.dumps(plans, indent=1))
+    plans_file.write_text(json.dumps(plans, indent=1), encoding="utf-8")
     return env
 
 
@@ -57,7 +57,7 @@ def neogen_run(planned_phantom, tmp_path_factory):
 
 
 def _split(run):
-    return json.loads((run["pp"] / "splits_final.json").read_text())[0]
+    return json.loads((run["pp"] / "splits_final.json").read_text(encoding="utf-8"))[0]
 
 
 def test_trainers_write_nnunet_style_folders(neogen_run):
@@ -82,9 +82,9 @@ def test_no_validation_case_in_any_neogen_training_manifest(neogen_run):
     val = set(_split(neogen_run)["val"])
     train = set(_split(neogen_run)["train"])
     for stage in ("vae", "ldm", "controlnet"):
-        m = json.loads((neogen_run["res"] / f"{stage}__NeoNetPlans/fold_0/training_manifest.json").read_text())
+        m = json.loads((neogen_run["res"] / f"{stage}__NeoNetPlans/fold_0/training_manifest.json").read_text(encoding="utf-8"))
         assert set(m["train_ids"]) == train and not (set(m["train_ids"]) & val)
-    syn = json.loads((neogen_run["res"] / "synthetic__NeoNetPlans/fold_0/manifest.json").read_text())
+    syn = json.loads((neogen_run["res"] / "synthetic__NeoNetPlans/fold_0/manifest.json").read_text(encoding="utf-8"))
     assert {e["source_case"] for e in syn["entries"]} <= train
     assert not ({e["source_case"] for e in syn["entries"]} & val)
     assert not (set(syn["train_ids"]) & val)
@@ -140,7 +140,7 @@ def test_seeded_generation_with_trained_models_is_bit_identical(neogen_run):
 
 
 def test_quality_report_vae_beats_mean_patch_and_montage(neogen_run):
-    rep = json.loads((neogen_run["res"] / "gen_evaluation__NeoNetPlans/fold_0/gen_report.json").read_text())
+    rep = json.loads((neogen_run["res"] / "gen_evaluation__NeoNetPlans/fold_0/gen_report.json").read_text(encoding="utf-8"))
     rec = rep["reconstruction"]
     assert rec["vae"]["psnr"] > rec["mean_patch_baseline"]["psnr"] + 1.0, rec
     assert rec["vae"]["ssim"] > rec["mean_patch_baseline"]["ssim"], rec
@@ -149,7 +149,7 @@ def test_quality_report_vae_beats_mean_patch_and_montage(neogen_run):
         for v in ("axial", "sagittal", "coronal", "average"):
             assert np.isfinite(gen[key][v]) and gen[key][v] >= 0
     assert Path(rep["montage"]).is_file() and Path(rep["montage"]).stat().st_size > 10_000
-    assert "| NeoGen VAE |" in (neogen_run["res"] / "gen_evaluation__NeoNetPlans/fold_0/tables.md").read_text()
+    assert "| NeoGen VAE |" in (neogen_run["res"] / "gen_evaluation__NeoNetPlans/fold_0/tables.md").read_text(encoding="utf-8")
 
 
 def test_generation_is_incremental_and_refuses_other_settings(neogen_run):
@@ -186,7 +186,7 @@ def test_resume_continues_from_latest_and_refuses_silent_overwrite(neogen_run):
     ck = load_checkpoint(neogen_run["res"] / "ldm__NeoNetPlans/fold_0/checkpoint_final.pth")
     assert ck["epoch"] == n + 1 and len(ck["history"]) == n + 2
     assert "resumed from checkpoint_latest.pth" in \
-        (neogen_run["res"] / "ldm__NeoNetPlans/fold_0/training_log.txt").read_text()
+        (neogen_run["res"] / "ldm__NeoNetPlans/fold_0/training_log.txt").read_text(encoding="utf-8")
     # the synthetic set now derives from a superseded LDM: regenerating needs --overwrite
     from neonet_toolkit.generation.generate import generate_synthetic_set
 

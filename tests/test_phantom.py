@@ -23,7 +23,7 @@ def test_dataset_follows_contract(tmp_path):
         assert img.GetSpacing() == (1.5, 1.5, 3.0)  # anisotropic
         sizes.add(img.GetSize())
     assert len(sizes) > 1  # sizes vary (odd sizes included)
-    dj = json.loads((folder / "dataset.json").read_text())
+    dj = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     assert dj["numTraining"] == 12 and dj["neonet"]["target"] == "PNI"
 
 

@@ -15,14 +15,14 @@ from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
 def test_plans_splits_and_one_patch_per_case(planned_phantom):
     pp = planned_phantom["preprocessed"]
     labels = {}
-    for line in (planned_phantom["raw"] / "case_labels.csv").read_text().splitlines()[1:]:
+    for line in (planned_phantom["raw"] / "case_labels.csv").read_text(encoding="utf-8").splitlines()[1:]:
         c, y = line.split(",")
         labels[c] = int(y)
-    splits = json.loads((pp / "splits_final.json").read_text())
+    splits = json.loads((pp / "splits_final.json").read_text(encoding="utf-8"))
     assert len(splits) == 5
     assert sorted(sum((s["val"] for s in splits), [])) == sorted(labels)
     # nnU-Net plans: SwinUNETR-compatible patch
-    nn_plans = json.loads((pp / "NeoNetPlans.json").read_text())
+    nn_plans = json.loads((pp / "NeoNetPlans.json").read_text(encoding="utf-8"))
     patch = nn_plans["configurations"]["3d_fullres"]["patch_size"]
     assert all(p % 32 == 0 for p in patch)
     plans = NeoNetPlans(pp / "neonet_plans.json")
@@ -102,9 +102,9 @@ def test_other_label_ids_extra_labels_and_spacing(isolated_env):
                                shape_xyz=(41, 37, 15), spacing=(0.9, 0.9, 2.5),
                                labels={"background": 0, "liver": 1, "vessel": 2, "tumor": 3}, seed=5,
                                neonet_options={"crop_size": [48, 48, 16]})
-    dj = json.loads((raw / "dataset.json").read_text())
+    dj = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))
     dj.pop("neonet")  # roles by default names, crop from the command line
-    (raw / "dataset.json").write_text(json.dumps(dj))
+    (raw / "dataset.json").write_text(json.dumps(dj), encoding="utf-8")
     report = plan_and_preprocess(612, num_processes=1, n_folds=3, crop_size_xyz=(48, 48, 16))
     pp = isolated_env / "nnUNet_preprocessed" / raw.name
     plans = NeoNetPlans(pp / "neonet_plans.json")

@@ -39,10 +39,10 @@ def trained(tmp_path_factory):
                                neonet_options={"crop_size": [16, 16, 8]})
     plan_and_preprocess(DS, num_processes=1)
     pp = root / "nnUNet_preprocessed" / raw.name
-    plans = json.loads((pp / "neonet_plans.json").read_text())
+    plans = json.loads((pp / "neonet_plans.json").read_text(encoding="utf-8"))
     plans["configurations"]["test_tiny"] = {"inherits_from": "cpu_small", "vae": {"epochs": 2, "val_every": 1},
                                             "cls": {"epochs": 3, "patience": 10}}
-    (pp / "neonet_plans.json").write_text(json.dumps(plans))
+    (pp / "neonet_plans.json").write_text(json.dumps(plans), encoding="utf-8")
     seg_folder = train_seg(DS, 0, arch="nnunet", device="cpu", epochs=10, iterations=12, val_iterations=1)
     VAETrainer(DS, 0, configuration="test_tiny", device="cpu").run()
     ClsTrainer(DS, 0, arch="pattennet", synthetic_ratio=0.0, configuration="test_tiny", device="cpu").run()
@@ -62,7 +62,7 @@ def _predict(trained, inp, out, **kw):
 
 
 def _read_csv(path):
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -78,7 +78,7 @@ def test_end_to_end_outputs(trained, full_run):
     rows = _read_csv(out / "predictions.csv")
     ids = sorted(p.name[:-12] for p in (trained["raw"] / "imagesTs").glob("*_0000.nii.gz"))
     assert [r["case_id"] for r in rows] == ids
-    meta = json.loads((out / "predictions.json").read_text())
+    meta = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     prov = meta["provenance"]
     assert prov["cls_run"] == "cls_pattennet_0" and prov["cls_folds"] == [0] and prov["seg_folds"] == ["0"]
     assert "threshold_rule" in prov and "no_tumor" in prov["qc_flags"]
@@ -126,7 +126,7 @@ def test_removed_tumour_gives_no_tumor_and_no_probability(trained, tmp_path):
     row = _read_csv(tmp_path / "out" / "predictions.csv")[0]
     assert row["qc_flags"].split(";")[0] == "no_tumor"
     assert row["probability"] == "" and row["decision"] == ""
-    rec = json.loads((tmp_path / "out" / "cases" / "notumour.json").read_text())
+    rec = json.loads((tmp_path / "out" / "cases" / "notumour.json").read_text(encoding="utf-8"))
     assert rec["probability"] is None and rec["tlcr"]["empty_tumor"]
 
 
@@ -199,15 +199,15 @@ def test_clear_errors(trained, tmp_path):
                 cls_run="cls_resnet50_1", folds=[0], device="cpu")
     # plans changed after training: classifier and plans disagree
     plans_file = trained["pp"] / "neonet_plans.json"
-    backup = plans_file.read_text()
+    backup = plans_file.read_text(encoding="utf-8")
     try:
         p = json.loads(backup)
         p["tlcr"]["crop_size"] = [16, 32, 32]
-        plans_file.write_text(json.dumps(p))
+        plans_file.write_text(json.dumps(p), encoding="utf-8")
         with pytest.raises(DatasetError, match="Mismatched plans"):
             _predict(trained, trained["raw"] / "imagesTs", tmp_path / "o4")
     finally:
-        plans_file.write_text(backup)
+        plans_file.write_text(backup, encoding="utf-8")
 
 
 def test_cli(trained, tmp_path, capsys):

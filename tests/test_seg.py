@@ -35,9 +35,9 @@ def _copy_planned(planned, root: Path) -> dict:
     for v in env.values():
         v.mkdir(parents=True, exist_ok=True)
     f = env["nnUNet_preprocessed"] / DATASET / "neonet_plans.json"
-    plans = json.loads(f.read_text())
+    plans = json.loads(f.read_text(encoding="utf-8"))
     plans["configurations"]["seg_tiny"] = TINY
-    f.write_text(json.dumps(plans, indent=1))
+    f.write_text(json.dumps(plans, indent=1), encoding="utf-8")
     return {k: str(v) for k, v in env.items()}
 
 
@@ -75,7 +75,7 @@ def _bin(name: str) -> str:
 
 
 def _run(cmd, env, timeout=400):
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
     assert r.returncode == 0, f"{cmd} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r
 
@@ -113,7 +113,7 @@ def _val_dice(model: Path, cases, pp: Path, untrained_seed: int | None = None) -
     else:
         pm = PlansManager(str(model / "plans.json"))
         cm = pm.get_configuration("3d_fullres")
-        dj = json.loads((model / "dataset.json").read_text())
+        dj = json.loads((model / "dataset.json").read_text(encoding="utf-8"))
         torch.manual_seed(untrained_seed)
         net = NeoSegTrainer.build_network_architecture(pm, cm, 1, 3, False)
         pred.manual_initialization(net, pm, cm, None, dj, "NeoSegTrainer", (0, 1, 2))
@@ -141,11 +141,11 @@ def test_seg_neonet_train_writes_nnunet_result_folder_and_learns(trained):
         assert (fold / f).is_file(), f
     for f in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         assert (model / f).is_file(), f
-    plans = json.loads((model / "plans.json").read_text())
+    plans = json.loads((model / "plans.json").read_text(encoding="utf-8"))
     neoseg = plans["configurations"]["3d_fullres"]["neoseg"]
     assert neoseg["architecture"] == "swinunetr" and neoseg["feature_size"] == 12 and neoseg["window_size"] == 4
     assert plans["configurations"]["3d_fullres"]["batch_size"] == 2
-    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    log = "".join(p.read_text(encoding="utf-8") for p in fold.glob("training_log_*.txt"))
     assert "Epoch 3" in log and "Epoch 4" not in log  # 4 epochs from the tiny configuration
     import torch
 
@@ -235,18 +235,18 @@ def test_seg_toolkit_prediction_and_evaluation_table(trained, tmp_path):
 
     assert evaluate_main(["501", "seg"]) == 0
     out = Path(trained["env"]["neonet_results"]) / DATASET / "evaluation" / "seg"
-    md = (out / "seg_dice.md").read_text()
+    md = (out / "seg_dice.md").read_text(encoding="utf-8")
     assert "swinunetr" in md and "liver Dice" in md and "tumor Dice" in md
     import csv
 
-    rows = list(csv.DictReader(open(out / "seg_dice_per_fold.csv")))
-    summary = json.loads((trained["model"] / "fold_0" / "validation" / "summary.json").read_text())
+    rows = list(csv.DictReader(open(out / "seg_dice_per_fold.csv", encoding="utf-8")))
+    summary = json.loads((trained["model"] / "fold_0" / "validation" / "summary.json").read_text(encoding="utf-8"))
     assert len(rows) == 1 and rows[0]["fold"] == "0"
     assert float(rows[0]["dice_liver"]) == pytest.approx(summary["mean"]["1"]["Dice"])
     assert float(rows[0]["mean_dice"]) == pytest.approx(summary["foreground_mean"]["Dice"])
     pooled = trained["model"] / "crossval_results_folds_0" / "summary.json"
     assert pooled.is_file()
-    assert json.loads(pooled.read_text())["foreground_mean"]["Dice"] == pytest.approx(
+    assert json.loads(pooled.read_text(encoding="utf-8"))["foreground_mean"]["Dice"] == pytest.approx(
         summary["foreground_mean"]["Dice"])
 
 
@@ -260,9 +260,9 @@ def test_seg_reuse_existing_model_maps_labels_by_name(trained, tmp_path):
 
     ext = tmp_path / "other_group" / "Dataset777_Liver" / "nnUNetTrainer_theirs__nnUNetPlans__3d_fullres"
     shutil.copytree(trained["model"], ext, ignore=shutil.ignore_patterns("crossval_results*"))
-    dj = json.loads((ext / "dataset.json").read_text())
+    dj = json.loads((ext / "dataset.json").read_text(encoding="utf-8"))
     dj["labels"] = {"background": 0, "Tumour": 1, "LIVER": 2}  # their channel 1 is called Tumour
-    (ext / "dataset.json").write_text(json.dumps(dj))
+    (ext / "dataset.json").write_text(json.dumps(dj), encoding="utf-8")
     raw = Path(trained["env"]["nnUNet_raw"]) / DATASET
     try:
         assert train_main(["501", "seg", "0", "--from-model", str(ext)]) == 0
@@ -279,7 +279,7 @@ def test_seg_reuse_existing_model_maps_labels_by_name(trained, tmp_path):
             assert np.array_equal(sa, swapped)
         # and the registered model fed pred patches from its own validation folder
         pred_meta = json.loads((Path(trained["env"]["nnUNet_preprocessed"]) / DATASET / "neonet_tlcr" / "pred"
-                                / "metadata.json").read_text())
+                                / "metadata.json").read_text(encoding="utf-8"))
         assert pred_meta["model_folder"] == str(ext.resolve()) and pred_meta["label_map"] == {"0": 0, "1": 2, "2": 1}
     finally:
         (Path(trained["env"]["neonet_results"]) / DATASET / "neoseg_model.json").unlink(missing_ok=True)
@@ -294,9 +294,9 @@ def test_seg_reuse_model_without_organ_label_is_refused(trained, tmp_path):
 
     ext = tmp_path / "m"
     shutil.copytree(trained["model"], ext, ignore=shutil.ignore_patterns("crossval_results*", "validation"))
-    dj = json.loads((ext / "dataset.json").read_text())
+    dj = json.loads((ext / "dataset.json").read_text(encoding="utf-8"))
     dj["labels"] = {"background": 0, "spleen": 1, "tumor": 2}
-    (ext / "dataset.json").write_text(json.dumps(dj))
+    (ext / "dataset.json").write_text(json.dumps(dj), encoding="utf-8")
     with pytest.raises(DatasetError, match="organ"):
         register_model(501, ext, folds=[0], build_patches=False)
     with pytest.raises(FileNotFoundError, match=r"lacks fold\(s\) \[2\]"):
@@ -321,7 +321,7 @@ def test_seg_plain_nnunet_train_predict_evaluate(plain_nnunet, tmp_path):
     model, sub, env = plain_nnunet["model"], plain_nnunet["sub"], plain_nnunet["env"]
     assert (model / "fold_0" / "checkpoint_final.pth").is_file()
     assert (model / "fold_0" / "validation" / "summary.json").is_file()
-    assert json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]["neoseg"][
+    assert json.loads((model / "plans.json").read_text(encoding="utf-8"))["configurations"]["3d_fullres"]["neoseg"][
         "architecture"] == "unet"
     raw = Path(env["nnUNet_raw"]) / DATASET
     _run([_bin("nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(tmp_path / "nn"), "-d", "501", "-c",
@@ -333,7 +333,7 @@ def test_seg_plain_nnunet_train_predict_evaluate(plain_nnunet, tmp_path):
     compute_metrics_on_folder2(str(Path(env["nnUNet_preprocessed"]) / DATASET / "gt_segmentations"),
                                str(model / "fold_0" / "validation"), str(model / "dataset.json"),
                                str(model / "plans.json"), str(tmp_path / "summary.json"), 1, chill=True)
-    assert "foreground_mean" in json.loads((tmp_path / "summary.json").read_text())
+    assert "foreground_mean" in json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
     # the toolkit predicts the same masks from the same model
     import SimpleITK as sitk
 
@@ -428,8 +428,8 @@ def test_seg_trainer_refuses_missing_fold(planned_phantom, tmp_path, monkeypatch
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     from neonet_toolkit.training.seg.trainers import NeoSegTrainer
 
-    plans = json.loads((planned_phantom["preprocessed"] / "NeoNetPlans.json").read_text())
+    plans = json.loads((planned_phantom["preprocessed"] / "NeoNetPlans.json").read_text(encoding="utf-8"))
     plans["continue_training"] = False
-    dj = json.loads((planned_phantom["preprocessed"] / "dataset.json").read_text())
+    dj = json.loads((planned_phantom["preprocessed"] / "dataset.json").read_text(encoding="utf-8"))
     with pytest.raises(ValueError, match=r"Fold 9 does not exist.*folds 0\.\.4"):
         NeoSegTrainer(plans, "3d_fullres", 9, dj, torch.device("cpu"))

@@ -71,7 +71,7 @@ def test_existing_splits_are_reused_not_overwritten(tmp_path):
         write_or_reuse_splits(tmp_path, labels2)
     replaced = write_or_reuse_splits(tmp_path, labels2, overwrite=True)
     assert "case_new" in set().union(*[set(s["val"]) for s in replaced])
-    assert json.loads((tmp_path / "splits_final.json.bak").read_text()) == first
+    assert json.loads((tmp_path / "splits_final.json.bak").read_text(encoding="utf-8")) == first
 
 
 def test_custom_raw_splits_are_used(tmp_path):
@@ -79,7 +79,7 @@ def test_custom_raw_splits_are_used(tmp_path):
     custom = make_stratified_splits(labels, 5, seed=99)
     raw = tmp_path / "raw"
     raw.mkdir()
-    (raw / "splits_final.json").write_text(json.dumps(custom))
+    (raw / "splits_final.json").write_text(json.dumps(custom), encoding="utf-8")
     got = write_or_reuse_splits(tmp_path / "pp", labels, seed=1, raw_folder=raw)
     assert got == custom
 

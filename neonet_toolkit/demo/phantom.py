@@ -166,7 +166,7 @@ def make_phantom_dataset(raw_root: str | Path, dataset_id: int = 501, name: str 
     test_ids = [one("Ts", n_train + i, int(y)) for i, y in enumerate(test_labels)]
 
     def write_csv(path, ids, ys):
-        with open(path, "w", newline="") as f:
+        with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["case_id", target])
             for c, y in zip(ids, ys):

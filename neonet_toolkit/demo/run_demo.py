@@ -87,7 +87,7 @@ def run_demo(dataset_id: int = 501, fold: int = 0, device: str = "cpu", seg_arch
     t = _log_step("predict", t, timings)
     truth = {}
     if (raw / "case_labels_Ts.csv").is_file():
-        with open(raw / "case_labels_Ts.csv") as f:
+        with open(raw / "case_labels_Ts.csv", encoding="utf-8") as f:
             truth = {r["case_id"]: int(r["PNI"]) for r in csv.DictReader(f)}
     rows = [{"case_id": r["case_id"], "probability": r["probability"], "decision": r["decision"],
              "true_PNI": truth.get(r["case_id"]), "qc_flags": ";".join(r["qc_flags"])} for r in pred["cases"]]

@@ -25,7 +25,7 @@ def _run(args) -> None:
 
     rep = run_demo(args.dataset_id, args.fold, args.device, args.seg_arch, args.seg_epochs, args.seg_iterations,
                    args.ratio, configuration=args.configuration)
-    print(open(rep["report_file"]).read())
+    print(open(rep["report_file"], encoding="utf-8").read())
     print(f"report: {rep['report_file']}\npredictions: {rep['predictions_csv']}")
 
 
