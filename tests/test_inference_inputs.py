@@ -105,3 +105,20 @@ def test_qc_helpers():
     flag, d = fold_seg_disagreement([a, a.copy(), b])
     assert d == pytest.approx(1 / 3) and flag
     assert fold_cls_disagreement([0.1, 0.7]) and not fold_cls_disagreement([0.4, 0.6])
+
+
+def test_spurious_tumour_components_are_relabelled_as_organ():
+    from types import SimpleNamespace
+
+    from neonet_toolkit.dataset.contract import resolve_label_roles
+    from neonet_toolkit.inference.predict import NeoNetPredictor
+
+    roles = resolve_label_roles({"labels": {"background": 0, "liver": 1, "vessel": 2, "tumor": 3}})
+    fake = SimpleNamespace(roles=roles, min_train_tumor_ml=1.0, min_component_fraction=0.2)
+    seg = np.zeros((20, 20, 20), np.uint8)
+    seg[2:18, 2:18, 2:18] = 1
+    seg[4:10, 4:10, 4:10] = 3      # 216 voxels x 8 ul = 1.728 ml: kept
+    seg[14:15, 14:16, 14:16] = 3   # 4 voxels = 0.032 ml < 0.2 ml: spurious
+    removed = NeoNetPredictor.remove_spurious_tumor(fake, seg, (2.0, 2.0, 2.0))
+    assert removed == 4
+    assert (seg == 3).sum() == 216 and seg[14, 14, 14] == 1

@@ -126,6 +126,11 @@ class NeoNetPredictor:
                     "or restore the plans it was trained with.")
             self.classifiers.append((int(f), net, info))
         gt_meta = pp / "neonet_tlcr" / "gt" / "metadata.json"
+        gt_cases = load_json(gt_meta)["cases"].values() if gt_meta.is_file() else []
+        # spurious-tumour rule: predicted tumour components smaller than this fraction of the smallest
+        # training tumour (by volume) are relabelled as organ before anything else uses the mask
+        self.min_component_fraction = 0.2
+        self.min_train_tumor_ml = min((r["tumor_volume_ml"] for r in gt_cases if not r["empty_tumor"]), default=0.0)
         self.min_train_tumor = (min((r["tumor_voxels"] for r in load_json(gt_meta)["cases"].values()
                                      if not r["empty_tumor"]), default=0) if gt_meta.is_file() else 0)
         self.timings: dict[str, float] = {}
@@ -142,6 +147,9 @@ class NeoNetPredictor:
                               "(" + ", ".join(sorted({str(i['threshold_source']) for _, _, i in self.classifiers}))
                               + ")",
             "probability": "mean over fold classifiers of the prevalence-recalibrated probability",
+            "spurious_tumor_rule": f"predicted tumour components smaller than {self.min_component_fraction:g} x the "
+                                   f"smallest training tumour ({self.min_train_tumor_ml:.3f} ml) are relabelled as "
+                                   "organ in the written mask and before TLCR",
             "qc_flags": qc.QC_FLAGS,
         }
 
@@ -183,6 +191,26 @@ class NeoNetPredictor:
         self._tick("segmentation", t0)
         return seg.astype(np.uint8), props, data, fold_tumors
 
+    def remove_spurious_tumor(self, seg: np.ndarray, spacing) -> int:
+        """Relabel tumour components below ``min_component_fraction`` x the smallest training tumour (ml)
+        as organ, in place. Returns the number of relabelled voxels."""
+        from scipy.ndimage import label
+
+        if not self.min_train_tumor_ml:
+            return 0
+        tumor = np.isin(seg, self.roles.tumor_ids)
+        comps, n = label(tumor, structure=np.ones((3, 3, 3)))
+        if n == 0:
+            return 0
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        sizes = np.bincount(comps.ravel())[1:] * voxel_ml
+        small = np.flatnonzero(sizes < self.min_component_fraction * self.min_train_tumor_ml) + 1
+        if small.size == 0:
+            return 0
+        drop = np.isin(comps, small)
+        seg[drop] = self.roles.organ_ids[0]
+        return int(drop.sum())
+
     def crop(self, data: np.ndarray, seg: np.ndarray, props: dict):
         from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
 
@@ -223,6 +251,7 @@ class NeoNetPredictor:
 
     def predict_case(self, case: InputCase, out: Path, save_crops: bool = False, saliency: bool = False) -> dict:
         seg, props, data, fold_tumors = self.segment(case)
+        removed = self.remove_spurious_tumor(seg, props["spacing"])
         t0 = time.perf_counter()
         rw = self.seg.plans_manager.image_reader_writer_class()
         target = out / f"{case.case_id}{self.file_ending}"
@@ -244,7 +273,7 @@ class NeoNetPredictor:
         rec = {"case_id": case.case_id, "input": [str(f) for f in case.files], "source": case.source,
                "segmentation": target.name, "spacing": spacing, "tumor_voxels": int(tumor.sum()),
                "tumor_volume_ml": float(tumor.sum() * np.prod(spacing) / 1000.0),
-               "fold_tumor_dice": fold_dice, "tlcr": info.to_dict()}
+               "fold_tumor_dice": fold_dice, "spurious_tumor_voxels_removed": removed, "tlcr": info.to_dict()}
         if info.empty_tumor:
             flags.insert(0, "no_tumor")
             rec.update(probability=None, decision=None, fold_probabilities={})

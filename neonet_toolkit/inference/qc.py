@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 QC_FLAGS = {
-    "no_tumor": "NeoSeg found no tumour voxel in the (fold-ensembled) segmentation: no TLCR crop and no "
+    "no_tumor": "NeoSeg found no tumour in the (fold-ensembled) segmentation (tumour components smaller than 20 % "
+                "of the smallest training tumour count as spurious and are relabelled as organ): no TLCR crop and no "
                 "probability are produced. Check the image and the segmentation; segment manually if needed.",
     "tumor_exceeds_crop": "The tumour's bounding box is larger than the TLCR crop, so the classifier saw only "
                           "part of it. Consider a larger crop_size in neonet_plans.json (retraining needed).",
