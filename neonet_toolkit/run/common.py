@@ -27,6 +27,23 @@ def cli_main(build_parser, fn, argv=None) -> int:
     return run_cli(fn, args)
 
 
+def dispatch_main(argv, keys, build_parser, module_for, entry: str) -> int:
+    """Entry point of a two-level command (``neonet_train``/``neonet_evaluate``): the first argument that
+    names a registered key selects the module whose options are added before strict parsing; the
+    module's ``entry`` function then runs on the parsed arguments."""
+    key = next((a for a in argv if a in keys), None)
+    if key is None:
+        build_parser(None).parse_args(argv)  # prints usage / the error for a bad or missing key
+        return 2
+
+    def _run(_):
+        args = build_parser(key).parse_args(argv)
+        setup_logging(args.verbose)
+        getattr(module_for(key), entry)(args)
+
+    return run_cli(_run, None)
+
+
 def run_cli(fn, args) -> int:
     """Call ``fn(args)``; turn user errors into one clear message and exit code 2."""
     try:

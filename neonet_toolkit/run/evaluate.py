@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from neonet_toolkit.run.common import add_common, run_cli, setup_logging
+from neonet_toolkit.run.common import add_common, dispatch_main
 
 TARGETS = {
     "seg": "neonet_toolkit.evaluation.seg",
@@ -41,17 +41,7 @@ def build_parser(what: str | None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    what = next((a for a in argv if a in TARGETS), None)
-    if what is None:
-        build_parser(None).parse_args(argv)
-        return 2
-
-    def _run(_):
-        args = build_parser(what).parse_args(argv)
-        setup_logging(args.verbose)
-        target_module(args.what).evaluate_from_args(args)
-
-    return run_cli(_run, None)
+    return dispatch_main(argv, TARGETS, build_parser, target_module, "evaluate_from_args")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from neonet_toolkit.run.common import add_common, run_cli, setup_logging
+from neonet_toolkit.run.common import add_common, dispatch_main
 
 STAGES = {
     "seg": "neonet_toolkit.training.seg.api",
@@ -54,17 +54,7 @@ def build_parser(stage: str | None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    stage = next((a for a in argv if a in STAGES), None)
-
-    def _run(_):
-        args = build_parser(stage).parse_args(argv)
-        setup_logging(args.verbose)
-        stage_module(args.stage).train_from_args(args)
-
-    if stage is None:
-        build_parser(None).parse_args(argv)  # prints usage / the error for a bad stage
-        return 2
-    return run_cli(_run, None)
+    return dispatch_main(argv, STAGES, build_parser, stage_module, "train_from_args")
 
 
 if __name__ == "__main__":
