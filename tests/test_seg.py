@@ -18,7 +18,7 @@ import pytest
 
 DATASET = "Dataset501_NeoNetPhantom"
 TINY = {"inherits_from": "cpu_small",
-        "seg": {"feature_size": 12, "window_size": 4, "epochs": 4, "iterations_per_epoch": 4,
+        "seg": {"feature_size": 12, "window_size": 4, "epochs": 8, "iterations_per_epoch": 4,
                 "val_iterations_per_epoch": 1, "initial_lr": 1e-3}}
 ENV_KEYS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "neonet_results", "nnUNet_extTrainer",
             "NEONET_SEG_CONFIGURATION", "NEONET_SEG_EPOCHS", "NEONET_SEG_ITERATIONS", "NEONET_SEG_VAL_ITERATIONS",
@@ -146,7 +146,7 @@ def test_seg_neonet_train_writes_nnunet_result_folder_and_learns(trained):
     assert neoseg["architecture"] == "swinunetr" and neoseg["feature_size"] == 12 and neoseg["window_size"] == 4
     assert plans["configurations"]["3d_fullres"]["batch_size"] == 2
     log = "".join(p.read_text(encoding="utf-8") for p in fold.glob("training_log_*.txt"))
-    assert "Epoch 3" in log and "Epoch 4" not in log  # 4 epochs from the tiny configuration
+    assert "Epoch 7" in log and "Epoch 8" not in log  # 8 epochs from the tiny configuration
     import torch
 
     ck = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -162,7 +162,7 @@ def test_seg_neonet_train_writes_nnunet_result_folder_and_learns(trained):
     before = _val_dice(model, val, pp, untrained_seed=0)
     print(f"\nSwinUNETR tiny config ({trained['train_seconds']:.0f} s incl. validation): liver Dice "
           f"{before[1]:.3f} -> {after[1]:.3f}, tumour {before[2]:.3f} -> {after[2]:.3f}")
-    assert after[1] > 0.6 and after[1] > before[1] + 0.25
+    assert after[1] > 0.5 and after[1] > before[1] + 0.3
 
 
 def test_seg_continue_and_overwrite_rules(trained):
