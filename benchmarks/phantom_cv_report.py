@@ -1,0 +1,130 @@
+"""Five-fold NeoCls report on the phantom, from real NeoGen output (CPU tiny preset).
+
+    python benchmarks/phantom_cv_report.py --root /tmp/neonet_cv --n-cases 60 \
+        --archs pattennet resnet18 densenet121 --ratios 0 1.0 --jobs 2
+
+What it does, with the toolkit's own APIs and nothing stood in:
+
+1. a phantom dataset (``make_phantom_dataset``) and ``plan_and_preprocess`` (5 stratified folds);
+2. per fold, on that fold's training cases only: the VAE, the latent diffusion U-Net and the
+   ControlNet trainers, then ``generate_synthetic_set(ratio=1.0)`` (balanced 1:1);
+3. ``run_experiment`` for the NeoCls grid (archs × ratios × folds; finished runs are skipped, so
+   the script resumes after an interruption) with the shortcut check;
+4. ``evaluate_cls``: Table 2, pooled AUCs with DeLong and bootstrap CIs, paired DeLong tests,
+   ROC / calibration PNGs, under ``neonet_results/<ds>/cls_evaluation__NeoNetPlans/``.
+
+``--jobs 2`` runs two folds (NeoGen) or two architecture groups (NeoCls) at a time, one thread
+each. The path variables point under ``--root`` (a user's own variables are not touched). Prints
+the timings and the report's path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+KEYS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "neonet_results")
+
+
+def _env(root: Path) -> None:
+    for k in KEYS:
+        (root / k).mkdir(parents=True, exist_ok=True)
+        os.environ[k] = str(root / k)
+
+
+def _neogen_fold(args) -> dict:
+    root, dataset_id, fold, steps = args
+    _env(Path(root))
+    import torch
+
+    torch.set_num_threads(1)
+    from neonet_toolkit.generation.generate import generate_synthetic_set
+    from neonet_toolkit.training.controlnet import ControlNetTrainer
+    from neonet_toolkit.training.ldm import LDMTrainer
+    from neonet_toolkit.training.vae import VAETrainer
+
+    times = {}
+    for name, cls in (("vae", VAETrainer), ("ldm", LDMTrainer), ("controlnet", ControlNetTrainer)):
+        t = time.perf_counter()
+        tr = cls(dataset_id, fold, device="cpu", continue_training=True)
+        if not (tr.output_folder / "checkpoint_final.pth").is_file():
+            tr.run()
+        times[name] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    generate_synthetic_set(dataset_id, fold, ratio=1.0, steps=steps, device="cpu")
+    times["generate"] = round(time.perf_counter() - t, 1)
+    return {"fold": fold, **times}
+
+
+def _cls_group(args) -> dict:
+    root, dataset_id, archs, ratios, folds, epochs, shortcut = args
+    _env(Path(root))
+    import torch
+
+    torch.set_num_threads(1)
+    from neonet_toolkit.run.experiment import run_experiment
+
+    t = time.perf_counter()
+    st = run_experiment(dataset_id, archs, ratios, folds, device="cpu", epochs=epochs, evaluate=False,
+                        shortcut=shortcut)
+    return {"archs": archs, "seconds": round(time.perf_counter() - t, 1), "failed": st["failed"],
+            "shortcut": st["shortcut"]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("-d", "--dataset-id", type=int, default=501)
+    p.add_argument("--n-cases", type=int, default=60)
+    p.add_argument("--archs", nargs="+", default=["pattennet", "resnet18", "densenet121"])
+    p.add_argument("--ratios", nargs="+", type=float, default=[0.0, 1.0])
+    p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--epochs", type=int, default=None, help="NeoCls epochs (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's)")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=1)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    root = a.root.resolve()
+    _env(root)
+    from neonet_toolkit.demo.phantom import make_phantom_dataset
+    from neonet_toolkit.evaluation.cls import evaluate_cls
+    from neonet_toolkit.experiment_planning.plan_and_preprocess import plan_and_preprocess
+
+    timings = {}
+    t = time.perf_counter()
+    if not any((root / "nnUNet_raw").glob(f"Dataset{a.dataset_id:03d}_*")):
+        make_phantom_dataset(root / "nnUNet_raw", a.dataset_id, "NeoNetPhantom", n_train=a.n_cases, n_test=0,
+                             shape_xyz=(48, 48, 24), shape_jitter=2, seed=a.seed,
+                             neonet_options={"crop_size": [32, 32, 16]})
+        plan_and_preprocess(a.dataset_id, num_processes=a.jobs, n_folds=5)
+    timings["phantom+plan"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    with ProcessPoolExecutor(a.jobs) as ex:
+        gen = list(ex.map(_neogen_fold, [(str(root), a.dataset_id, f, a.steps) for f in a.folds]))
+    timings["neogen"] = round(time.perf_counter() - t, 1)
+
+    # split the architectures into `jobs` groups of similar cost (PattenNet is cheap)
+    groups = [a.archs[i::a.jobs] for i in range(a.jobs) if a.archs[i::a.jobs]]
+    t = time.perf_counter()
+    with ProcessPoolExecutor(len(groups)) as ex:
+        cls = list(ex.map(_cls_group, [(str(root), a.dataset_id, g, a.ratios, a.folds, a.epochs, i == 0)
+                                       for i, g in enumerate(groups)]))
+    timings["neocls"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    res = evaluate_cls(a.dataset_id)
+    timings["evaluate"] = round(time.perf_counter() - t, 1)
+    out = {"timings_s": timings, "neogen": gen, "neocls": cls, "report": str(Path(res["output"]) / "report.md")}
+    print(json.dumps(out, indent=1))
+    print((Path(res["output"]) / "report.md").read_text(encoding="utf-8"))
+    return 0 if not any(c["failed"] for c in cls) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
