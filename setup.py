@@ -33,7 +33,8 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "lpips==0.1.4"],
+        "lpips": ["lpips==0.1.4"],
         "radiomics": ["pyradiomics==3.0.1"],
     },
     entry_points={

@@ -152,6 +152,32 @@ def test_quality_report_vae_beats_mean_patch_and_montage(neogen_run):
     assert "| NeoGen VAE |" in (neogen_run["res"] / "gen_evaluation__NeoNetPlans/fold_0/tables.md").read_text(encoding="utf-8")
 
 
+def test_quality_report_lpips_with_local_weights(neogen_run, tmp_path, monkeypatch):
+    """``neonet_evaluate 501 gen --lpips-weights PATH``: LPIPS per view fills the Table 3 column."""
+    pytest.importorskip("lpips")
+    import torch
+    import torchvision
+
+    from neonet_toolkit.run.evaluate import main as evaluate_main
+
+    torch.manual_seed(0)
+    f = tmp_path / "alexnet.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), f)
+    for k, v in neogen_run["env"].items():
+        monkeypatch.setenv(k, v)
+    assert evaluate_main(["501", "gen", "-f", "0", "-device", "cpu", "--reconstruction-only",
+                          "--lpips-weights", str(f)]) == 0
+    rep = json.loads((neogen_run["res"] / "gen_evaluation__NeoNetPlans/fold_0/gen_report.json").read_text(encoding="utf-8"))
+    rec = rep["reconstruction"]
+    views = rec["vae"]["lpips_per_view"]
+    assert set(views) == {"axial", "sagittal", "coronal", "average"} and all(v > 0 for v in views.values())
+    assert rec["vae"]["lpips"] == views["average"] and rec["mean_patch_baseline"]["lpips"] > 0
+    table = (neogen_run["res"] / "gen_evaluation__NeoNetPlans/fold_0/tables.md").read_text(encoding="utf-8")
+    assert f"| NeoGen VAE | {rec['vae']['lpips']:.4f} |" in table
+    assert evaluate_main(["501", "gen", "-f", "0", "-device", "cpu", "--reconstruction-only",
+                          "--lpips-weights", str(tmp_path / "nope.pth")]) != 0
+
+
 def test_generation_is_incremental_and_refuses_other_settings(neogen_run):
     from neonet_toolkit.generation.generate import generate_synthetic_set
     from neonet_toolkit.generation.manifest import load_manifest

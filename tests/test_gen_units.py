@@ -250,3 +250,52 @@ def test_torchvision_fid_extractor_loads_local_state_dict(tmp_path):
     slices = np.random.default_rng(0).normal(size=(3, 16, 32)).astype(np.float32)
     feats = ex.fit(slices)(slices)
     assert feats.shape == (3, 2048) and torch.isfinite(feats).all()
+
+
+def _alexnet_file(tmp_path, wrap: bool = False):
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.alexnet(weights=None)
+    f = tmp_path / "alexnet.pth"
+    sd = net.state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}} if wrap else sd, f)
+    return f, net
+
+
+def test_lpips_loads_local_backbone_and_orders_distortions(tmp_path):
+    """LPIPS with a locally saved AlexNet state_dict (random weights here: the loading and the
+    metric's mechanics are tested, no published LPIPS value is claimed)."""
+    pytest.importorskip("lpips")
+    from neonet_toolkit.evaluation.image_metrics import LPIPSMetric, lpips_per_view
+
+    f, net = _alexnet_file(tmp_path, wrap=True)
+    m = LPIPSMetric(f, "alex")
+    assert torch.equal(m.model.net.slice1[0].weight, net.features[0].weight)
+    assert torch.equal(m.model.net.state_dict()["slice5.10.weight"], net.features[10].weight)
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(2, 16, 32, 32)).astype(np.float32)
+    roi = np.ones(vol.shape, bool)
+    tf = [0, 1, 2]
+    same = lpips_per_view(vol, vol.copy(), roi, tf, m)
+    assert all(abs(same[v]) < 1e-6 for v in ("axial", "sagittal", "coronal", "average"))
+    d = [lpips_per_view(vol, vol + s * rng.normal(size=vol.shape).astype(np.float32), roi, tf, m)["average"]
+         for s in (0.1, 0.5, 2.0)]
+    assert 0 < d[0] < d[1] < d[2], d
+    with pytest.raises(ValueError, match="paired"):
+        m(vol[0], vol[0][:3])
+
+
+def test_lpips_needs_local_weights_and_names_the_fix(tmp_path):
+    pytest.importorskip("lpips")
+    from neonet_toolkit.evaluation.image_metrics import LPIPSMetric
+
+    with pytest.raises(FileNotFoundError, match="--lpips-weights"):
+        LPIPSMetric(tmp_path / "missing.pth")
+    bad = tmp_path / "bad.pth"
+    torch.save({"foo": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="does not look like torchvision alexnet"):
+        LPIPSMetric(bad, "alex")
+    f, _ = _alexnet_file(tmp_path)
+    with pytest.raises(ValueError, match="does not look like torchvision vgg16"):
+        LPIPSMetric(f, "vgg")

@@ -2,8 +2,9 @@
 
 * Reconstruction (Table 3): the fold's VAE on the fold's **validation** patches (channel 0, in the
   patches' z-scored intensity scale), SSIM (3D) and PSNR, next to a trivial baseline that predicts
-  the mean training patch for every case. LPIPS is not computed (needs pretrained weights and the
-  ``lpips`` package; see docs/neogen.md).
+  the mean training patch for every case. LPIPS (per view, averaged) only with ``--lpips-weights
+  PATH`` (a local torchvision AlexNet/VGG/SqueezeNet ``state_dict``) and the optional ``lpips``
+  package; otherwise reported as not computed.
 * Generation (Table 4): FID between the fold's real training patches (the set NeoGen imitates) and
   the fold's synthetic set, on axial, sagittal and coronal slices (slices with ≥ 5 % ROI) and their
   average; also real validation vs real training patches as a reference for the same extractor
@@ -35,7 +36,8 @@ def _stack_patches(folder, ids, loader):
 
 
 @torch.no_grad()
-def reconstruction_metrics(dataset, fold: int, device: str = "cpu", plans_name: str = "NeoNetPlans") -> dict:
+def reconstruction_metrics(dataset, fold: int, device: str = "cpu", plans_name: str = "NeoNetPlans",
+                           lpips_weights: str | None = None, lpips_net: str = "alex") -> dict:
     from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
     from neonet_toolkit.networks.generative import from_vae_output, load_fold_vae, to_vae_input
     from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
@@ -44,7 +46,7 @@ def reconstruction_metrics(dataset, fold: int, device: str = "cpu", plans_name: 
     name, pp, _ = dataset_folders(dataset)
     split = get_fold(load_splits(pp), fold)
     src = patch_folder(pp, "gt")
-    val, _ = _stack_patches(src, split["val"], load_patch)
+    val, val_lab = _stack_patches(src, split["val"], load_patch)
     train, _ = _stack_patches(src, split["train"], load_patch)
     vae, _, cfg = load_fold_vae(name, fold, device, plans_name)
     x = torch.from_numpy(val[:, :1])
@@ -57,10 +59,22 @@ def reconstruction_metrics(dataset, fold: int, device: str = "cpu", plans_name: 
     mean_patch = torch.from_numpy(train[:, :1].mean(0, keepdims=True)).expand_as(x)
     out = {"n_val_cases": len(split["val"]), "data_range": data_range,
            "vae": {"ssim": float(ssim(rec, x, data_range).mean()), "psnr": float(psnr(rec, x, data_range).mean()),
-                   "lpips": None},
+                   "lpips": None, "lpips_per_view": None},
            "mean_patch_baseline": {"ssim": float(ssim(mean_patch, x, data_range).mean()),
                                    "psnr": float(psnr(mean_patch, x, data_range).mean())},
            "per_case_psnr": dict(zip(split["val"], psnr(rec, x, data_range).tolist()))}
+    if lpips_weights:
+        from neonet_toolkit.evaluation.image_metrics import LPIPSMetric, lpips_per_view
+        from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+
+        tf = NeoNetPlans(pp / NEONET_PLANS_FILE)["transpose_forward"]
+        metric = LPIPSMetric(lpips_weights, lpips_net, device=device)
+        roi = val_lab[:, 0] > 0
+        per_view = lpips_per_view(val[:, 0], rec[:, 0].numpy(), roi, tf, metric)
+        base = lpips_per_view(val[:, 0], mean_patch[:, 0].numpy(), roi, tf, metric)
+        out["vae"].update(lpips=per_view["average"], lpips_per_view=per_view)
+        out["mean_patch_baseline"].update(lpips=base["average"])
+        out["lpips_network"], out["lpips_weights"] = lpips_net, str(lpips_weights)
     return out
 
 
@@ -143,14 +157,20 @@ def save_montage(dataset, fold: int, path: Path, n: int = 4, plans_name: str = "
     return save_figure(fig, path)
 
 
+def _fmt(v) -> str:
+    return "n/a (no --lpips-weights)" if v is None else f"{v:.4f}"
+
+
 def tables_markdown(report: dict) -> str:
     lines = []
     for fold, r in report["folds"].items():
         rec = r["reconstruction"]
         lines += [f"## fold {fold}", "", "Table 3 shape (VAE reconstruction, validation patches):", "",
                   "| Model | LPIPS ↓ | SSIM ↑ | PSNR ↑ |", "|---|---|---|---|",
-                  f"| NeoGen VAE | n/a | {rec['vae']['ssim']:.4f} | {rec['vae']['psnr']:.4f} |",
-                  f"| mean-patch baseline | n/a | {rec['mean_patch_baseline']['ssim']:.4f} | "
+                  f"| NeoGen VAE | {_fmt(rec['vae'].get('lpips'))} | {rec['vae']['ssim']:.4f} | "
+                  f"{rec['vae']['psnr']:.4f} |",
+                  f"| mean-patch baseline | {_fmt(rec['mean_patch_baseline'].get('lpips'))} | "
+                  f"{rec['mean_patch_baseline']['ssim']:.4f} | "
                   f"{rec['mean_patch_baseline']['psnr']:.4f} |", ""]
         g = r.get("generation")
         if g:
@@ -165,7 +185,8 @@ def tables_markdown(report: dict) -> str:
 
 
 def evaluate_gen(dataset, folds=(0,), fid_network: str = "pca", fid_weights: str | None = None, device: str = "cpu",
-                 n_montage: int = 4, plans_name: str = "NeoNetPlans", skip_generation: bool = False) -> dict:
+                 n_montage: int = 4, plans_name: str = "NeoNetPlans", skip_generation: bool = False,
+                 lpips_weights: str | None = None, lpips_net: str = "alex") -> dict:
     from neonet_toolkit.training.base import dataset_folders, get_device
 
     dev = str(get_device(device))
@@ -173,7 +194,7 @@ def evaluate_gen(dataset, folds=(0,), fid_network: str = "pca", fid_weights: str
     report = {"dataset": name, "folds": {}}
     for fold in folds:
         out = res / f"gen_evaluation__{plans_name}" / f"fold_{int(fold)}"
-        r = {"reconstruction": reconstruction_metrics(name, fold, dev, plans_name)}
+        r = {"reconstruction": reconstruction_metrics(name, fold, dev, plans_name, lpips_weights, lpips_net)}
         if not skip_generation:
             r["generation"] = generation_metrics(name, fold, fid_network, fid_weights, dev, plans_name)
             r["montage"] = str(save_montage(name, fold, out / "montage.png", n_montage, plans_name))
@@ -194,6 +215,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--fid-network", default="pca", choices=["pca", "radimagenet", "inception"],
                         help="FID feature extractor (pca: weight-free in-domain fallback)")
     parser.add_argument("--fid-weights", default=None, help="local weights file for radimagenet/inception")
+    parser.add_argument("--lpips-weights", default=None,
+                        help="local torchvision backbone weights (state_dict) for LPIPS; needs neonet_toolkit[lpips]")
+    parser.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"])
     parser.add_argument("-device", "--device", default="auto")
     parser.add_argument("--n-montage", type=int, default=4)
     parser.add_argument("--reconstruction-only", action="store_true", help="only the VAE table (no synthetic set needed)")
@@ -201,4 +225,5 @@ def add_arguments(parser) -> None:
 
 def evaluate_from_args(args):
     return evaluate_gen(args.dataset, args.folds, args.fid_network, args.fid_weights, args.device, args.n_montage,
-                        skip_generation=args.reconstruction_only)
+                        skip_generation=args.reconstruction_only, lpips_weights=args.lpips_weights,
+                        lpips_net=args.lpips_net)

@@ -13,6 +13,13 @@ FID feature extractors (``make_feature_extractor``):
 * ``radimagenet`` (torchvision ResNet-50 with RadImageNet weights) and ``inception`` (torchvision
   Inception-v3): need a local weights file (``state_dict`` saved with ``torch.save``); nothing is
   downloaded. Features are the 2048-d global-average-pooled activations.
+
+LPIPS (``LPIPSMetric``, optional extra ``pip install neonet_toolkit[lpips]``): the ``lpips``
+package's learned linear calibration layers (shipped inside the package) on an AlexNet / VGG-16 /
+SqueezeNet backbone whose ImageNet weights come from a *local* torchvision ``state_dict`` file
+(``--lpips-weights PATH``; nothing is downloaded). 2.5D: paired slices of each view (slices with
+≥ 5 % ROI), intensities mapped to [-1, 1] with the real patches' 0.5–99.5 percentiles, averaged
+per view and over the three views.
 """
 from __future__ import annotations
 
@@ -161,6 +168,93 @@ class TorchvisionFeatures:
             t = _resize(x[s:s + self.batch_size], self.size).repeat(1, 3, 1, 1)
             feats.append(self.net(((t - mean) / std).to(self.device)).float().cpu())
         return torch.cat(feats)
+
+
+LPIPS_NETS = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet1_1"}
+
+
+class LPIPSUnavailable(RuntimeError):
+    pass
+
+
+class LPIPSMetric:
+    """LPIPS distance between paired 2D slices; backbone weights from a local torchvision file."""
+
+    def __init__(self, weights_path: str | Path, net: str = "alex", device: str = "cpu", batch_size: int = 32,
+                 intensity_range: tuple[float, float] | None = None):
+        try:
+            import lpips
+        except ImportError as e:
+            raise LPIPSUnavailable("LPIPS needs the 'lpips' package: pip install 'neonet_toolkit[lpips]'.") from e
+        if net not in LPIPS_NETS:
+            raise ValueError(f"Unknown LPIPS network {net!r}; choose one of {sorted(LPIPS_NETS)}.")
+        path = Path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"LPIPS backbone weights {path} not found. Save torchvision's ImageNet {LPIPS_NETS[net]} weights "
+                "once on a machine with internet access (torch.save(model.state_dict(), PATH)) and pass the "
+                "local file with --lpips-weights.")
+        # pnet_rand=True: build the backbone without downloading; its weights are loaded from `path` below.
+        # pretrained=True loads the package's own linear layers (shipped in the wheel).
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        own = model.net.state_dict()
+        new, missing = {}, []
+        for k, v in own.items():  # lpips keys are "slice<K>.<index in features>.<param>"
+            rest = k.split(".", 1)[1]
+            src = state.get(f"features.{rest}", state.get(rest))
+            if src is None or tuple(src.shape) != tuple(v.shape):
+                missing.append(k)
+            else:
+                new[k] = src
+        if missing:
+            raise ValueError(f"{path} does not look like torchvision {LPIPS_NETS[net]} weights: {len(missing)}/"
+                             f"{len(own)} backbone tensors missing or of another shape (e.g. {missing[:3]}).")
+        model.net.load_state_dict(new)
+        self.model = model.to(device).eval()
+        self.net, self.device, self.batch_size = net, device, int(batch_size)
+        self.intensity_range = intensity_range
+        self.weights_path = str(path)
+
+    def fit(self, real_slices: np.ndarray) -> "LPIPSMetric":
+        lo, hi = np.percentile(real_slices, [0.5, 99.5])
+        self.intensity_range = (float(lo), float(hi))
+        return self
+
+    def _to_input(self, slices: np.ndarray) -> torch.Tensor:
+        lo, hi = self.intensity_range or (float(slices.min()), float(slices.max()))
+        x = np.clip((slices - lo) / max(hi - lo, 1e-6), 0, 1) * 2 - 1
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
+        if min(t.shape[-2:]) < 32:  # AlexNet's stride-4 stem + 3 max-pools need >= ~32 pixels
+            t = torch.nn.functional.interpolate(t, size=tuple(max(32, s) for s in t.shape[-2:]), mode="bilinear",
+                                                align_corners=False)
+        return t.repeat(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def __call__(self, a_slices: np.ndarray, b_slices: np.ndarray) -> np.ndarray:
+        if a_slices.shape != b_slices.shape:
+            raise ValueError(f"LPIPS needs paired slices, got {a_slices.shape} vs {b_slices.shape}.")
+        a, b = self._to_input(a_slices), self._to_input(b_slices)
+        out = [self.model(a[s:s + self.batch_size].to(self.device), b[s:s + self.batch_size].to(self.device))
+               .flatten().float().cpu() for s in range(0, len(a), self.batch_size)]
+        return torch.cat(out).numpy()
+
+
+def lpips_per_view(real: np.ndarray, other: np.ndarray, rois: np.ndarray, transpose_forward,
+                   metric: LPIPSMetric, min_roi_fraction: float = 0.05) -> dict:
+    """Mean LPIPS between paired (N, D, H, W) volumes per view (slices chosen by the real ROI) and the average."""
+    out = {}
+    for view, axis in view_axes(transpose_forward).items():
+        a = view_slices(real, rois, axis, min_roi_fraction)
+        b = view_slices(other, rois, axis, min_roi_fraction)
+        if metric.intensity_range is None:
+            metric.fit(a)
+        out[view] = float(np.mean(metric(a, b)))
+    out["average"] = float(np.mean([out[v] for v in VIEWS]))
+    return out
 
 
 def make_feature_extractor(name: str = "pca", weights_path: str | None = None, device: str = "cpu", **kw):
