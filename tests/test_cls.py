@@ -196,6 +196,24 @@ def test_train_fold_pattennet_rs(cls_env):
     np.testing.assert_allclose(predict_proba(net, info2, x), [float(r["probability"]) for r in rows], atol=1e-5)
 
 
+def test_min_epochs_keeps_early_stopping_from_selecting_untrained_epochs(cls_env):
+    """``min_epochs``: epochs before it are neither selected nor counted against the patience."""
+    import json
+
+    from neonet_toolkit.training.base import load_checkpoint
+    from neonet_toolkit.training.cls import ClsTrainer
+
+    ds, pp = cls_env["dataset_name"], cls_env["preprocessed"]
+    U.make_fold_vae(ds, pp, 0)
+    cfg = U.add_configuration(pp, "cls_min", {"epochs": 4, "min_epochs": 3, "patience": 1})
+    out = ClsTrainer(ds, 0, configuration=cfg, device="cpu").run()
+    summ = json.loads((out / "cls_summary.json").read_text(encoding="utf-8"))
+    assert summ["selected_epoch"] in (2, 3)  # epochs 0 and 1 are not candidates
+    assert load_checkpoint(out / "checkpoint_best.pth")["epoch"] == summ["selected_epoch"]
+    log = json.loads((out / "progress.json").read_text(encoding="utf-8"))
+    assert len(log) == 4  # patience 1 did not stop it before epoch 3
+
+
 def test_latent_cache_matches_uncached_training(cls_env):
     """Caching the frozen encoder's latents (all flip variants) is a pure speed-up: same augmentation
     draws, same updates, same out-of-fold probabilities as encoding every batch."""

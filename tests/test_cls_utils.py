@@ -40,7 +40,8 @@ def add_configuration(preprocessed: Path, name: str = "cls_tiny", cls: dict | No
     plans = load_json(f)
     plans["configurations"][name] = {
         "inherits_from": "cpu_small", "vae": dict(TINY_VAE),
-        "cls": {"epochs": 3, "batch_size": 4, "lr": 3e-3, "patience": 30, "adapter_channels": 16, "head_hidden": 32,
+        "cls": {"epochs": 3, "batch_size": 4, "lr": 3e-3, "patience": 30, "min_epochs": 0, "adapter_channels": 16,
+                "head_hidden": 32,
                 "dropout": 0.0, "swin_feature_size": 12, **(cls or {})}}
     save_json(plans, f)
     return name

@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
     pp = root / "nnUNet_preprocessed" / raw.name
     plans = json.loads((pp / "neonet_plans.json").read_text(encoding="utf-8"))
     plans["configurations"]["test_tiny"] = {"inherits_from": "cpu_small", "vae": {"epochs": 2, "val_every": 1},
-                                            "cls": {"epochs": 3, "patience": 10}}
+                                            "cls": {"epochs": 3, "patience": 10, "min_epochs": 0}}
     (pp / "neonet_plans.json").write_text(json.dumps(plans), encoding="utf-8")
     seg_folder = train_seg(DS, 0, arch="nnunet", device="cpu", epochs=10, iterations=12, val_iterations=1)
     VAETrainer(DS, 0, configuration="test_tiny", device="cpu").run()

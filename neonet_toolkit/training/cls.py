@@ -246,6 +246,9 @@ class ClsTrainer(NeoNetTrainer):
         self.stage_dir = run_name(self.arch, self.synthetic_ratio, crop_source, self.early_stopping)
         self.output_folder = self.results_root / f"{self.stage_dir}__{self.plans['plans_name']}" / f"fold_{self.fold}"
         self.patience = int(self.config.get("patience", 20))
+        # epochs before this are neither selected nor counted against the patience (a noisy small
+        # validation fold can otherwise "select" the untrained network and stop training early)
+        self.min_epochs = int(self.config.get("min_epochs", 0))
         self.best_score: list[float] | None = None
         self.best_epoch = -1
         self.bad_epochs = 0
@@ -381,7 +384,7 @@ class ClsTrainer(NeoNetTrainer):
         if self.x_inner is not None:
             a, l_, _ = self._eval(self.x_inner, self.y_inner)
             m.update(inner_auc=a, inner_loss=l_)
-        if self.early_stopping != "none":
+        if self.early_stopping != "none" and epoch + 1 >= self.min_epochs:
             key = "val" if self.early_stopping == "val" else "inner"
             score = [m[f"{key}_auc"], -m[f"{key}_loss"]]  # AUC, ties broken by lower BCE
             if self.best_score is None or score > self.best_score:
