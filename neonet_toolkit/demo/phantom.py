@@ -17,7 +17,8 @@ voxels in-plane at the demo's 1.5 mm spacing), so it survives the frozen VAE enc
 downsampling of the demo's 32×32×16 crop. A thinner shell (0.35–0.55 radii, 1–3 voxels) is
 averaged away on the latent grid: measured on 60-case phantoms, PattenNet then stays at chance
 (pooled out-of-fold AUC 0.40) while a tiny CNN on the raw patch reaches 0.70; with the default
-shell PattenNet on a trained fold VAE reaches 0.93 (docs/neocls.md, "Phantom note").
+shell PattenNet on per-fold trained VAEs reaches 0.79 (real only) and 0.89 (with NeoGen's
+synthetic positives) over 5 folds (docs/neocls.md, "Phantom note").
 """
 from __future__ import annotations
 
