@@ -88,6 +88,17 @@ def _resize(slices: np.ndarray, size: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def robust_range(real_slices: np.ndarray) -> tuple[float, float]:
+    """0.5-99.5 percentile intensity range of the real slices (shared by the 2D pretrained nets)."""
+    lo, hi = np.percentile(real_slices, [0.5, 99.5])
+    return float(lo), float(hi)
+
+
+def to_unit_range(slices: np.ndarray, intensity_range: tuple[float, float] | None) -> np.ndarray:
+    lo, hi = intensity_range or (float(slices.min()), float(slices.max()))
+    return np.clip((slices - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
 class PCAFeatures:
     """Weight-free in-domain features: projection on the real slices' principal components."""
 
@@ -153,14 +164,12 @@ class TorchvisionFeatures:
 
     def fit(self, real_slices: np.ndarray) -> "TorchvisionFeatures":
         if self.intensity_range is None:
-            lo, hi = np.percentile(real_slices, [0.5, 99.5])
-            self.intensity_range = (float(lo), float(hi))
+            self.intensity_range = robust_range(real_slices)
         return self
 
     @torch.no_grad()
     def __call__(self, slices: np.ndarray) -> torch.Tensor:
-        lo, hi = self.intensity_range or (float(slices.min()), float(slices.max()))
-        x = np.clip((slices - lo) / max(hi - lo, 1e-6), 0, 1)
+        x = to_unit_range(slices, self.intensity_range)
         mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         feats = []
@@ -220,13 +229,11 @@ class LPIPSMetric:
         self.weights_path = str(path)
 
     def fit(self, real_slices: np.ndarray) -> "LPIPSMetric":
-        lo, hi = np.percentile(real_slices, [0.5, 99.5])
-        self.intensity_range = (float(lo), float(hi))
+        self.intensity_range = robust_range(real_slices)
         return self
 
     def _to_input(self, slices: np.ndarray) -> torch.Tensor:
-        lo, hi = self.intensity_range or (float(slices.min()), float(slices.max()))
-        x = np.clip((slices - lo) / max(hi - lo, 1e-6), 0, 1) * 2 - 1
+        x = to_unit_range(slices, self.intensity_range) * 2 - 1
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
         if min(t.shape[-2:]) < 32:  # AlexNet's stride-4 stem + 3 max-pools need >= ~32 pixels
             t = torch.nn.functional.interpolate(t, size=tuple(max(32, s) for s in t.shape[-2:]), mode="bilinear",
