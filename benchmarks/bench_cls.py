@@ -16,7 +16,7 @@ import time
 import torch
 
 from neonet_toolkit.networks.classifiers import build_classifier
-from neonet_toolkit.training.base import autocast, get_device, make_grad_scaler
+from neonet_toolkit.utilities.devices import autocast, get_device, make_grad_scaler
 
 
 def bench(arch: str, crop, batch: int, steps: int, warmup: int, device: torch.device, vae_channels) -> dict:

@@ -28,7 +28,7 @@ def run(dataset, fold, steps_list, n, devices, fid_network="pca", fid_weights=No
     from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
     from neonet_toolkit.generation.generate import generate_patch, load_neogen_models
     from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-    from neonet_toolkit.training.base import dataset_folders
+    from neonet_toolkit.utilities.identifiers import dataset_folders
     from neonet_toolkit.training.gen_common import case_labels
 
     name, pp, res = dataset_folders(dataset)

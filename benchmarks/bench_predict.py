@@ -22,7 +22,7 @@ import json, resource, sys, time, torch
 from pathlib import Path
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from neonet_toolkit.training.seg import ensure_trainer_env
-from neonet_toolkit.training.base import get_device
+from neonet_toolkit.utilities.devices import get_device
 a = json.loads(sys.argv[1]); ensure_trainer_env()
 dev = get_device(a["device"])
 p = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,

@@ -26,7 +26,7 @@ def _setup(workdir: Path) -> str:
     os.environ.setdefault("nnUNet_n_proc_DA", "1")
     os.environ.setdefault("nnUNet_compile", "f")
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
 
     if not list((workdir / "raw").glob("Dataset502_*")):
         make_phantom_dataset(workdir / "raw", 502, "SegBench", n_train=10, n_test=0, shape_xyz=(64, 64, 32), positive_fraction=0.5,

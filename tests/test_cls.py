@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from neonet_toolkit.evaluation import stats
+from neonet_toolkit.utilities import stats
 from neonet_toolkit.networks.classifiers import (TABLE2_ARCHS, TABLE5_ARCHS, build_classifier, canonical_arch,
                                                  parse_arch)
 from neonet_toolkit.networks.pattennet import DualAttentionBlock, FrozenVAEEncoder, PattenNet
@@ -154,7 +154,7 @@ def _rows(path):
 
 def test_train_fold_pattennet_rs(cls_env):
     from neonet_toolkit.networks.generative import vae_checkpoint_path
-    from neonet_toolkit.training.base import load_checkpoint
+    from neonet_toolkit.utilities.checkpoints import load_checkpoint
     from neonet_toolkit.training.cls import ClsTrainer, load_fold_classifier, predict_proba
     from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
 
@@ -200,7 +200,7 @@ def test_min_epochs_keeps_early_stopping_from_selecting_untrained_epochs(cls_env
     """``min_epochs``: epochs before it are neither selected nor counted against the patience."""
     import json
 
-    from neonet_toolkit.training.base import load_checkpoint
+    from neonet_toolkit.utilities.checkpoints import load_checkpoint
     from neonet_toolkit.training.cls import ClsTrainer
 
     ds, pp = cls_env["dataset_name"], cls_env["preprocessed"]
@@ -217,7 +217,8 @@ def test_min_epochs_keeps_early_stopping_from_selecting_untrained_epochs(cls_env
 def test_latent_cache_matches_uncached_training(cls_env):
     """Caching the frozen encoder's latents (all flip variants) is a pure speed-up: same augmentation
     draws, same updates, same out-of-fold probabilities as encoding every batch."""
-    from neonet_toolkit.training.cls import ClsTrainer, OOF_FILE, read_predictions_csv
+    from neonet_toolkit.training.cls import ClsTrainer
+    from neonet_toolkit.training.cls_artifacts import OOF_FILE, read_predictions_csv
 
     ds, pp = cls_env["dataset_name"], cls_env["preprocessed"]
     U.make_fold_vae(ds, pp, 0)
@@ -248,7 +249,7 @@ def test_synthetic_from_validation_case_is_refused(cls_env):
 
 def test_inner_split_resume_and_cli(cls_env):
     from neonet_toolkit.run.train import main as train_main
-    from neonet_toolkit.training.base import load_checkpoint
+    from neonet_toolkit.utilities.checkpoints import load_checkpoint
 
     ds, pp = cls_env["dataset_name"], cls_env["preprocessed"]
     U.make_synthetic_set(ds, pp, 2)
@@ -320,8 +321,8 @@ def test_evaluation_numbers_match_stats(tmp_path, monkeypatch, planned_phantom):
     from sklearn.metrics import roc_auc_score
 
     from neonet_toolkit.evaluation.cls import evaluate_cls
-    from neonet_toolkit.training.cls import OOF_FILE, SUMMARY_FILE, write_predictions_csv
-    from neonet_toolkit.utils.io import save_json
+    from neonet_toolkit.training.cls_artifacts import OOF_FILE, SUMMARY_FILE, write_predictions_csv
+    from neonet_toolkit.utilities.io import save_json
 
     env = U.copy_planned(planned_phantom, tmp_path, monkeypatch)
     splits = __import__("json").loads((env["preprocessed"] / "splits_final.json").read_text(encoding="utf-8"))
@@ -380,7 +381,7 @@ def test_ddp_gloo_two_processes(cls_env):
 
 # ----------------------------------------------------------------------------- radiomics (optional extra)
 def test_radiomics_missing_is_a_clear_skip(cls_env, monkeypatch):
-    from neonet_toolkit.evaluation import radiomics
+    from neonet_toolkit.training import radiomics
     from neonet_toolkit.run.experiment import run_experiment
 
     monkeypatch.setattr(radiomics, "radiomics_available", lambda: False)
@@ -392,7 +393,7 @@ def test_radiomics_missing_is_a_clear_skip(cls_env, monkeypatch):
 
 def test_radiomics_baseline_same_folds(cls_env):
     pytest.importorskip("radiomics")
-    from neonet_toolkit.evaluation import radiomics
+    from neonet_toolkit.training import radiomics
     from neonet_toolkit.evaluation.cls import evaluate_cls
 
     if not radiomics.radiomics_available():

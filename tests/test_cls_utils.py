@@ -13,7 +13,7 @@ import torch
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder
-from neonet_toolkit.utils.io import load_json, save_json, save_npz
+from neonet_toolkit.utilities.io import load_json, save_json, save_npz
 
 ENV_KEYS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "neonet_results")
 TINY_VAE = {"channels": [8, 16, 16], "latent_channels": 4, "norm_num_groups": 8, "num_res_blocks": 1,
@@ -51,7 +51,7 @@ def make_fold_vae(dataset: str, preprocessed: Path, fold: int, pretrain_steps: i
     """A fold VAE checkpoint; ``pretrain_steps`` > 0 fits it (L1 reconstruction of channel 0) on the
     fold's training patches, so the frozen encoder carries image features."""
     from neonet_toolkit.networks.generative import build_vae, vae_checkpoint_path
-    from neonet_toolkit.training.base import save_checkpoint
+    from neonet_toolkit.utilities.checkpoints import save_checkpoint
 
     torch.manual_seed(seed + fold)
     vae = build_vae(TINY_VAE)
@@ -81,7 +81,7 @@ def make_synthetic_set(dataset: str, preprocessed: Path, fold: int, noise: float
                        val_leak: bool = False, seed: int = 0) -> Path:
     """Synthetic minority patches (and optionally majority ones) for a fold, from its training
     patches + Gaussian noise inside the ROI; enough minority entries for ratio 1.0."""
-    from neonet_toolkit.generation.manifest import MANIFEST, synthetic_folder
+    from neonet_toolkit.preprocessing.synthetic_sets import MANIFEST, synthetic_folder
 
     rng = np.random.default_rng(seed + fold)
     split = get_fold(load_splits(preprocessed), fold)

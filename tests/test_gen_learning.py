@@ -16,7 +16,7 @@ from test_gen_pipeline import copy_planned
 @pytest.mark.slow
 def test_cpu_small_neogen_learns_on_phantom(planned_phantom, tmp_path, monkeypatch):
     from neonet_toolkit.generation.generate import load_synthetic_patch
-    from neonet_toolkit.generation.manifest import load_manifest
+    from neonet_toolkit.preprocessing.synthetic_sets import load_manifest
     from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
     from neonet_toolkit.run.evaluate import main as evaluate_main
     from neonet_toolkit.run.generate import main as generate_main

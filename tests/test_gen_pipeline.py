@@ -62,7 +62,7 @@ def _split(run):
 
 def test_trainers_write_nnunet_style_folders(neogen_run):
     from neonet_toolkit.networks.generative import load_fold_vae
-    from neonet_toolkit.training.base import load_checkpoint
+    from neonet_toolkit.utilities.checkpoints import load_checkpoint
 
     for stage in ("vae", "ldm", "controlnet"):
         fold = neogen_run["res"] / f"{stage}__NeoNetPlans" / "fold_0"
@@ -92,7 +92,7 @@ def test_no_validation_case_in_any_neogen_training_manifest(neogen_run):
 
 def test_synthetic_set_balances_the_fold_and_is_classifier_ready(neogen_run):
     from neonet_toolkit.generation.generate import load_synthetic_patch
-    from neonet_toolkit.generation.manifest import load_manifest, select_for_ratio, synthetic_folder
+    from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, select_for_ratio, synthetic_folder
     from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder
 
     with pytest.MonkeyPatch.context() as mp:
@@ -125,7 +125,7 @@ def test_synthetic_set_balances_the_fold_and_is_classifier_ready(neogen_run):
 
 def test_seeded_generation_with_trained_models_is_bit_identical(neogen_run):
     from neonet_toolkit.generation.generate import generate_patch, load_neogen_models, load_synthetic_patch
-    from neonet_toolkit.generation.manifest import load_manifest
+    from neonet_toolkit.preprocessing.synthetic_sets import load_manifest
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in neogen_run["env"].items():
@@ -180,7 +180,7 @@ def test_quality_report_lpips_with_local_weights(neogen_run, tmp_path, monkeypat
 
 def test_generation_is_incremental_and_refuses_other_settings(neogen_run):
     from neonet_toolkit.generation.generate import generate_synthetic_set
-    from neonet_toolkit.generation.manifest import load_manifest
+    from neonet_toolkit.preprocessing.synthetic_sets import load_manifest
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in neogen_run["env"].items():
@@ -200,7 +200,7 @@ def test_generation_is_incremental_and_refuses_other_settings(neogen_run):
 
 def test_resume_continues_from_latest_and_refuses_silent_overwrite(neogen_run):
     from neonet_toolkit.run.train import main as train_main
-    from neonet_toolkit.training.base import load_checkpoint
+    from neonet_toolkit.utilities.checkpoints import load_checkpoint
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in neogen_run["env"].items():

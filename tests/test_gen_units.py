@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from neonet_toolkit.generation.sampler import ddim_plan, ddim_sample, ddim_timesteps, make_noise_scheduler
+from neonet_toolkit.networks.diffusion import ddim_plan, ddim_sample, ddim_timesteps, make_noise_scheduler
 from neonet_toolkit.networks.generative import (build_controlnet, build_unet, build_vae, controlled_unet_output,
                                                 from_vae_output, init_controlnet_from_unet, to_vae_input)
 
@@ -173,7 +173,7 @@ def test_seeded_generation_bit_identical_and_masked():
 
 def test_plan_entries_ratio_semantics_and_select_for_ratio():
     from neonet_toolkit.generation.generate import plan_entries
-    from neonet_toolkit.generation.manifest import select_for_ratio
+    from neonet_toolkit.preprocessing.synthetic_sets import select_for_ratio
 
     labels = {f"c{i:02d}": int(i < 5) for i in range(16)}  # 5 positive, 11 negative -> gap 6
     for ratio, n in ((0.25, 2), (0.5, 3), (0.75, 4), (1.0, 6)):

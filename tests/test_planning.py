@@ -67,7 +67,7 @@ def test_patch_equals_tlcr_on_preprocessed_grid(planned_phantom):
 
 
 def test_rerun_is_idempotent(planned_phantom, monkeypatch):
-    from neonet_toolkit.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
 
     for k, v in planned_phantom["env"].items():
         monkeypatch.setenv(k, v)
@@ -96,7 +96,7 @@ def test_nnunet_own_planner_accepts_the_dataset(planned_phantom, monkeypatch):
 def test_other_label_ids_extra_labels_and_spacing(isolated_env):
     """A dataset we did not generate the default way: ids {bg 0, liver 1, vessel 2, tumor 3}, other spacing."""
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
 
     raw = make_phantom_dataset(isolated_env / "nnUNet_raw", 612, "OtherLabels", n_train=10, n_test=0,
                                shape_xyz=(41, 37, 15), spacing=(0.9, 0.9, 2.5),
@@ -125,7 +125,7 @@ def test_other_label_ids_extra_labels_and_spacing(isolated_env):
 
 def test_tumor_larger_than_crop_is_reported(isolated_env, caplog):
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
 
     make_phantom_dataset(isolated_env / "nnUNet_raw", 613, "BigTumour", n_train=10, n_test=0,
                          shape_xyz=(32, 32, 16), spacing=(1.5, 1.5, 3.0), seed=2,

@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
     import os
 
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
     from neonet_toolkit.training.cls import ClsTrainer
     from neonet_toolkit.training.seg.api import train_seg
     from neonet_toolkit.training.vae import VAETrainer

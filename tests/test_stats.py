@@ -1,11 +1,11 @@
-"""neonet_toolkit.evaluation.stats against scikit-learn, brute force and published pROC numbers."""
+"""neonet_toolkit.utilities.stats against scikit-learn, brute force and published pROC numbers."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from neonet_toolkit.evaluation import stats
+from neonet_toolkit.utilities import stats
 
 # pROC's aSAH data set (113 patients): id, outcome (G=Good, P=Poor), wfns, s100b
 ASAH = """29 G 1 0.13;30 G 1 0.14;31 G 1 0.10;32 G 1 0.04;33 P 3 0.13;34 P 2 0.10;35 G 5 0.47;36 P 4 0.16;

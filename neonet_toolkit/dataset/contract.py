@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from neonet_toolkit.utils.io import load_json
+from neonet_toolkit.utilities.io import load_json
 
 logger = logging.getLogger(__name__)
 
@@ -424,8 +424,8 @@ def verify_dataset(ds: NeoNetDataset, full: bool = True, case_ids: Iterable[str]
     case_ids = list(case_ids) if case_ids is not None else ds.case_ids
     errors, warnings, infos = [], [], {}
     if num_processes > 1:
-        from concurrent.futures import ProcessPoolExecutor
         import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(num_processes, mp_context=mp.get_context("spawn")) as ex:
             results = list(tqdm(ex.map(verify_case, [ds] * len(case_ids), case_ids, [full] * len(case_ids)),

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from neonet_toolkit.utils.io import save_json
+from neonet_toolkit.utilities.io import save_json
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,22 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from pathlib import Path
+
+from neonet_toolkit import paths
+from neonet_toolkit.demo.phantom import make_phantom_dataset
+from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+from neonet_toolkit.generation.generate import generate_synthetic_set
+from neonet_toolkit.inference.predict import predict
+from neonet_toolkit.training.cls import ClsTrainer, run_name
+from neonet_toolkit.training.cls_artifacts import OOF_FILE, read_predictions_csv
+from neonet_toolkit.training.controlnet import ControlNetTrainer
+from neonet_toolkit.training.ldm import LDMTrainer
+from neonet_toolkit.training.seg.api import train_seg
+from neonet_toolkit.training.seg.trainers import result_folder
+from neonet_toolkit.training.vae import VAETrainer
+from neonet_toolkit.utilities import stats
+from neonet_toolkit.utilities.identifiers import fold_is_finished
+from neonet_toolkit.utilities.io import save_json, save_text
 
 logger = logging.getLogger(__name__)
 
@@ -28,18 +43,6 @@ def run_demo(dataset_id: int = 501, fold: int = 0, device: str = "cpu", seg_arch
              seg_epochs: int = 12, seg_iterations: int = 25, ratio: float = 1.0, n_train: int = 30,
              n_test: int = 4, gen_steps: int | None = None, configuration: str | None = None) -> dict:
     """Run the demo; returns a report dict (also written as ``demo_report.json`` / ``.md``)."""
-    from neonet_toolkit import paths
-    from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.evaluation import stats
-    from neonet_toolkit.experiment_planning.plan_and_preprocess import plan_and_preprocess
-    from neonet_toolkit.generation.generate import generate_synthetic_set
-    from neonet_toolkit.inference.predict import predict
-    from neonet_toolkit.training.cls import OOF_FILE, ClsTrainer, read_predictions_csv, run_name
-    from neonet_toolkit.training.controlnet import ControlNetTrainer
-    from neonet_toolkit.training.ldm import LDMTrainer
-    from neonet_toolkit.training.seg.api import result_folder, train_seg
-    from neonet_toolkit.training.vae import VAETrainer
-    from neonet_toolkit.utils.io import save_json, save_text
 
     timings: dict[str, float] = {}
     t = t_start = time.perf_counter()
@@ -56,7 +59,7 @@ def run_demo(dataset_id: int = 501, fold: int = 0, device: str = "cpu", seg_arch
     t = _log_step("plan_and_preprocess", t, timings)
 
     seg_folder = result_folder(dataset_id, seg_arch) / f"fold_{fold}"
-    if not (seg_folder / "checkpoint_final.pth").is_file():
+    if not fold_is_finished(seg_folder):
         train_seg(dataset_id, fold, arch=seg_arch, device=device, epochs=seg_epochs, iterations=seg_iterations,
                   val_iterations=2, configuration=configuration,
                   continue_training=(seg_folder / "checkpoint_latest.pth").is_file())
@@ -64,7 +67,7 @@ def run_demo(dataset_id: int = 501, fold: int = 0, device: str = "cpu", seg_arch
 
     for name, cls in (("vae", VAETrainer), ("ldm", LDMTrainer), ("controlnet", ControlNetTrainer)):
         tr = cls(dataset_id, fold, configuration=configuration, device=device, continue_training=True)
-        if not (tr.output_folder / "checkpoint_final.pth").is_file() or not _finished(tr.output_folder):
+        if not fold_is_finished(tr.output_folder):
             tr.run()
         t = _log_step(name, t, timings)
 
@@ -113,14 +116,6 @@ def run_demo(dataset_id: int = 501, fold: int = 0, device: str = "cpu", seg_arch
     return report
 
 
-def _finished(folder: Path) -> bool:
-    from neonet_toolkit.training.base import load_checkpoint
-
-    try:
-        ck = load_checkpoint(folder / "checkpoint_final.pth")
-    except FileNotFoundError:
-        return False
-    return int(ck.get("epoch", -1)) + 1 >= int(ck.get("config", {}).get("epochs", 0))
 
 
 def _markdown(r: dict) -> str:

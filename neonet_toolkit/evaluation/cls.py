@@ -21,59 +21,59 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import logging
 import re
 from pathlib import Path
 
 import numpy as np
 
-from neonet_toolkit.evaluation import stats
-from neonet_toolkit.utils.io import atomic_path, load_json, save_figure, save_json, save_text
+from neonet_toolkit.dataset.contract import safe_join
+from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+from neonet_toolkit.networks.classifiers import PRETTY, TABLE2_ARCHS, TABLE5_ARCHS
+from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
+from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, select_for_ratio, synthetic_folder
+from neonet_toolkit.training.cls_artifacts import OOF_FILE, SUMMARY_FILE, case_labels, read_predictions_csv
+from neonet_toolkit.utilities import stats
+from neonet_toolkit.utilities.identifiers import (
+    dataset_folders,
+    finished_folds,
+    list_cls_runs,
+    parse_cls_run_name,
+    stage_root,
+)
+from neonet_toolkit.utilities.io import atomic_path, load_json, save_figure, save_json, save_text
 
 logger = logging.getLogger(__name__)
 
 EVAL_DIR = "cls_evaluation"
 SHORTCUT_DIR = "cls_shortcut"
-RUN_RE = re.compile(r"^cls_(?P<arch>.+?)_(?P<ratio>\d+(?:\.\d+)?)(?P<suffix>(?:_pred)?(?:_es(?:inner|none))?)$")
 SHORTCUT_WARN_AUC = 0.8
 
 
 # ----------------------------------------------------------------------------- discovery and loading
 def _folders(dataset, plans_name: str):
-    from neonet_toolkit.training.base import dataset_folders
 
     return dataset_folders(dataset)
 
 
 def parse_run_name(run: str) -> dict | None:
-    m = RUN_RE.match(run)
-    if not m:
-        return None
-    suf = m.group("suffix")
-    return {"arch": m.group("arch"), "ratio": float(m.group("ratio")),
-            "crop_source": "pred" if "_pred" in suf else "gt",
-            "early_stopping": "inner" if "_esinner" in suf else ("none" if "_esnone" in suf else "val")}
+    rid = parse_cls_run_name(run)
+    return None if rid is None else dataclasses.asdict(rid)
 
 
 def discover_runs(results_root: Path, plans_name: str = "NeoNetPlans") -> dict[str, dict[int, Path]]:
     """{run name: {fold: fold folder}} for folds that finished (oof_predictions.csv + cls_summary.json)."""
-    from neonet_toolkit.training.cls import OOF_FILE, SUMMARY_FILE
 
     runs: dict[str, dict[int, Path]] = {}
-    if not results_root.is_dir():
-        return runs
-    for d in sorted(results_root.glob(f"cls_*__{plans_name}")):
-        name = d.name[: -len(f"__{plans_name}")]
-        if parse_run_name(name) is None:
-            continue
-        for f in sorted(d.glob("fold_*")):
+    for name in list_cls_runs(results_root, plans_name):
+        for k, f in finished_folds(stage_root(results_root, name, plans_name)).items():
             if (f / OOF_FILE).is_file() and (f / SUMMARY_FILE).is_file():
-                runs.setdefault(name, {})[int(f.name.split("_")[1])] = f
+                runs.setdefault(name, {})[k] = f
     return runs
 
 
 def load_run(folds: dict[int, Path]) -> dict:
-    from neonet_toolkit.training.cls import OOF_FILE, SUMMARY_FILE, read_predictions_csv
 
     out = {}
     for k, f in sorted(folds.items()):
@@ -202,11 +202,6 @@ def shortcut_check(dataset, fold: int, ratio: float = 1.0, crop_source: str = "g
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from neonet_toolkit.dataset.contract import safe_join
-    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-    from neonet_toolkit.generation.manifest import load_manifest, select_for_ratio, synthetic_folder
-    from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-    from neonet_toolkit.training.cls import case_labels
 
     name, pp, res_root = _folders(dataset, plans_name)
     split = get_fold(load_splits(pp), fold)
@@ -362,7 +357,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def tables(results: dict[str, dict], crop_source: str = "gt", early_stopping: str = "val",
            table5_ratio: float | None = None) -> dict:
-    from neonet_toolkit.networks.classifiers import PRETTY, TABLE2_ARCHS, TABLE5_ARCHS
 
     # radiomics has no model selection: it belongs in every table of its crop source
     sel = {n: r for n, r in results.items() if r.get("crop_source") == crop_source
@@ -418,7 +412,6 @@ def _row(r: dict) -> dict:
 def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str, str]] | None = None,
                  n_boot: int = 2000, seed: int = 0, table5_ratio: float | None = None,
                  plans_name: str = "NeoNetPlans", output: Path | None = None) -> dict:
-    from neonet_toolkit.experiment_planning.splits import load_splits
 
     name, pp, res_root = _folders(dataset, plans_name)
     n_folds = len(load_splits(pp))

@@ -24,8 +24,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neonet_toolkit.evaluation.image_metrics import VIEWS, fid_per_view, make_feature_extractor, psnr, ssim, view_axes
-from neonet_toolkit.utils.io import save_figure, save_json, save_text
+from neonet_toolkit.evaluation.image_metrics import (
+    VIEWS,
+    LPIPSMetric,
+    fid_per_view,
+    lpips_per_view,
+    make_feature_extractor,
+    psnr,
+    ssim,
+    view_axes,
+)
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+from neonet_toolkit.generation.generate import load_synthetic_patch
+from neonet_toolkit.networks.generative import from_vae_output, load_fold_vae, to_vae_input
+from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
+from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, synthetic_folder
+from neonet_toolkit.utilities.devices import get_device
+from neonet_toolkit.utilities.identifiers import dataset_folders
+from neonet_toolkit.utilities.io import save_figure, save_json, save_text
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +55,6 @@ def _stack_patches(folder, ids, loader):
 @torch.no_grad()
 def reconstruction_metrics(dataset, fold: int, device: str = "cpu", plans_name: str = "NeoNetPlans",
                            lpips_weights: str | None = None, lpips_net: str = "alex") -> dict:
-    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-    from neonet_toolkit.networks.generative import from_vae_output, load_fold_vae, to_vae_input
-    from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-    from neonet_toolkit.training.base import dataset_folders
 
     name, pp, _ = dataset_folders(dataset)
     split = get_fold(load_splits(pp), fold)
@@ -64,8 +77,6 @@ def reconstruction_metrics(dataset, fold: int, device: str = "cpu", plans_name: 
                                    "psnr": float(psnr(mean_patch, x, data_range).mean())},
            "per_case_psnr": dict(zip(split["val"], psnr(rec, x, data_range).tolist()))}
     if lpips_weights:
-        from neonet_toolkit.evaluation.image_metrics import LPIPSMetric, lpips_per_view
-        from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 
         tf = NeoNetPlans(pp / NEONET_PLANS_FILE)["transpose_forward"]
         metric = LPIPSMetric(lpips_weights, lpips_net, device=device)
@@ -80,12 +91,6 @@ def reconstruction_metrics(dataset, fold: int, device: str = "cpu", plans_name: 
 
 def generation_metrics(dataset, fold: int, fid_network: str = "pca", fid_weights: str | None = None,
                        device: str = "cpu", plans_name: str = "NeoNetPlans", pca_components: int = 8) -> dict:
-    from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
-    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-    from neonet_toolkit.generation.generate import load_synthetic_patch
-    from neonet_toolkit.generation.manifest import load_manifest, synthetic_folder
-    from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-    from neonet_toolkit.training.base import dataset_folders
 
     name, pp, _ = dataset_folders(dataset)
     plans = NeoNetPlans(pp / NEONET_PLANS_FILE)
@@ -123,11 +128,6 @@ def save_montage(dataset, fold: int, path: Path, n: int = 4, plans_name: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
-    from neonet_toolkit.generation.generate import load_synthetic_patch
-    from neonet_toolkit.generation.manifest import load_manifest, synthetic_folder
-    from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-    from neonet_toolkit.training.base import dataset_folders
 
     name, pp, _ = dataset_folders(dataset)
     axis = view_axes(NeoNetPlans(pp / NEONET_PLANS_FILE)["transpose_forward"])["axial"]
@@ -187,7 +187,6 @@ def tables_markdown(report: dict) -> str:
 def evaluate_gen(dataset, folds=(0,), fid_network: str = "pca", fid_weights: str | None = None, device: str = "cpu",
                  n_montage: int = 4, plans_name: str = "NeoNetPlans", skip_generation: bool = False,
                  lpips_weights: str | None = None, lpips_net: str = "alex") -> dict:
-    from neonet_toolkit.training.base import dataset_folders, get_device
 
     dev = str(get_device(device))
     name, _, res = dataset_folders(dataset)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from neonet_toolkit import paths
-from neonet_toolkit.utils.io import load_json, save_json, save_text
+from neonet_toolkit.utilities.io import load_json, save_json, save_text
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from neonet_toolkit.utils.io import load_json, save_json
+from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from neonet_toolkit.dataset.contract import DatasetError
-from neonet_toolkit.utils.io import load_json, save_json
+from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
 

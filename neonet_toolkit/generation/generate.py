@@ -1,7 +1,7 @@
 """NeoGen inference: mask-conditioned synthetic TLCR patches that balance a fold's training set.
 
 ``generate_synthetic_set(dataset, fold, ratio)`` writes the set described in
-:mod:`neonet_toolkit.generation.manifest`. Each synthetic patch is conditioned on the real label
+:mod:`neonet_toolkit.preprocessing.synthetic_sets`. Each synthetic patch is conditioned on the real label
 patch (and, with a class-conditional ControlNet, the PNI label) of one *training* case of the fold:
 
 * minority entries: ``round(ratio * gap)`` patches, conditioned on the minority-class training
@@ -24,12 +24,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neonet_toolkit.generation.manifest import MANIFEST, synthetic_folder
-from neonet_toolkit.generation.sampler import ddim_sample, ddim_timesteps, make_noise_scheduler
-from neonet_toolkit.networks.generative import (build_controlnet, build_unet, controlled_unet_output, freeze,
-                                                from_vae_output, label_to_condition, load_fold_vae,
-                                                stage_checkpoint_path)
-from neonet_toolkit.utils.io import load_json, save_json, save_npz
+from neonet_toolkit.dataset.contract import safe_join
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+from neonet_toolkit.networks.diffusion import ddim_sample, ddim_timesteps, make_noise_scheduler
+from neonet_toolkit.networks.generative import (
+    build_controlnet,
+    build_unet,
+    controlled_unet_output,
+    freeze,
+    from_vae_output,
+    label_to_condition,
+    load_fold_vae,
+    stage_checkpoint_path,
+)
+from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
+from neonet_toolkit.preprocessing.synthetic_sets import MANIFEST, synthetic_folder
+from neonet_toolkit.training.gen_common import case_labels
+from neonet_toolkit.utilities.checkpoints import load_checkpoint
+from neonet_toolkit.utilities.devices import get_device
+from neonet_toolkit.utilities.identifiers import dataset_folders
+from neonet_toolkit.utilities.io import load_json, save_json, save_npz
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +71,6 @@ class NeoGenModels:
 def load_neogen_models(dataset, fold: int, device: str | torch.device = "cpu", plans_name: str = "NeoNetPlans",
                        configuration: str | None = None) -> NeoGenModels:
     """The fold's frozen VAE, diffusion U-Net and ControlNet (all from their checkpoint_final.pth)."""
-    from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
-    from neonet_toolkit.training.base import dataset_folders, load_checkpoint
 
     device = torch.device(device)
     name, pp, _ = dataset_folders(dataset)
@@ -146,10 +159,6 @@ def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: i
     """Generate (or extend) the fold's synthetic set; returns its folder. See the module docstring."""
     from tqdm import tqdm
 
-    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-    from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-    from neonet_toolkit.training.base import dataset_folders, get_device
-    from neonet_toolkit.training.gen_common import case_labels
 
     dev = get_device(device)
     name, pp, _ = dataset_folders(dataset)
@@ -224,7 +233,6 @@ def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def load_synthetic_patch(folder: str | Path, entry_id: str) -> tuple[np.ndarray, np.ndarray]:
     """(image (2, *crop) float32, label (2, *crop) uint8) of one synthetic entry."""
-    from neonet_toolkit.dataset.contract import safe_join
 
     with np.load(safe_join(Path(folder) / "patches", entry_id, ".npz")) as z:
         return z["image"], z["label"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from neonet_toolkit.dataset.contract import DatasetError, check_case_id
-from neonet_toolkit.utils.io import atomic_path
+from neonet_toolkit.utilities.io import atomic_path
 
 logger = logging.getLogger(__name__)
 

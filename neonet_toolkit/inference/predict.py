@@ -33,9 +33,23 @@ import torch
 
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.contract import DatasetError, check_case_id, resolve_label_roles
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.inference import qc
 from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard
-from neonet_toolkit.utils.io import atomic_path, load_json, save_json, save_text
+from neonet_toolkit.inference.report import crop_png
+from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
+from neonet_toolkit.training.cls import load_fold_classifier, predict_proba
+from neonet_toolkit.training.seg import ensure_trainer_env
+from neonet_toolkit.training.seg.masks import (
+    check_model_folder,
+    default_model_folder,
+    label_map_by_name,
+    model_folds,
+    registered_model,
+)
+from neonet_toolkit.utilities.devices import get_device
+from neonet_toolkit.utilities.identifiers import PLANS_NAME, finished_folds, list_cls_runs, stage_root
+from neonet_toolkit.utilities.io import atomic_path, load_json, save_json, save_text
 from neonet_toolkit.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -44,9 +58,9 @@ CSV_FIELDS = ["case_id", "probability", "decision", "threshold", "fold_probabili
               "qc_flags"]
 
 
-def list_cls_runs(dataset) -> list[str]:
-    res = paths.neonet_results() / paths.find_dataset_name(dataset)
-    return sorted(p.name.split("__")[0] for p in res.glob("cls_*__*") if p.is_dir()) if res.is_dir() else []
+def trained_cls_runs(dataset, plans_name: str = PLANS_NAME) -> list[str]:
+    """Trained NeoCls runs of a dataset (evaluation reports and other folders never count)."""
+    return list_cls_runs(paths.neonet_results() / paths.find_dataset_name(dataset), plans_name)
 
 
 class NeoNetPredictor:
@@ -57,12 +71,6 @@ class NeoNetPredictor:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
-        from neonet_toolkit.training.base import get_device
-        from neonet_toolkit.training.cls import load_fold_classifier
-        from neonet_toolkit.training.seg import ensure_trainer_env
-        from neonet_toolkit.training.seg.masks import (check_model_folder, default_model_folder, label_map_by_name,
-                                                       model_folds, registered_model)
 
         env = paths.ensure_environment()
         ensure_trainer_env()
@@ -98,7 +106,7 @@ class NeoNetPredictor:
         self.model_tumor_ids = sorted(int(k) for k, v in self.label_map.items() if v in self.roles.tumor_ids)
 
         # NeoCls
-        runs = list_cls_runs(self.dataset_name)
+        runs = trained_cls_runs(self.dataset_name, plans_name)
         if cls_run is None:
             cls_run = "cls_pattennet_1" if "cls_pattennet_1" in runs else (runs[0] if len(runs) == 1 else None)
             if cls_run is None:
@@ -108,8 +116,8 @@ class NeoNetPredictor:
         self.cls_run = cls_run
         self.classifiers = []
         cls_folds = self.seg_folds if folds is not None else None
-        folder = paths.neonet_results() / self.dataset_name / f"{cls_run}__{plans_name}"
-        available = sorted(int(p.name[5:]) for p in folder.glob("fold_*") if (p / "checkpoint_final.pth").is_file())
+        folder = stage_root(paths.neonet_results() / self.dataset_name, cls_run, plans_name)
+        available = sorted(finished_folds(folder))
         use = [f for f in (cls_folds if cls_folds is not None else available) if isinstance(f, int) or
                str(f).isdigit()]
         missing = [f for f in use if int(f) not in available]
@@ -212,7 +220,6 @@ class NeoNetPredictor:
         return int(drop.sum())
 
     def crop(self, data: np.ndarray, seg: np.ndarray, props: dict):
-        from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
 
         t0 = time.perf_counter()
         pre = self.neonet_cfg.preprocessor_class(verbose=False)
@@ -223,7 +230,6 @@ class NeoNetPredictor:
         return img_p, lab_p, info
 
     def classify(self, patch: np.ndarray) -> list[float]:
-        from neonet_toolkit.training.cls import predict_proba
 
         t0 = time.perf_counter()
         probs = [float(predict_proba(net, info, patch[None], self.device)[0]) for _, net, info in self.classifiers]
@@ -302,7 +308,6 @@ class NeoNetPredictor:
     def _write_crops(self, out: Path, cid: str, img_p: np.ndarray, lab_p: np.ndarray, saliency: bool) -> None:
         import SimpleITK as sitk
 
-        from neonet_toolkit.inference.report import crop_png
 
         folder = out / "crops"
         folder.mkdir(parents=True, exist_ok=True)

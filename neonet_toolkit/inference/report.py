@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neonet_toolkit.utils.io import save_figure
+from neonet_toolkit.utilities.io import save_figure
 
 
 def _center(mask: np.ndarray) -> tuple[int, ...]:

@@ -15,7 +15,16 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from neonet_toolkit import paths
-from neonet_toolkit.utils.io import atomic_path, load_json
+from neonet_toolkit.training.seg import ensure_trainer_env
+from neonet_toolkit.training.seg.masks import (
+    check_model_folder,
+    default_model_folder,
+    label_map_by_name,
+    model_folds,
+    registered_model,
+)
+from neonet_toolkit.utilities.devices import get_device
+from neonet_toolkit.utilities.io import atomic_path, load_json
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +32,6 @@ logger = logging.getLogger(__name__)
 def _device(name: str):
     import torch
 
-    from neonet_toolkit.training.base import get_device
 
     dev = get_device(name)
     return torch.device("cuda", dev.index or 0) if dev.type == "cuda" else dev
@@ -60,9 +68,6 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset:
     """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from neonet_toolkit.training.seg import ensure_trainer_env
-    from neonet_toolkit.training.seg.masks import (check_model_folder, default_model_folder, label_map_by_name,
-                                                   model_folds, registered_model)
 
     paths.ensure_environment()
     ensure_trainer_env()

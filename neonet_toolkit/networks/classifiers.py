@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from neonet_toolkit.networks.pattennet import FrozenVAEEncoder, PattenNet
+
 RESNETS = (10, 18, 34, 50, 101, 152, 200)
 DENSENETS = (121, 169, 201, 264)
 EFFICIENTNETS = tuple(range(8))
@@ -146,7 +148,6 @@ def build_classifier(arch: str, cfg: dict | None = None, in_channels: int = 2, v
     info = parse_arch(arch, cfg)
     fam = info["family"]
     if fam == "pattennet":
-        from neonet_toolkit.networks.pattennet import FrozenVAEEncoder, PattenNet
 
         if vae_config is None:
             raise ValueError("PattenNet needs the fold's VAE: train the VAE stage of this fold first.")

@@ -30,6 +30,9 @@ from typing import Sequence
 import torch
 from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet
 
+from neonet_toolkit.utilities.checkpoints import load_checkpoint
+from neonet_toolkit.utilities.identifiers import stage_fold_folder
+
 logger = logging.getLogger(__name__)
 
 VAE_IN_CHANNELS = 1
@@ -156,13 +159,11 @@ def label_to_condition(label: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- fold checkpoints
 def vae_checkpoint_path(dataset, fold: int, plans_name: str = "NeoNetPlans"):
-    from neonet_toolkit.training.base import stage_fold_folder
 
     return stage_fold_folder(dataset, "vae", fold, plans_name) / "checkpoint_final.pth"
 
 
 def stage_checkpoint_path(dataset, stage: str, fold: int, plans_name: str = "NeoNetPlans"):
-    from neonet_toolkit.training.base import stage_fold_folder
 
     return stage_fold_folder(dataset, stage, fold, plans_name) / "checkpoint_final.pth"
 
@@ -173,7 +174,6 @@ def load_fold_vae(dataset, fold: int, device: str | torch.device = "cpu", plans_
 
     ``config["input_intensity"]`` holds the intensity mapping (see :func:`to_vae_input`).
     """
-    from neonet_toolkit.training.base import load_checkpoint
 
     ckpt = load_checkpoint(vae_checkpoint_path(dataset, fold, plans_name), map_location=device)
     vae = build_vae(ckpt["config"])

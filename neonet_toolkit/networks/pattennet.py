@@ -35,6 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from neonet_toolkit.networks.generative import build_vae, to_vae_input
+
 DAB_MODES = ("channel_spatial", "channel", "spatial")
 INPUT_MODES = ("shared", "mask")
 
@@ -95,7 +97,6 @@ class FrozenVAEEncoder(nn.Module):
 
     def __init__(self, vae_config: dict, scale_factor: float = 1.0, vae: nn.Module | None = None):
         super().__init__()
-        from neonet_toolkit.networks.generative import build_vae
 
         src = vae if vae is not None else build_vae(vae_config)
         self.encoder = copy.deepcopy(src.encoder)
@@ -117,7 +118,6 @@ class FrozenVAEEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             if self.input_intensity is not None:
-                from neonet_toolkit.networks.generative import to_vae_input
 
                 x = to_vae_input(x, self.input_intensity)
             return self.quant_conv_mu(self.encoder(x)) * self.scale_factor

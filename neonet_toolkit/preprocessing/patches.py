@@ -23,7 +23,7 @@ import numpy as np
 
 from neonet_toolkit.dataset.contract import LabelRoles, safe_join
 from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
-from neonet_toolkit.utils.io import load_json, save_json, save_npz
+from neonet_toolkit.utilities.io import load_json, save_json, save_npz
 
 logger = logging.getLogger(__name__)
 

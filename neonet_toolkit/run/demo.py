@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from neonet_toolkit.demo.run_demo import run_demo
 from neonet_toolkit.run.common import add_common, cli_main
 
 
@@ -21,7 +22,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
-    from neonet_toolkit.demo.run_demo import run_demo
 
     rep = run_demo(args.dataset_id, args.fold, args.device, args.seg_arch, args.seg_epochs, args.seg_iterations,
                    args.ratio, configuration=args.configuration)

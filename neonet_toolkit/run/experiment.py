@@ -16,7 +16,13 @@ import logging
 import sys
 from pathlib import Path
 
+from neonet_toolkit.evaluation.cls import evaluate_cls, shortcut_check
+from neonet_toolkit.experiment_planning.splits import load_splits
+from neonet_toolkit.preprocessing.synthetic_sets import synthetic_folder
 from neonet_toolkit.run.common import add_common, run_cli, setup_logging
+from neonet_toolkit.training.cls import ClsTrainer, _check_ratio, canonical_arch
+from neonet_toolkit.training.radiomics import RadiomicsUnavailable, run_radiomics_baseline
+from neonet_toolkit.utilities.identifiers import LATEST_CHECKPOINT, dataset_folders, fold_is_finished
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +34,6 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
     """Train every (arch, ratio, fold) not yet finished, then evaluate. Returns a status dict."""
     from tqdm import tqdm
 
-    from neonet_toolkit.evaluation.cls import evaluate_cls, shortcut_check
-    from neonet_toolkit.experiment_planning.splits import load_splits
-    from neonet_toolkit.training.base import dataset_folders, load_checkpoint
-    from neonet_toolkit.training.cls import OOF_FILE, ClsTrainer, _check_ratio, canonical_arch
 
     name, pp, _ = dataset_folders(dataset)
     n_folds = len(load_splits(pp))
@@ -48,14 +50,11 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
                                early_stopping=early_stopping, configuration=configuration, device=device,
                                epochs=epochs, continue_training=True)
             out = probe.output_folder
-            final, latest = out / "checkpoint_final.pth", out / "checkpoint_latest.pth"
-            done = (final.is_file() and (out / OOF_FILE).is_file()
-                    and load_checkpoint(final).get("extra", {}).get("finished", False))
-            if done:
+            if fold_is_finished(out):
                 logger.info("skip %s: finished (%s)", tag, out)
                 status["skipped"].append(tag)
                 continue
-            kind = "resumed" if latest.is_file() else "trained"
+            kind = "resumed" if (out / LATEST_CHECKPOINT).is_file() else "trained"
             logger.info("%s %s -> %s", "resume" if kind == "resumed" else "train", tag, out)
             probe.run()
             status[kind].append(tag)
@@ -63,7 +62,6 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
             logger.error("FAILED %s: %s", tag, e)
             status["failed"].append(f"{tag}: {e}")
     if want_radiomics:
-        from neonet_toolkit.evaluation.radiomics import RadiomicsUnavailable, run_radiomics_baseline
 
         try:
             run_radiomics_baseline(name, folds, crop_source, plans_name=plans_name)
@@ -75,7 +73,6 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
             logger.error("FAILED radiomics baseline: %s", e)
             status["failed"].append(f"radiomics: {e}")
     if shortcut and any(r > 0 for r in ratios):
-        from neonet_toolkit.generation.manifest import synthetic_folder
 
         for fold in folds:
             if not (synthetic_folder(name, fold, plans_name) / "manifest.json").is_file():

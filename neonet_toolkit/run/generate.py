@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from neonet_toolkit.generation.generate import generate_synthetic_set
 from neonet_toolkit.run.common import add_common, run_cli, setup_logging
 
 
@@ -38,7 +39,6 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
 
     def _run(a):
-        from neonet_toolkit.generation.generate import generate_synthetic_set
 
         for fold in a.fold:
             out = generate_synthetic_set(a.dataset, fold, ratio=a.ratio, n_majority=a.n_majority, steps=a.steps,

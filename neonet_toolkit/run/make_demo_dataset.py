@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from neonet_toolkit import paths
+from neonet_toolkit.demo.phantom import make_phantom_dataset
 from neonet_toolkit.run.common import add_common, cli_main
 
 
@@ -24,8 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
-    from neonet_toolkit import paths
-    from neonet_toolkit.demo.phantom import make_phantom_dataset
 
     out = args.output or paths.nnunet_raw()
     folder = make_phantom_dataset(out, args.dataset_id, args.name, n_train=args.n_train, n_test=args.n_test,

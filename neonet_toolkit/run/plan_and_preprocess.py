@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
 from neonet_toolkit.run.common import add_common, cli_main
 
 
@@ -29,7 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
-    from neonet_toolkit.experiment_planning.plan_and_preprocess import plan_and_preprocess
 
     for d in args.dataset:
         report = plan_and_preprocess(d, num_processes=args.num_processes,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from neonet_toolkit.inference.predict import collect, predict
 from neonet_toolkit.run.common import add_common, cli_main
 
 
@@ -36,7 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
-    from neonet_toolkit.inference.predict import collect, predict
 
     if args.collect_only:
         recs = collect(args.output)

@@ -18,7 +18,7 @@ STAGES = {
     "vae": "neonet_toolkit.training.vae",
     "ldm": "neonet_toolkit.training.ldm",
     "controlnet": "neonet_toolkit.training.controlnet",
-    "cls": "neonet_toolkit.training.cls",
+    "cls": "neonet_toolkit.run.train_cls",
 }
 
 

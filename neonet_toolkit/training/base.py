@@ -18,9 +18,7 @@ Checkpoints hold only tensors and plain Python types, so they load with
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,133 +26,23 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from neonet_toolkit import paths
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-from neonet_toolkit.utils.io import save_figure, save_json
+from neonet_toolkit.utilities.checkpoints import load_checkpoint, save_checkpoint
+from neonet_toolkit.utilities.devices import Distributed, get_device, unwrap
+from neonet_toolkit.utilities.identifiers import (
+    FINAL_CHECKPOINT,
+    LATEST_CHECKPOINT,
+    dataset_folders,
+    fold_folder_name,
+    stage_root,
+)
+from neonet_toolkit.utilities.io import save_figure, save_json
 
 logger = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------- devices, AMP, DDP
-def get_device(name: str | None = "auto") -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Device {name!r} requested but CUDA is not available on this machine; use -device cpu.")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"Unsupported device {name!r}; use cpu, cuda or cuda:N.")
-    return dev
-
-
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast(device: torch.device):
-    dt = amp_dtype(device)
-    if dt is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dt)
-
-
-def make_grad_scaler(device: torch.device):
-    return torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
-
-
-class Distributed:
-    """torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK). World size 1 when not under torchrun."""
-
-    def __init__(self, device: torch.device):
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world_size > 1
-        self.device = device
-        if self.enabled and not torch.distributed.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            if device.type == "cuda":
-                torch.cuda.set_device(self.local_rank)
-                self.device = torch.device("cuda", self.local_rank)
-            torch.distributed.init_process_group(backend=backend)
-            logger.info("DDP: rank %d/%d on %s (%s)", self.rank, self.world_size, self.device, backend)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        if not self.enabled or not any(p.requires_grad for p in model.parameters()):
-            return model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DDP(model, device_ids=ids)
-
-    def shard(self, items: list) -> list:
-        """This rank's share of ``items`` (padded by repetition so every rank gets the same count)."""
-        if not self.enabled:
-            return list(items)
-        n = int(np.ceil(len(items) / self.world_size)) * self.world_size
-        padded = (list(items) * (n // max(len(items), 1) + 1))[:n]
-        return padded[self.rank::self.world_size]
-
-    def mean(self, value: float) -> float:
-        if not self.enabled:
-            return float(value)
-        t = torch.tensor([float(value)], device=self.device if self.device.type == "cuda" else "cpu")
-        torch.distributed.all_reduce(t)
-        return float(t.item()) / self.world_size
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.enabled and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # e.g. disk full: keep the previous checkpoint, leave no partial file
-        raise
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} not found; train this stage/fold first.")
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
 # ----------------------------------------------------------------------------- folders, data
-def dataset_folders(dataset: int | str) -> tuple[str, Path, Path]:
-    """(dataset name, nnUNet_preprocessed/<name>, neonet_results/<name>)."""
-    env = paths.ensure_environment()
-    name = paths.find_dataset_name(dataset)
-    return name, env["nnUNet_preprocessed"] / name, env["neonet_results"] / name
-
-
-def stage_fold_folder(dataset: int | str, stage_dir: str, fold: int, plans_name: str = "NeoNetPlans") -> Path:
-    _, _, res = dataset_folders(dataset)
-    return res / f"{stage_dir}__{plans_name}" / f"fold_{int(fold)}"
-
-
 def seed_everything(seed: int) -> None:
     import random
 
@@ -209,13 +97,15 @@ class NeoNetTrainer:
         split = get_fold(load_splits(self.preprocessed), self.fold)
         self.train_ids, self.val_ids = list(split["train"]), list(split["val"])
         self.seed = int(seed) + self.fold
-        self.output_folder = self.results_root / f"{self.stage_dir or self.stage}__{self.plans['plans_name']}" / \
-            f"fold_{self.fold}"
+        self.output_folder = self.fold_output_folder(self.stage_dir or self.stage)
         self.continue_training = continue_training
         self.overwrite = overwrite
         self.history: list[dict] = []
         self.start_epoch = 0
         self._log_file = None
+
+    def fold_output_folder(self, stage_dir: str) -> Path:
+        return stage_root(self.results_root, stage_dir, self.plans["plans_name"]) / fold_folder_name(self.fold)
 
     # -- to implement
     def build(self) -> None:
@@ -245,7 +135,12 @@ class NeoNetTrainer:
         return False
 
     def finish(self) -> None:
-        """Called once after training (rank 0 and others), e.g. to export predictions."""
+        """Called once after training (rank 0 and others), e.g. to export predictions. Runs before
+        ``checkpoint_final.pth`` is written, so a fold is finished only once its outputs exist."""
+
+    def final_state(self, epoch: int) -> dict:
+        """What ``checkpoint_final.pth`` holds (default: the last checkpoint state)."""
+        return self.checkpoint_state(epoch)
 
     # -- machinery
     def log(self, msg: str, *args) -> None:
@@ -277,8 +172,8 @@ class NeoNetTrainer:
             save_checkpoint(self.checkpoint_state(epoch), self.output_folder / name)
 
     def _prepare_folder(self) -> None:
-        final = self.output_folder / "checkpoint_final.pth"
-        latest = self.output_folder / "checkpoint_latest.pth"
+        final = self.output_folder / FINAL_CHECKPOINT
+        latest = self.output_folder / LATEST_CHECKPOINT
         if self.continue_training:
             return
         if (final.exists() or latest.exists()) and not self.overwrite:
@@ -288,7 +183,7 @@ class NeoNetTrainer:
             )
 
     def _resume(self) -> None:
-        for name in ("checkpoint_latest.pth", "checkpoint_final.pth"):
+        for name in (LATEST_CHECKPOINT, FINAL_CHECKPOINT):
             f = self.output_folder / name
             if f.is_file():
                 state = load_checkpoint(f, self.device)
@@ -304,6 +199,7 @@ class NeoNetTrainer:
         self.log("--c given but no checkpoint found in %s; starting from scratch", self.output_folder)
 
     def run(self) -> Path:
+        self.dist.init()
         self._prepare_folder()
         if self.dist.is_main:
             self.output_folder.mkdir(parents=True, exist_ok=True)
@@ -330,7 +226,7 @@ class NeoNetTrainer:
             bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "epoch_time_s"})
             self.log(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
             stop = self.is_done(epoch, metrics)
-            self.save("checkpoint_latest.pth", epoch)
+            self.save(LATEST_CHECKPOINT, epoch)
             if self.dist.is_main:
                 save_json(self.history, self.output_folder / "progress.json")
                 plot_curves([{k: v for k, v in h.items() if k != "epoch_time_s"} for h in self.history],
@@ -338,8 +234,10 @@ class NeoNetTrainer:
             if stop:
                 self.log("early stopping at epoch %d", epoch)
                 break
-        self.save("checkpoint_final.pth", max(epoch, self.start_epoch - 1))
+        last = max(epoch, self.start_epoch - 1)
         self.finish()
+        if self.dist.is_main:  # written last: its presence is the "finished" rule (identifiers.fold_is_finished)
+            save_checkpoint(self.final_state(last), self.output_folder / FINAL_CHECKPOINT)
         self.dist.barrier()
         return self.output_folder
 

@@ -2,7 +2,7 @@
 
 One run = (architecture, real:synthetic ratio, crop source, early-stopping mode), trained per fold
 on the fold's real training cases plus the fold's synthetic patches chosen by
-:func:`neonet_toolkit.generation.manifest.select_for_ratio`; evaluated on the fold's real
+:func:`neonet_toolkit.preprocessing.synthetic_sets.select_for_ratio`; evaluated on the fold's real
 validation cases only. Result folder::
 
     neonet_results/<ds>/cls_<arch>_<ratio>[_pred][_es<mode>]__<plans>/fold_N/
@@ -18,14 +18,13 @@ holds out a stratified part of the training fold (and the synthetic patches deri
 model selection, ``none`` keeps the last epoch. The mode is part of the run name and reported.
 
 Prevalence: training on R+S shifts the class prior; probabilities are mapped back to the real
-training prevalence of the fold (:func:`neonet_toolkit.evaluation.stats.recalibrate_prior`).
+training prevalence of the fold (:func:`neonet_toolkit.utilities.stats.recalibrate_prior`).
 The decision threshold is chosen on training data only (inner split if present, else the real
 training cases) and stored in the checkpoint with everything :func:`load_fold_classifier` needs.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 from pathlib import Path
 
@@ -33,37 +32,41 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from neonet_toolkit.evaluation import stats
+from neonet_toolkit.dataset.contract import safe_join
 from neonet_toolkit.networks.classifiers import build_classifier, canonical_arch, needs_vae, parse_arch
-from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder
-from neonet_toolkit.training.base import (NeoNetTrainer, autocast, batches, load_checkpoint, make_grad_scaler,
-                                          save_checkpoint, stage_fold_folder, unwrap)
-from neonet_toolkit.utils.io import atomic_path, save_json
+from neonet_toolkit.networks.generative import load_fold_vae, vae_checkpoint_path
+from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
+from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, select_for_ratio, synthetic_folder
+from neonet_toolkit.training.base import NeoNetTrainer, batches
+from neonet_toolkit.training.cls_artifacts import (
+    OOF_FILE,
+    SUMMARY_FILE,
+    TRAIN_PRED_FILE,
+    case_labels,
+    write_predictions_csv,
+)
+from neonet_toolkit.utilities import stats
+from neonet_toolkit.utilities.checkpoints import load_checkpoint, save_checkpoint
+from neonet_toolkit.utilities.devices import autocast, make_grad_scaler, unwrap
+from neonet_toolkit.utilities.identifiers import (
+    EARLY_STOPPING_MODES,
+    FINAL_CHECKPOINT,
+    cls_run_name,
+    fold_is_finished,
+    stage_fold_folder,
+)
+from neonet_toolkit.utilities.io import save_json
 
 logger = logging.getLogger(__name__)
 
 RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
-EARLY_STOPPING = ("val", "inner", "none")
-OOF_FILE = "oof_predictions.csv"
-TRAIN_PRED_FILE = "train_predictions.csv"
-SUMMARY_FILE = "cls_summary.json"
+EARLY_STOPPING = EARLY_STOPPING_MODES
 
 
 # ----------------------------------------------------------------------------- naming
-def ratio_tag(ratio: float) -> str:
-    return f"{float(ratio):g}"
-
-
 def run_name(arch: str, ratio: float, crop_source: str = "gt", early_stopping: str = "val") -> str:
     """Result-folder prefix, e.g. ``cls_pattennet_1`` or ``cls_resnet50_0_pred_esinner``."""
-    if early_stopping not in EARLY_STOPPING:
-        raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {early_stopping!r}.")
-    name = f"cls_{canonical_arch(arch)}_{ratio_tag(ratio)}"
-    if crop_source != "gt":
-        name += f"_{crop_source}"
-    if early_stopping != "val":
-        name += f"_es{early_stopping}"
-    return name
+    return cls_run_name(canonical_arch(arch), ratio, crop_source, early_stopping)
 
 
 def _check_ratio(ratio: float) -> float:
@@ -74,18 +77,6 @@ def _check_ratio(ratio: float) -> float:
 
 
 # ----------------------------------------------------------------------------- data
-def case_labels(preprocessed: Path, crop_source: str) -> dict[str, int]:
-    meta = load_metadata(patch_folder(preprocessed, crop_source))["cases"]
-    labels = {c: r.get("label") for c, r in meta.items()}
-    if crop_source != "gt" and any(v is None for v in labels.values()):
-        gt = load_metadata(patch_folder(preprocessed, "gt"))["cases"]
-        labels = {c: (v if v is not None else gt.get(c, {}).get("label")) for c, v in labels.items()}
-    missing = sorted(c for c, v in labels.items() if v is None)
-    if missing:
-        raise ValueError(f"No target label for case(s) {missing[:5]} in the {crop_source} patch metadata.")
-    return {c: int(v) for c, v in labels.items()}
-
-
 def load_real(preprocessed: Path, crop_source: str, ids: list[str]) -> np.ndarray:
     folder = patch_folder(preprocessed, crop_source)
     out = []
@@ -102,7 +93,6 @@ def load_real(preprocessed: Path, crop_source: str, ids: list[str]) -> np.ndarra
 def select_synthetic(dataset, fold: int, ratio: float, train_ids: list[str], val_ids: list[str],
                      plans_name: str = "NeoNetPlans") -> tuple[list[dict], Path]:
     """Manifest entries for ``ratio``, checked: every ``source_case`` is a training case of this fold."""
-    from neonet_toolkit.generation.manifest import load_manifest, select_for_ratio, synthetic_folder
 
     folder = synthetic_folder(dataset, fold, plans_name)
     manifest = load_manifest(folder)
@@ -122,7 +112,6 @@ def select_synthetic(dataset, fold: int, ratio: float, train_ids: list[str], val
 
 
 def load_synthetic(entries: list[dict], folder: Path, crop) -> np.ndarray:
-    from neonet_toolkit.dataset.contract import safe_join
 
     out = []
     for e in entries:
@@ -148,26 +137,6 @@ def inner_split(ids: list[str], labels: dict[str, int], fraction: float, seed: i
     tr, va = train_test_split(sorted(ids), test_size=n_val, stratify=[labels[i] for i in sorted(ids)],
                               random_state=seed)
     return sorted(tr), sorted(va)
-
-
-def write_predictions_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    with atomic_path(path, suffix=".csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items() if k in fields})
-
-
-def read_predictions_csv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["label"] = int(r["label"])
-        for k in ("probability", "probability_raw"):
-            if k in r:
-                r[k] = float(r[k])
-    return rows
 
 
 FLIP_VARIANTS = tuple(tuple(d + 1 for d in range(3) if (v >> d) & 1) for v in range(8))  # per-sample flip dims
@@ -244,7 +213,7 @@ class ClsTrainer(NeoNetTrainer):
         if self.early_stopping not in EARLY_STOPPING:
             raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {self.early_stopping!r}.")
         self.stage_dir = run_name(self.arch, self.synthetic_ratio, crop_source, self.early_stopping)
-        self.output_folder = self.results_root / f"{self.stage_dir}__{self.plans['plans_name']}" / f"fold_{self.fold}"
+        self.output_folder = self.fold_output_folder(self.stage_dir)
         self.patience = int(self.config.get("patience", 20))
         # epochs before this are neither selected nor counted against the patience (a noisy small
         # validation fold can otherwise "select" the untrained network and stop training early)
@@ -304,7 +273,6 @@ class ClsTrainer(NeoNetTrainer):
         self.vae_config, self.scale_factor = None, 1.0
         vae = None
         if needs_vae(self.arch):
-            from neonet_toolkit.networks.generative import load_fold_vae, vae_checkpoint_path
 
             ckpt = vae_checkpoint_path(self.dataset_name, self.fold, self.plans["plans_name"])
             if not ckpt.is_file():
@@ -414,16 +382,19 @@ class ClsTrainer(NeoNetTrainer):
             self.start_epoch = self.num_epochs  # was early-stopped: do not train further
 
     def run(self) -> Path:
-        final = self.output_folder / "checkpoint_final.pth"
-        if self.continue_training and final.is_file() and (self.output_folder / OOF_FILE).is_file():
-            st = load_checkpoint(final)
-            ex = st.get("extra", {})
-            if ex.get("finished") and (ex.get("stopped") or len(st.get("history", [])) >= self.num_epochs):
-                self.log("already finished (%s); nothing to do", final)
-                return self.output_folder
+        if self.continue_training and fold_is_finished(self.output_folder):
+            self.log("already finished (%s); nothing to do", self.output_folder)
+            return self.output_folder
         return super().run()
 
     # -- outputs
+    def final_state(self, epoch: int) -> dict:
+        """The selected weights and everything :func:`load_fold_classifier` needs."""
+        state = self.checkpoint_state(self.selected_epoch)
+        state["network"] = unwrap(self.network).state_dict()
+        state["extra"] = dict(self.extra_state(), finished=True, inference=self.inference_info())
+        return state
+
     def inference_info(self) -> dict:
         return {"arch": self.arch, "cls_config": self.config, "vae_config": self.vae_config,
                 "scale_factor": float(self.scale_factor), "crop_size": self.plans.crop_size,
@@ -484,10 +455,6 @@ class ClsTrainer(NeoNetTrainer):
             "vae_checkpoint": getattr(self, "vae_checkpoint", None), "world_size": self.dist.world_size,
         }
         save_json(summary, self.output_folder / SUMMARY_FILE)
-        state = self.checkpoint_state(self.selected_epoch)
-        state["network"] = net.state_dict()
-        state["extra"] = dict(self.extra_state(), finished=True, inference=self.inference_info())
-        save_checkpoint(state, self.output_folder / "checkpoint_final.pth")
         self.log("finished: selected epoch %d (%s early stopping), validation AUC %.4f, threshold %.4f (%s)",
                  self.selected_epoch, self.early_stopping, val_auc, self.threshold, self.threshold_source)
 
@@ -498,7 +465,7 @@ def load_fold_classifier(dataset, run: str, fold: int, device: str | torch.devic
     """A trained fold classifier (eval mode) and its inference info (arch, crop size, prevalences,
     threshold...). ``run`` is the result-folder prefix, e.g. ``cls_pattennet_1``."""
     folder = stage_fold_folder(dataset, run, fold, plans_name)
-    ckpt = load_checkpoint(folder / "checkpoint_final.pth", map_location=device)
+    ckpt = load_checkpoint(folder / FINAL_CHECKPOINT, map_location=device)
     info = ckpt.get("extra", {}).get("inference")
     if not ckpt.get("extra", {}).get("finished") or info is None:
         raise ValueError(f"{folder} holds an unfinished NeoCls run; finish it with `--c` first.")
@@ -538,12 +505,6 @@ def trainer_from_args(args) -> ClsTrainer:
 
 
 def train_from_args(args) -> Path:
-    if (args.arch or "").lower() == "radiomics":
-        from neonet_toolkit.evaluation.radiomics import run_radiomics_baseline
-
-        if args.synthetic_ratio:
-            raise ValueError("The radiomics baseline trains on real cases only (--synthetic-ratio 0).")
-        return run_radiomics_baseline(args.dataset, [args.fold], args.crop_source, overwrite=args.overwrite)
     t = trainer_from_args(args)
     try:
         return t.run()

@@ -16,12 +16,19 @@ import logging
 
 import torch
 
-from neonet_toolkit.generation.sampler import make_noise_scheduler
-from neonet_toolkit.networks.generative import (build_controlnet, build_unet, controlled_unet_output, freeze,
-                                                init_controlnet_from_unet, label_to_condition, stage_checkpoint_path)
-from neonet_toolkit.training.base import load_checkpoint
+from neonet_toolkit.networks.diffusion import make_noise_scheduler
+from neonet_toolkit.networks.generative import (
+    build_controlnet,
+    build_unet,
+    controlled_unet_output,
+    freeze,
+    init_controlnet_from_unet,
+    label_to_condition,
+    stage_checkpoint_path,
+)
 from neonet_toolkit.training.gen_common import add_gen_arguments, common_kwargs
 from neonet_toolkit.training.ldm import LatentDiffusionTrainer
+from neonet_toolkit.utilities.checkpoints import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder
-from neonet_toolkit.training.base import NeoNetTrainer, autocast, batches, make_grad_scaler, unwrap
-from neonet_toolkit.utils.io import save_json
+from neonet_toolkit.training.base import NeoNetTrainer, batches
+from neonet_toolkit.utilities.devices import autocast, make_grad_scaler, unwrap
+from neonet_toolkit.utilities.io import save_json
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,15 @@ import logging
 
 import torch
 
-from neonet_toolkit.generation.sampler import make_noise_scheduler
-from neonet_toolkit.networks.generative import (build_unet, check_latent_divisible, freeze, load_fold_vae,
-                                                to_vae_input, vae_checkpoint_path)
+from neonet_toolkit.networks.diffusion import make_noise_scheduler
+from neonet_toolkit.networks.generative import (
+    build_unet,
+    check_latent_divisible,
+    freeze,
+    load_fold_vae,
+    to_vae_input,
+    vae_checkpoint_path,
+)
 from neonet_toolkit.training.gen_common import GenTrainer, add_gen_arguments, common_kwargs
 
 logger = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 
 import torch
+from monai.metrics import PSNRMetric
 
 from neonet_toolkit.networks.generative import VAETrainStep, build_vae, kl_loss, to_vae_input
-from neonet_toolkit.training.gen_common import (GenTrainer, add_gen_arguments, common_kwargs,
-                                                compute_input_intensity)
+from neonet_toolkit.training.gen_common import GenTrainer, add_gen_arguments, common_kwargs, compute_input_intensity
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,6 @@ class VAETrainer(GenTrainer):
 
     @torch.no_grad()
     def _val_psnr(self) -> dict:
-        from neonet_toolkit.evaluation.image_metrics import psnr
 
         vae = self.network.eval()
         rec = []
@@ -89,7 +88,7 @@ class VAETrainer(GenTrainer):
             rec.append(vae.decode(z_mu).float().cpu())
         rec = torch.cat(rec)
         rng = float(self.x_val.max() - self.x_val.min())
-        return {"val_psnr": float(psnr(rec, self.x_val, data_range=rng).mean())}
+        return {"val_psnr": float(PSNRMetric(max_val=float(rng), reduction="none")(rec.float(), self.x_val.float()).mean())}
 
     def extra_state(self) -> dict:
         return {"scale_factor": float(self.scale_factor) if self.scale_factor else 1.0,

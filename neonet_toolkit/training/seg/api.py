@@ -18,13 +18,19 @@ import shutil
 from pathlib import Path
 
 from neonet_toolkit import paths
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.training.seg import ensure_trainer_env
+from neonet_toolkit.training.seg.masks import register_model
 from neonet_toolkit.training.seg.networks import ARCHITECTURES, check_architecture
+from neonet_toolkit.training.seg.trainers import trainer_name
+from neonet_toolkit.utilities.devices import get_device
+from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME, SEG_CONFIGURATION
 
 logger = logging.getLogger(__name__)
 
-NNUNET_PLANS = "NeoNetPlans"
-NNUNET_CONFIGURATION = "3d_fullres"
+NNUNET_PLANS = NNUNET_PLANS_NAME
+NNUNET_CONFIGURATION = SEG_CONFIGURATION
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,23 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not train: use this existing nnU-Net model folder (any trainer) as NeoSeg")
 
 
-def trainer_name(arch: str) -> str:
-    from neonet_toolkit.training.seg.trainers import trainer_for
-
-    return trainer_for(arch).__name__
-
-
-def result_folder(dataset: int | str, arch: str = "swinunetr", nnunet_configuration: str = NNUNET_CONFIGURATION,
-                  plans: str = NNUNET_PLANS) -> Path:
-    """``nnUNet_results/DatasetXXX/<Trainer>__NeoNetPlans__3d_fullres`` for an architecture."""
-    name = paths.find_dataset_name(dataset)
-    return paths.nnunet_results() / name / f"{trainer_name(arch)}__{plans}__{nnunet_configuration}"
-
-
 def _device(name: str):
     import torch
 
-    from neonet_toolkit.training.base import get_device
 
     dev = get_device(name)
     if dev.type == "cuda" and dev.index not in (None, 0):
@@ -79,8 +71,6 @@ def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, devi
     plans_file = pp / f"{NNUNET_PLANS}.json"
     if not plans_file.is_file():
         raise FileNotFoundError(f"{plans_file} not found: run `neonet_plan_and_preprocess -d {dataset}` first.")
-    from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
-    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 
     if fold != "all":
         fold = int(fold)
@@ -119,7 +109,6 @@ def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, devi
 
 def train_from_args(args) -> None:
     if args.from_model:
-        from neonet_toolkit.training.seg.masks import register_model
 
         register_model(args.dataset, args.from_model, folds=[args.fold])
         return

@@ -23,7 +23,12 @@ import numpy as np
 
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.contract import DatasetError, NeoNetDataset
-from neonet_toolkit.utils.io import load_json, save_json
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+from neonet_toolkit.preprocessing.patches import METADATA_FILE, extract_patch_for_case, patch_folder, settings_hash
+from neonet_toolkit.training.seg.trainers import result_folder
+from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME
+from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +115,6 @@ def registered_model(dataset: int | str) -> dict | None:
 
 def default_model_folder(dataset: int | str, arch: str | None = None) -> Path:
     """The registered external model if any (and no arch given), else NeoSeg's result folder for ``arch``."""
-    from neonet_toolkit.training.seg.api import result_folder
 
     reg = registered_model(dataset) if arch is None else None
     if reg is not None:
@@ -215,17 +219,13 @@ def build_pred_patches(dataset: int | str, model_folder: str | Path | None = Non
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from tqdm import tqdm
 
-    from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
-    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-    from neonet_toolkit.preprocessing.patches import METADATA_FILE, extract_patch_for_case, patch_folder, settings_hash
-    from neonet_toolkit.training.seg.api import NNUNET_PLANS
 
     env = paths.ensure_environment()
     name = paths.find_dataset_name(dataset)
     pp = env["nnUNet_preprocessed"] / name
     ds = NeoNetDataset.load(env["nnUNet_raw"] / name)
     nplans = NeoNetPlans(pp / NEONET_PLANS_FILE)
-    plans_manager = PlansManager(str(pp / f"{nplans.plans.get('nnunet_plans', NNUNET_PLANS)}.json"))
+    plans_manager = PlansManager(str(pp / f"{nplans.plans.get('nnunet_plans', NNUNET_PLANS_NAME)}.json"))
     cfg = plans_manager.get_configuration(nplans["seg_configuration"])
     dataset_json = load_json(pp / "dataset.json")
     splits = load_splits(pp)
@@ -305,7 +305,6 @@ def _own_model(model_folder: Path, dataset_name: str) -> bool:
 
 
 def clear_pred_patches(dataset: int | str) -> None:
-    from neonet_toolkit.preprocessing.patches import patch_folder
 
     name = paths.find_dataset_name(dataset)
     d = patch_folder(paths.nnunet_preprocessed() / name, "pred")

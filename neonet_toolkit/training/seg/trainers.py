@@ -31,11 +31,14 @@ import os
 from pathlib import Path
 
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch._dynamo import OptimizedModule
 
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.training.seg.networks import NETWORK_KEYS, SEG_DEFAULTS, build_network, check_architecture
+from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME, SEG_CONFIGURATION, nnunet_model_folder
+from neonet_toolkit.utilities.io import load_json
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,6 @@ PLANS_KEY = "neoseg"
 def resolve_seg_settings(dataset_name: str, device: torch.device | str = "cpu",
                          configuration: str | None = None) -> dict:
     """The NeoSeg settings for a dataset: paper defaults < neonet_plans.json ``seg`` < environment."""
-    from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 
     settings = copy.deepcopy(SEG_DEFAULTS)
     configuration = configuration or os.environ.get(ENV_CONFIGURATION) or None
@@ -123,7 +125,6 @@ class NeoSegTrainerBase(nnUNetTrainer):
         saved_plans = Path(self.output_folder_base) / "plans.json" if self.output_folder_base else None
         if saved_plans is None or not saved_plans.is_file():
             return network_settings
-        from neonet_toolkit.utils.io import load_json
 
         saved = load_json(saved_plans)["configurations"].get(self.configuration_name, {}).get(PLANS_KEY)
         if saved is not None and saved != network_settings:
@@ -140,7 +141,6 @@ class NeoSegTrainerBase(nnUNetTrainer):
             return
         splits_file = Path(self.preprocessed_dataset_folder_base) / "splits_final.json"
         if splits_file.is_file():
-            from neonet_toolkit.utils.io import load_json
 
             n = len(load_json(splits_file))
             if not 0 <= int(self.fold) < n:
@@ -217,3 +217,13 @@ TRAINERS = {
 
 def trainer_for(arch: str) -> type[NeoSegTrainerBase]:
     return TRAINERS[check_architecture(arch)]
+
+
+def trainer_name(arch: str) -> str:
+    return trainer_for(arch).__name__
+
+
+def result_folder(dataset: int | str, arch: str = "swinunetr", nnunet_configuration: str = SEG_CONFIGURATION,
+                  plans: str = NNUNET_PLANS_NAME) -> Path:
+    """``nnUNet_results/DatasetXXX/<Trainer>__NeoNetPlans__3d_fullres`` for an architecture."""
+    return nnunet_model_folder(dataset, trainer_name(arch), plans, nnunet_configuration)

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neonet_toolkit.utils.io import load_json
+from neonet_toolkit.utilities.identifiers import stage_fold_folder
+from neonet_toolkit.utilities.io import load_json
 
 MANIFEST = "manifest.json"
 
 
 def synthetic_folder(dataset, fold: int, plans_name: str = "NeoNetPlans") -> Path:
-    from neonet_toolkit.training.base import stage_fold_folder
 
     return stage_fold_folder(dataset, "synthetic", fold, plans_name)
 

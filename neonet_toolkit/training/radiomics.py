@@ -19,8 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-from neonet_toolkit.evaluation import stats
-from neonet_toolkit.utils.io import load_json, save_json
+from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder
+from neonet_toolkit.training.cls_artifacts import (
+    OOF_FILE,
+    SUMMARY_FILE,
+    TRAIN_PRED_FILE,
+    case_labels,
+    write_predictions_csv,
+)
+from neonet_toolkit.utilities import stats
+from neonet_toolkit.utilities.identifiers import dataset_folders
+from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +95,6 @@ def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source:
     from sklearn.preprocessing import StandardScaler
     from tqdm import tqdm
 
-    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-    from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder
-    from neonet_toolkit.training.base import dataset_folders
-    from neonet_toolkit.training.cls import (OOF_FILE, SUMMARY_FILE, TRAIN_PRED_FILE, case_labels,
-                                             write_predictions_csv)
 
     ext = _extractor()
     name, pp, res_root = dataset_folders(dataset)

@@ -18,7 +18,7 @@ from neonet_toolkit.experiment_planning.planner import NEONET_NNUNET_PLANS, NeoN
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, build_neonet_plans
 from neonet_toolkit.experiment_planning.splits import write_or_reuse_splits
 from neonet_toolkit.preprocessing.patches import extract_gt_patches, settings_hash, tumor_report
-from neonet_toolkit.utils.io import load_json, save_json
+from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,10 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
     report["n_folds"] = len(splits)
 
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
+        extract_fingerprint_dataset,
+        plan_experiment_dataset,
+        preprocess_dataset,
+    )
 
     t = time.perf_counter()
     fingerprint_file = pp / "dataset_fingerprint.json"

@@ -1,0 +1,47 @@
+"""NeoCls result files: their names, the predictions CSVs, and the case labels of a patch set.
+
+Read by the classifier trainers, the radiomics baseline, the evaluation and the predictor.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from neonet_toolkit.preprocessing.patches import load_metadata, patch_folder
+from neonet_toolkit.utilities.io import atomic_path
+
+OOF_FILE = "oof_predictions.csv"
+TRAIN_PRED_FILE = "train_predictions.csv"
+SUMMARY_FILE = "cls_summary.json"
+
+
+def case_labels(preprocessed: Path, crop_source: str) -> dict[str, int]:
+    meta = load_metadata(patch_folder(preprocessed, crop_source))["cases"]
+    labels = {c: r.get("label") for c, r in meta.items()}
+    if crop_source != "gt" and any(v is None for v in labels.values()):
+        gt = load_metadata(patch_folder(preprocessed, "gt"))["cases"]
+        labels = {c: (v if v is not None else gt.get(c, {}).get("label")) for c, v in labels.items()}
+    missing = sorted(c for c, v in labels.items() if v is None)
+    if missing:
+        raise ValueError(f"No target label for case(s) {missing[:5]} in the {crop_source} patch metadata.")
+    return {c: int(v) for c, v in labels.items()}
+
+
+def write_predictions_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with atomic_path(path, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items() if k in fields})
+
+
+def read_predictions_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["label"] = int(r["label"])
+        for k in ("probability", "probability_raw"):
+            if k in r:
+                r[k] = float(r[k])
+    return rows

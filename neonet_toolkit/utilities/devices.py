@@ -1,0 +1,107 @@
+"""Devices, AMP and torch DDP: ``cpu`` / ``cuda`` / ``cuda:N`` / ``auto``.
+
+AMP (bf16 where supported, else fp16 with a GradScaler) is used on CUDA only. :class:`Distributed`
+reads the torchrun environment (RANK / WORLD_SIZE / LOCAL_RANK); it starts a process group (NCCL on
+CUDA, gloo on CPU) only when :meth:`Distributed.init` is called under torchrun.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+logger = logging.getLogger(__name__)
+
+
+def get_device(name: str | None = "auto") -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {name!r} requested but CUDA is not available on this machine; use -device cpu.")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"Unsupported device {name!r}; use cpu, cuda or cuda:N.")
+    return dev
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device):
+    dt = amp_dtype(device)
+    if dt is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=dt)
+
+
+def make_grad_scaler(device: torch.device):
+    return torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
+
+
+class Distributed:
+    """torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK). World size 1 when not under torchrun."""
+
+    def __init__(self, device: torch.device):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world_size > 1
+        self.device = device
+        if self.enabled and device.type == "cuda":
+            self.device = torch.device("cuda", self.local_rank)
+
+    def init(self) -> None:
+        """Start the process group (NCCL on CUDA, gloo on CPU) when launched by torchrun; no-op otherwise."""
+        if not self.enabled or torch.distributed.is_initialized():
+            return
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.local_rank)
+        torch.distributed.init_process_group(backend=backend)
+        logger.info("DDP: rank %d/%d on %s (%s)", self.rank, self.world_size, self.device, backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.enabled or not any(p.requires_grad for p in model.parameters()):
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def shard(self, items: list) -> list:
+        """This rank's share of ``items`` (padded by repetition so every rank gets the same count)."""
+        if not self.enabled:
+            return list(items)
+        n = int(np.ceil(len(items) / self.world_size)) * self.world_size
+        padded = (list(items) * (n // max(len(items), 1) + 1))[:n]
+        return padded[self.rank::self.world_size]
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return float(value)
+        t = torch.tensor([float(value)], device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+

@@ -1,0 +1,183 @@
+"""Every run / stage identifier and output folder, built and parsed in one place.
+
+In the spirit of nnU-Net's ``utilities/file_path_utilities.py``: a name is built by one function
+and parsed back by its inverse, and no other module assembles ``<stage>__<plans>/fold_N`` by hand.
+
+Layout (``neonet_results`` is the NeoNet results root, see :mod:`neonet_toolkit.paths`)::
+
+    neonet_results/<DatasetXXX_Name>/<stage_dir>__<plans_name>/fold_<N>/checkpoint_final.pth
+    nnUNet_results/<DatasetXXX_Name>/<Trainer>__<nnunet_plans>__<configuration>/fold_<N>/...
+
+``stage_dir`` is the stage key (``vae``, ``ldm``, ``controlnet``, ``synthetic``...) or, for a
+classifier, a run name built by :func:`cls_run_name` (``cls_<arch>_<ratio>[_pred][_es<mode>]``).
+
+One rule decides whether a fold is finished, for every stage (:func:`fold_is_finished`): its
+``checkpoint_final.pth`` exists. Every trainer writes that file last, after all its other outputs
+(predictions, summaries), so its presence means the fold completed.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from neonet_toolkit import paths
+
+PLANS_NAME = "NeoNetPlans"          # NeoNet plans name; also the nnU-Net plans identifier NeoNet writes
+NNUNET_PLANS_NAME = "NeoNetPlans"   # nnU-Net plans file written by the NeoNet planner (<name>.json)
+SEG_CONFIGURATION = "3d_fullres"    # the nnU-Net configuration NeoSeg trains
+FINAL_CHECKPOINT = "checkpoint_final.pth"
+LATEST_CHECKPOINT = "checkpoint_latest.pth"
+BEST_CHECKPOINT = "checkpoint_best.pth"
+
+CLS_PREFIX = "cls_"
+CROP_SOURCES = ("gt", "pred")
+EARLY_STOPPING_MODES = ("val", "inner", "none")
+_CLS_RUN_RE = re.compile(r"^cls_(?P<arch>[a-z0-9]+(?:_[a-z][a-z0-9]*)*)_(?P<ratio>\d+(?:\.\d+)?)"
+                         r"(?P<pred>_pred)?(?:_es(?P<es>val|inner|none))?$")
+
+
+# ----------------------------------------------------------------------------- folders
+def dataset_folders(dataset: int | str) -> tuple[str, Path, Path]:
+    """(dataset name, nnUNet_preprocessed/<name>, neonet_results/<name>)."""
+    env = paths.ensure_environment()
+    name = paths.find_dataset_name(dataset)
+    return name, env["nnUNet_preprocessed"] / name, env["neonet_results"] / name
+
+
+def stage_folder_name(stage_dir: str, plans_name: str = PLANS_NAME) -> str:
+    """``<stage_dir>__<plans_name>``."""
+    if "__" in stage_dir or "/" in stage_dir or not stage_dir:
+        raise ValueError(f"Invalid stage/run name {stage_dir!r}: non-empty, without '__' or '/'.")
+    return f"{stage_dir}__{plans_name}"
+
+
+def parse_stage_folder_name(folder_name: str) -> tuple[str, str]:
+    """Inverse of :func:`stage_folder_name`: ``(stage_dir, plans_name)``."""
+    stage_dir, sep, plans_name = folder_name.rpartition("__")
+    if not sep or not stage_dir or not plans_name:
+        raise ValueError(f"{folder_name!r} is not a '<stage>__<plans>' result folder name.")
+    return stage_dir, plans_name
+
+
+def stage_root(results_root: Path, stage_dir: str, plans_name: str = PLANS_NAME) -> Path:
+    """``<results_root>/<stage_dir>__<plans>`` (results_root = neonet_results/<DatasetXXX_Name>)."""
+    return Path(results_root) / stage_folder_name(stage_dir, plans_name)
+
+
+def fold_folder_name(fold: int) -> str:
+    return f"fold_{int(fold)}"
+
+
+def parse_fold_folder_name(name: str) -> int | None:
+    m = re.fullmatch(r"fold_(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
+def stage_fold_folder(dataset: int | str, stage_dir: str, fold: int, plans_name: str = PLANS_NAME) -> Path:
+    """``neonet_results/<ds>/<stage_dir>__<plans>/fold_N``."""
+    _, _, res = dataset_folders(dataset)
+    return stage_root(res, stage_dir, plans_name) / fold_folder_name(fold)
+
+
+def fold_folders(run_root: Path) -> dict[int, Path]:
+    """{fold: folder} for every ``fold_N`` directory under a stage/run root."""
+    out: dict[int, Path] = {}
+    if Path(run_root).is_dir():
+        for p in sorted(Path(run_root).iterdir()):
+            k = parse_fold_folder_name(p.name)
+            if k is not None and p.is_dir():
+                out[k] = p
+    return out
+
+
+def fold_is_finished(fold_folder: Path) -> bool:
+    """The one "finished" rule for every stage (NeoNet and nnU-Net): ``checkpoint_final.pth`` exists."""
+    return (Path(fold_folder) / FINAL_CHECKPOINT).is_file()
+
+
+def finished_folds(run_root: Path) -> dict[int, Path]:
+    return {k: f for k, f in fold_folders(run_root).items() if fold_is_finished(f)}
+
+
+def nnunet_trainer_folder_name(trainer: str, nnunet_plans: str = NNUNET_PLANS_NAME,
+                               configuration: str = SEG_CONFIGURATION) -> str:
+    """nnU-Net's ``<Trainer>__<Plans>__<configuration>`` result folder name."""
+    return f"{trainer}__{nnunet_plans}__{configuration}"
+
+
+def nnunet_model_folder(dataset: int | str, trainer: str, nnunet_plans: str = NNUNET_PLANS_NAME,
+                        configuration: str = SEG_CONFIGURATION) -> Path:
+    """``nnUNet_results/<ds>/<Trainer>__<Plans>__<configuration>``."""
+    env = paths.ensure_environment()
+    return env["nnUNet_results"] / paths.find_dataset_name(dataset) / nnunet_trainer_folder_name(
+        trainer, nnunet_plans, configuration)
+
+
+# ----------------------------------------------------------------------------- classifier runs
+def ratio_tag(ratio: float) -> str:
+    return f"{float(ratio):g}"
+
+
+@dataclass(frozen=True)
+class ClsRunId:
+    """What a NeoCls run name encodes. ``arch`` is the canonical architecture name."""
+
+    arch: str
+    ratio: float = 0.0
+    crop_source: str = "gt"
+    early_stopping: str = "val"
+
+    def __post_init__(self):
+        if self.crop_source not in CROP_SOURCES:
+            raise ValueError(f"crop_source must be one of {CROP_SOURCES}, got {self.crop_source!r}.")
+        if self.early_stopping not in EARLY_STOPPING_MODES:
+            raise ValueError(f"early_stopping must be one of {EARLY_STOPPING_MODES}, got {self.early_stopping!r}.")
+
+    @property
+    def name(self) -> str:
+        return cls_run_name(self.arch, self.ratio, self.crop_source, self.early_stopping)
+
+
+def cls_run_name(arch: str, ratio: float = 0.0, crop_source: str = "gt", early_stopping: str = "val") -> str:
+    """Result-folder prefix of a NeoCls run, e.g. ``cls_pattennet_1`` or ``cls_resnet50_0_pred_esinner``."""
+    if crop_source not in CROP_SOURCES:
+        raise ValueError(f"crop_source must be one of {CROP_SOURCES}, got {crop_source!r}.")
+    if early_stopping not in EARLY_STOPPING_MODES:
+        raise ValueError(f"early_stopping must be one of {EARLY_STOPPING_MODES}, got {early_stopping!r}.")
+    name = f"{CLS_PREFIX}{arch}_{ratio_tag(ratio)}"
+    if crop_source != "gt":
+        name += f"_{crop_source}"
+    if early_stopping != "val":
+        name += f"_es{early_stopping}"
+    return name
+
+
+def parse_cls_run_name(name: str) -> ClsRunId | None:
+    """Inverse of :func:`cls_run_name`; ``None`` for a name that is not a classifier run (e.g. a report)."""
+    m = _CLS_RUN_RE.match(name)
+    if not m:
+        return None
+    return ClsRunId(arch=m.group("arch"), ratio=float(m.group("ratio")),
+                    crop_source="pred" if m.group("pred") else "gt", early_stopping=m.group("es") or "val")
+
+
+def list_cls_runs(results_root: Path, plans_name: str = PLANS_NAME, finished_only: bool = True) -> list[str]:
+    """Classifier run names under ``neonet_results/<ds>`` with at least one (finished) fold.
+
+    Folders that are not trained runs (evaluation reports, shortcut checks, ...) never match."""
+    out = []
+    root = Path(results_root)
+    if not root.is_dir():
+        return out
+    for d in sorted(root.glob(f"{CLS_PREFIX}*__{plans_name}")):
+        try:
+            run, _ = parse_stage_folder_name(d.name)
+        except ValueError:
+            continue
+        if parse_cls_run_name(run) is None:
+            continue
+        folds = finished_folds(d) if finished_only else fold_folders(d)
+        if folds:
+            out.append(run)
+    return out
