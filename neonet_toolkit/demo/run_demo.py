@@ -15,9 +15,9 @@ import time
 
 from neonet_toolkit import paths
 from neonet_toolkit.demo.phantom import make_phantom_dataset
-from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
 from neonet_toolkit.generation.generate import generate_synthetic_set
 from neonet_toolkit.inference.predict import predict
+from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
 from neonet_toolkit.training.cls import ClsTrainer, run_name
 from neonet_toolkit.training.cls_artifacts import OOF_FILE, read_predictions_csv
 from neonet_toolkit.training.controlnet import ControlNetTrainer

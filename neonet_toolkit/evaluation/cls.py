@@ -37,7 +37,7 @@ from neonet_toolkit.training.cls_artifacts import OOF_FILE, SUMMARY_FILE, case_l
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.identifiers import (
     dataset_folders,
-    finished_folds,
+    fold_folders,
     list_cls_runs,
     parse_cls_run_name,
     stage_root,
@@ -66,8 +66,8 @@ def discover_runs(results_root: Path, plans_name: str = "NeoNetPlans") -> dict[s
     """{run name: {fold: fold folder}} for folds that finished (oof_predictions.csv + cls_summary.json)."""
 
     runs: dict[str, dict[int, Path]] = {}
-    for name in list_cls_runs(results_root, plans_name):
-        for k, f in finished_folds(stage_root(results_root, name, plans_name)).items():
+    for name in list_cls_runs(results_root, plans_name, finished_only=False):
+        for k, f in fold_folders(stage_root(results_root, name, plans_name)).items():  # folds with predictions
             if (f / OOF_FILE).is_file() and (f / SUMMARY_FILE).is_file():
                 runs.setdefault(name, {})[k] = f
     return runs

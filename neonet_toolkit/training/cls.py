@@ -383,8 +383,11 @@ class ClsTrainer(NeoNetTrainer):
 
     def run(self) -> Path:
         if self.continue_training and fold_is_finished(self.output_folder):
-            self.log("already finished (%s); nothing to do", self.output_folder)
-            return self.output_folder
+            st = load_checkpoint(self.output_folder / FINAL_CHECKPOINT)
+            ex = st.get("extra", {})
+            if ex.get("stopped") or len(st.get("history", [])) >= self.num_epochs:  # else: --c with more epochs
+                self.log("already finished (%s); nothing to do", self.output_folder)
+                return self.output_folder
         return super().run()
 
     # -- outputs
