@@ -161,7 +161,8 @@ def test_train_fold_pattennet_rs(cls_env):
     ds, pp = cls_env["dataset_name"], cls_env["preprocessed"]
     U.make_fold_vae(ds, pp, 0)
     U.make_synthetic_set(ds, pp, 0, n_majority=2)
-    tr = ClsTrainer(ds, 0, arch="pattennet", synthetic_ratio=1.0, configuration=cls_env["cfg"], device="cpu")
+    tr = ClsTrainer(ds, 0, arch="pattennet", synthetic_ratio=1.0, configuration=cls_env["cfg"], device="cpu",
+                    early_stopping="val")  # the paper protocol (the default is nested; test_cls_protocol.py)
     out = tr.run()
     assert out == cls_env["results"] / "cls_pattennet_1__NeoNetPlans" / "fold_0"
     for f in ("checkpoint_final.pth", "checkpoint_best.pth", "progress.png", "training_log.txt",
@@ -206,7 +207,7 @@ def test_min_epochs_keeps_early_stopping_from_selecting_untrained_epochs(cls_env
     ds, pp = cls_env["dataset_name"], cls_env["preprocessed"]
     U.make_fold_vae(ds, pp, 0)
     cfg = U.add_configuration(pp, "cls_min", {"epochs": 4, "min_epochs": 3, "patience": 1})
-    out = ClsTrainer(ds, 0, configuration=cfg, device="cpu").run()
+    out = ClsTrainer(ds, 0, configuration=cfg, device="cpu", early_stopping="val").run()
     summ = json.loads((out / "cls_summary.json").read_text(encoding="utf-8"))
     assert summ["selected_epoch"] in (2, 3)  # epochs 0 and 1 are not candidates
     assert load_checkpoint(out / "checkpoint_best.pth")["epoch"] == summ["selected_epoch"]
@@ -288,7 +289,7 @@ def test_experiment_grid_evaluation_resume(cls_env):
         U.make_fold_vae(ds, pp, f)
         U.make_synthetic_set(ds, pp, f)
     kw = dict(archs=["pattennet", "resnet10"], ratios=[0, 1.0], device="cpu", configuration=cls_env["cfg"], epochs=1,
-              n_boot=200)
+              n_boot=200, early_stopping="val")
     st = run_experiment(ds, **kw)
     assert not st["failed"] and len(st["trained"]) == 20 and len(st["shortcut"]) == 5
     ev = Path(st["evaluation"])
@@ -373,7 +374,7 @@ def test_ddp_gloo_two_processes(cls_env):
            "--configuration", cls_env["cfg"], "--epochs", "2"]
     p = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    out = cls_env["results"] / "cls_pattennet_0__NeoNetPlans" / "fold_0"
+    out = cls_env["results"] / "cls_pattennet_0_esnested__NeoNetPlans" / "fold_0"  # default protocol: nested
     summ = __import__("json").loads((out / "cls_summary.json").read_text(encoding="utf-8"))
     assert summ["world_size"] == 2 and len(_rows(out / "oof_predictions.csv")) == 4
     assert "world=2" in (out / "training_log.txt").read_text(encoding="utf-8")

@@ -45,8 +45,10 @@ def trained(tmp_path_factory):
     (pp / "neonet_plans.json").write_text(json.dumps(plans), encoding="utf-8")
     seg_folder = train_seg(DS, 0, arch="nnunet", device="cpu", epochs=10, iterations=12, val_iterations=1)
     VAETrainer(DS, 0, configuration="test_tiny", device="cpu").run()
-    ClsTrainer(DS, 0, arch="pattennet", synthetic_ratio=0.0, configuration="test_tiny", device="cpu").run()
-    yield {"root": root, "raw": raw, "pp": pp, "seg_model": Path(seg_folder).parent, "cls_run": "cls_pattennet_0"}
+    cls_out = ClsTrainer(DS, 0, arch="pattennet", synthetic_ratio=0.0, configuration="test_tiny", device="cpu").run()
+    assert cls_out.parent.name == "cls_pattennet_0_esnested__NeoNetPlans"  # the default protocol is nested
+    yield {"root": root, "raw": raw, "pp": pp, "seg_model": Path(seg_folder).parent,
+           "cls_run": "cls_pattennet_0_esnested"}
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -80,7 +82,7 @@ def test_end_to_end_outputs(trained, full_run):
     assert [r["case_id"] for r in rows] == ids
     meta = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     prov = meta["provenance"]
-    assert prov["cls_run"] == "cls_pattennet_0" and prov["cls_folds"] == [0] and prov["seg_folds"] == ["0"]
+    assert prov["cls_run"] == trained["cls_run"] and prov["cls_folds"] == [0] and prov["seg_folds"] == ["0"]
     assert "threshold_rule" in prov and "no_tumor" in prov["qc_flags"]
     for r, rec in zip(rows, meta["cases"]):
         # masks: same geometry as the input image

@@ -18,7 +18,7 @@ from neonet_toolkit.demo.phantom import make_phantom_dataset
 from neonet_toolkit.generation.generate import generate_synthetic_set
 from neonet_toolkit.inference.predict import predict
 from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
-from neonet_toolkit.training.cls import ClsTrainer, run_name
+from neonet_toolkit.training.cls import ClsTrainer
 from neonet_toolkit.training.cls_artifacts import OOF_FILE, read_predictions_csv
 from neonet_toolkit.training.controlnet import ControlNetTrainer
 from neonet_toolkit.training.ldm import LDMTrainer
@@ -85,7 +85,7 @@ def run_demo(dataset_id: int = 501, fold: int = 0, device: str = "cpu", seg_arch
 
     out = env["neonet_results"] / raw.name / "demo" / "predictions"
     pred = predict(raw / "imagesTs", out, dataset_id, seg_model=result_folder(dataset_id, seg_arch),
-                   cls_run=run_name("pattennet", ratio), folds=[fold], device=device, save_crops=True,
+                   cls_run=trainer.stage_dir, folds=[fold], device=device, save_crops=True,
                    saliency=True)
     t = _log_step("predict", t, timings)
     truth = {}

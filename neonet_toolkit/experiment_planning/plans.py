@@ -77,13 +77,19 @@ def _gpu_full(n_vae_down: int, ldm_levels: int) -> dict:
                        "class_conditional": True, "epochs": 3000, "lr": 1e-5, "batch_size": 8, "loss": "l2",
                        "val_every": 50},
         "sampling": {"steps": 50, "sampler": "ddim", "eta": 0.0},
-        # NeoCls (docs/neocls.md). early_stopping: "val" = the paper (validation fold, optimistic),
-        # "inner" = stratified inner split of the training fold, "none" = last epoch.
+        # NeoCls (docs/neocls.md). early_stopping (model selection): "nested" (default) = inner stratified
+        # k-fold of the training fold picks the epoch and fits calibration + threshold, then a refit on the
+        # whole training fold; "val" = the paper (validation fold, optimistic); "inner" = one stratified inner
+        # split; "none" = last epoch. threshold_method: youden | prevalence | sensitivity@S.
+        # calibration: auto (isotonic with >= isotonic_min_per_class cases of each class, else Platt) | platt |
+        # isotonic | none, fitted on the inner out-of-fold predictions after the prior correction.
         "cls": {"architecture": "pattennet", "n_dab": 2, "dab_mode": "channel_spatial", "spatial_kernel": 7,
                 "input_mode": "shared", "adapter_channels": 32, "reduction": 4, "head_hidden": 64, "dropout": 0.2,
                 "epochs": 300, "lr": 1e-4, "weight_decay": 1e-2, "batch_size": 4, "patience": 20, "min_epochs": 0,
-                "optimizer": "AdamW", "early_stopping": "val", "inner_val_fraction": 0.2, "augment": True,
-                "threshold_method": "youden", "swin_feature_size": 24, "resnet_conv1_stride": 2},
+                "optimizer": "AdamW", "early_stopping": "nested", "inner_folds": 3, "selection_window": 3,
+                "calibration": "auto", "isotonic_min_per_class": 50, "inner_val_fraction": 0.2, "augment": True,
+                "cache_latents": True, "threshold_method": "youden", "swin_feature_size": 24,
+                "resnet_conv1_stride": 2},
     }
 
 

@@ -32,9 +32,22 @@ BEST_CHECKPOINT = "checkpoint_best.pth"
 
 CLS_PREFIX = "cls_"
 CROP_SOURCES = ("gt", "pred")
-EARLY_STOPPING_MODES = ("val", "inner", "none")
-_CLS_RUN_RE = re.compile(r"^cls_(?P<arch>[a-z0-9]+(?:_[a-z][a-z0-9]*)*)_(?P<ratio>\d+(?:\.\d+)?)"
-                         r"(?P<pred>_pred)?(?:_es(?P<es>val|inner|none))?$")
+# model-selection protocols: "nested" (default: inner stratified k-fold of the training fold), "val" (the
+# paper's: early stopping on the reported validation fold -- optimistic), "inner" (one inner split), "none"
+EARLY_STOPPING_MODES = ("nested", "val", "inner", "none")
+PROTOCOL_LABELS = {
+    "nested": "nested CV (selection, calibration and threshold on inner folds of the training fold)",
+    "val": "paper protocol (optimistic: early stopping on the reported validation fold)",
+    "inner": "single inner split of the training fold",
+    "none": "fixed epochs (last epoch, no selection)",
+}
+# training-set arms at a synthetic ratio r > 0 (all arms of one ratio run the same optimizer steps):
+# "synthetic" = NeoGen minority patches (the paper), "both" = NeoGen patches of both classes,
+# "oversample" = real minority cases repeated, "weighted" = class-weighted loss on the real cases
+ARMS = ("synthetic", "both", "oversample", "weighted")
+_ARM_TAGS = {"synthetic": "", "both": "_both", "oversample": "_over", "weighted": "_wloss"}
+_CLS_RUN_RE = re.compile(r"^cls_(?P<arch>[a-z0-9]+(?:_[a-z][a-z0-9]*)*?)_(?P<ratio>\d+(?:\.\d+)?)"
+                         r"(?P<arm>_both|_over|_wloss)?(?P<pred>_pred)?(?:_es(?P<es>nested|val|inner|none))?$")
 
 
 # ----------------------------------------------------------------------------- folders
@@ -127,8 +140,11 @@ class ClsRunId:
     ratio: float = 0.0
     crop_source: str = "gt"
     early_stopping: str = "val"
+    arm: str = "synthetic"
 
     def __post_init__(self):
+        if self.arm not in ARMS:
+            raise ValueError(f"arm must be one of {ARMS}, got {self.arm!r}.")
         if self.crop_source not in CROP_SOURCES:
             raise ValueError(f"crop_source must be one of {CROP_SOURCES}, got {self.crop_source!r}.")
         if self.early_stopping not in EARLY_STOPPING_MODES:
@@ -136,16 +152,28 @@ class ClsRunId:
 
     @property
     def name(self) -> str:
-        return cls_run_name(self.arch, self.ratio, self.crop_source, self.early_stopping)
+        return cls_run_name(self.arch, self.ratio, self.crop_source, self.early_stopping, self.arm)
+
+    @property
+    def protocol_label(self) -> str:
+        return PROTOCOL_LABELS[self.early_stopping]
 
 
-def cls_run_name(arch: str, ratio: float = 0.0, crop_source: str = "gt", early_stopping: str = "val") -> str:
-    """Result-folder prefix of a NeoCls run, e.g. ``cls_pattennet_1`` or ``cls_resnet50_0_pred_esinner``."""
+def cls_run_name(arch: str, ratio: float = 0.0, crop_source: str = "gt", early_stopping: str = "val",
+                 arm: str = "synthetic") -> str:
+    """Result-folder prefix of a NeoCls run, e.g. ``cls_pattennet_1_esnested`` or ``cls_resnet50_0.5_over_pred``.
+
+    No ``_es`` suffix means the paper's ``val`` protocol (names written before the nested default keep
+    their meaning); the arm tag is absent for the paper's arm (synthetic minority patches) and for ratio 0."""
     if crop_source not in CROP_SOURCES:
         raise ValueError(f"crop_source must be one of {CROP_SOURCES}, got {crop_source!r}.")
     if early_stopping not in EARLY_STOPPING_MODES:
         raise ValueError(f"early_stopping must be one of {EARLY_STOPPING_MODES}, got {early_stopping!r}.")
-    name = f"{CLS_PREFIX}{arch}_{ratio_tag(ratio)}"
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}.")
+    if float(ratio) == 0.0 and arm != "synthetic":
+        raise ValueError(f"arm {arm!r} needs a synthetic ratio > 0 (it sets the class balance to match).")
+    name = f"{CLS_PREFIX}{arch}_{ratio_tag(ratio)}{_ARM_TAGS[arm]}"
     if crop_source != "gt":
         name += f"_{crop_source}"
     if early_stopping != "val":
@@ -158,8 +186,9 @@ def parse_cls_run_name(name: str) -> ClsRunId | None:
     m = _CLS_RUN_RE.match(name)
     if not m:
         return None
+    arm = {v: k for k, v in _ARM_TAGS.items()}[m.group("arm") or ""]
     return ClsRunId(arch=m.group("arch"), ratio=float(m.group("ratio")),
-                    crop_source="pred" if m.group("pred") else "gt", early_stopping=m.group("es") or "val")
+                    crop_source="pred" if m.group("pred") else "gt", early_stopping=m.group("es") or "val", arm=arm)
 
 
 def list_cls_runs(results_root: Path, plans_name: str = PLANS_NAME, finished_only: bool = True) -> list[str]:

@@ -185,6 +185,17 @@ def recalibrate_prior(prob, train_prevalence: float, target_prevalence: float, e
 
 
 # ----------------------------------------------------------------------------- operating point
+def recalibrate_prior_per_item(prob, train_prevalence, target_prevalence: float) -> np.ndarray:
+    """:func:`recalibrate_prior` with one training prevalence per item (broadcast over leading axes),
+    e.g. inner out-of-fold predictions made by models trained on sets of different balance."""
+    p = np.clip(np.asarray(prob, dtype=float), 1e-7, 1 - 1e-7)
+    pi = np.asarray(train_prevalence, dtype=float)
+    if np.any((pi <= 0) | (pi >= 1)) or not 0.0 < float(target_prevalence) < 1.0:
+        raise ValueError("prevalences must be in (0, 1).")
+    shift = math.log(target_prevalence / (1 - target_prevalence)) - (np.log(pi) - np.log1p(-pi))
+    return 1.0 / (1.0 + np.exp(-(np.log(p) - np.log1p(-p) + shift)))
+
+
 def sensitivity_specificity(y_true, prob, threshold: float) -> dict:
     y = np.asarray(y_true).astype(int).ravel()
     pred = (np.asarray(prob, float).ravel() >= threshold).astype(int)
@@ -203,15 +214,26 @@ def select_threshold(y_true, prob, method: str = "youden") -> float:
 
     ``youden``: maximises sensitivity + specificity - 1 (midpoint between adjacent distinct scores,
     so it generalises to unseen scores); ``prevalence``: the quantile that labels the observed
-    fraction of positives as positive.
+    fraction of positives as positive; ``sensitivity@S`` (e.g. ``sensitivity@0.9``): the highest
+    threshold whose sensitivity is at least S (the most specific operating point that keeps S).
     """
     y, p = _as_arrays(y_true, prob)
     if method == "prevalence":
         return float(np.quantile(p, 1 - y.mean()))
-    if method != "youden":
-        raise ValueError(f"Unknown threshold method {method!r}; use 'youden' or 'prevalence'.")
     u = np.unique(p)
     cands = np.r_[u[0] - 1e-6, (u[:-1] + u[1:]) / 2.0, u[-1] + 1e-6] if u.size > 1 else np.array([u[0]])
+    if method.startswith("sensitivity@"):
+        try:
+            target = float(method.split("@", 1)[1])
+        except ValueError:
+            raise ValueError(f"Threshold method {method!r}: write sensitivity@S with S in (0, 1], e.g. "
+                             "sensitivity@0.9.") from None
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"Threshold method {method!r}: the target sensitivity must be in (0, 1].")
+        ok = [t for t in cands if sensitivity_specificity(y, p, t)["sensitivity"] >= target - 1e-12]
+        return float(max(ok)) if ok else float(cands[0])
+    if method != "youden":
+        raise ValueError(f"Unknown threshold method {method!r}; use 'youden', 'prevalence' or 'sensitivity@S'.")
     best, best_j = float(cands[0]), -np.inf
     for t in cands:
         r = sensitivity_specificity(y, p, t)
@@ -231,3 +253,85 @@ def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     c = (ph + z * z / (2 * n)) / den
     h = z * math.sqrt(ph * (1 - ph) / n + z * z / (4 * n * n)) / den
     return max(0.0, c - h), min(1.0, c + h)
+
+
+# ----------------------------------------------------------------------------- calibration
+def _logit(p, eps: float = 1e-7) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_platt(y_true, prob, max_iter: int = 100) -> dict:
+    """Platt scaling on the logit of ``prob``: ``p' = sigmoid(a * logit(p) + b)``, by maximum likelihood.
+
+    Newton-Raphson on the two parameters (unpenalised, with Platt's target smoothing
+    ``(n+ + 1) / (n+ + 2)`` and ``1 / (n- + 2)`` so that separable data keeps finite parameters).
+    Returns ``{"method": "platt", "a": ..., "b": ..., "n": ...}``.
+    """
+    y, p = _as_arrays(y_true, prob)
+    x = _logit(p)
+    n_pos, n_neg = float(y.sum()), float(y.size - y.sum())
+    t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    a, b = 1.0, 0.0
+    for _ in range(max_iter):
+        q = 1.0 / (1.0 + np.exp(-(a * x + b)))
+        w = q * (1 - q)
+        g = np.array([np.sum((q - t) * x), np.sum(q - t)])
+        h = np.array([[np.sum(w * x * x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(h, g)
+        a, b = a - step[0], b - step[1]
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return {"method": "platt", "a": float(a), "b": float(b), "n": int(y.size)}
+
+
+def fit_isotonic(y_true, prob) -> dict:
+    """Isotonic calibration (non-decreasing step function), stored as (x, y) knots."""
+    from sklearn.isotonic import IsotonicRegression
+
+    y, p = _as_arrays(y_true, prob)
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
+    return {"method": "isotonic", "x": [float(v) for v in iso.X_thresholds_],
+            "y": [float(v) for v in iso.y_thresholds_], "n": int(y.size)}
+
+
+def fit_calibration(y_true, prob, method: str = "auto", isotonic_min_per_class: int = 50) -> dict:
+    """``platt``, ``isotonic``, ``none`` or ``auto`` (isotonic only with >= ``isotonic_min_per_class`` cases
+    of each class, else Platt: isotonic overfits small calibration sets)."""
+    y, p = _as_arrays(y_true, prob)
+    if method == "auto":
+        method = "isotonic" if min(y.sum(), y.size - y.sum()) >= isotonic_min_per_class else "platt"
+    if method == "platt":
+        return fit_platt(y, p)
+    if method == "isotonic":
+        return fit_isotonic(y, p)
+    if method == "none":
+        return {"method": "none", "n": int(y.size)}
+    raise ValueError(f"Unknown calibration method {method!r}; use auto, platt, isotonic or none.")
+
+
+def apply_calibration(prob, calibration: dict | None) -> np.ndarray:
+    """Map probabilities through a calibration fitted by :func:`fit_calibration` (``None``: unchanged)."""
+    p = np.asarray(prob, dtype=float)
+    if not calibration or calibration.get("method") == "none":
+        return p
+    if calibration["method"] == "platt":
+        return 1.0 / (1.0 + np.exp(-(calibration["a"] * _logit(p) + calibration["b"])))
+    if calibration["method"] == "isotonic":
+        return np.interp(p, np.asarray(calibration["x"]), np.asarray(calibration["y"]))
+    raise ValueError(f"Unknown calibration {calibration.get('method')!r}.")
+
+
+# ----------------------------------------------------------------------------- multiple testing
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order.
+    NaN entries are left out of the family and returned as NaN."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m = idx.size
+    running = 0.0
+    for rank, i in enumerate(idx[np.argsort(p[idx], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return [float(v) for v in out]
