@@ -8,9 +8,11 @@ Per case:
    the input's affine and shape); per-fold tumour masks feed the ``fold_disagreement_seg`` flag;
 3. TLCR on the NeoNet preprocessed grid: the image and the predicted mask go through the same
    nnU-Net preprocessing as the training ground truth did (``NeoNetPlans``/``3d_fullres``);
-4. every fold classifier of the chosen NeoCls run gives a prevalence-recalibrated probability;
-   the case probability is their mean, the decision uses the mean of the folds' thresholds
-   (each chosen on that fold's training data only);
+4. every fold classifier of the chosen NeoCls run gives a calibrated probability (prior correction,
+   then the calibration fitted on its inner out-of-fold predictions); the case probability is their
+   mean; the decision is the majority of the per-fold decisions (each fold's probability against
+   that fold's own threshold, chosen inside its training fold), a tie decided by the mean
+   probability against the mean threshold;
 5. QC flags (see :mod:`neonet_toolkit.inference.qc`); no tumour → no probability.
 
 Outputs (all written atomically; a rerun completes only what is missing):
@@ -38,7 +40,7 @@ from neonet_toolkit.inference import qc
 from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard
 from neonet_toolkit.inference.report import crop_png
 from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
-from neonet_toolkit.training.cls import load_fold_classifier, predict_proba
+from neonet_toolkit.training.cls import decision_rule, load_fold_classifier, predict_proba
 from neonet_toolkit.training.seg import ensure_trainer_env
 from neonet_toolkit.training.seg.masks import (
     check_model_folder,
@@ -48,7 +50,7 @@ from neonet_toolkit.training.seg.masks import (
     registered_model,
 )
 from neonet_toolkit.utilities.devices import get_device
-from neonet_toolkit.utilities.identifiers import PLANS_NAME, finished_folds, list_cls_runs, stage_root
+from neonet_toolkit.utilities.identifiers import PLANS_NAME, cls_run_name, finished_folds, list_cls_runs, stage_root
 from neonet_toolkit.utilities.io import atomic_path, load_json, save_json, save_text
 from neonet_toolkit.version import __version__
 
@@ -61,6 +63,27 @@ CSV_FIELDS = ["case_id", "probability", "decision", "threshold", "fold_probabili
 def trained_cls_runs(dataset, plans_name: str = PLANS_NAME) -> list[str]:
     """Trained NeoCls runs of a dataset (evaluation reports and other folders never count)."""
     return list_cls_runs(paths.neonet_results() / paths.find_dataset_name(dataset), plans_name)
+
+
+def default_cls_run(runs: list[str]) -> str | None:
+    """The run ``neonet_predict`` uses without ``--cls-run``: the only trained run, else the paper's
+    PattenNet R+S (1:1) under the default nested protocol, else under the paper's protocol; else none."""
+    if len(runs) == 1:
+        return runs[0]
+    for preferred in (cls_run_name("pattennet", 1.0, early_stopping="nested"), cls_run_name("pattennet", 1.0)):
+        if preferred in runs:
+            return preferred
+    return None
+
+
+def ensemble_decision(probs: Sequence[float], thresholds: Sequence[float]) -> tuple[float, int, float]:
+    """(mean probability, decision, mean threshold): the majority of the per-fold decisions, each fold's
+    calibrated probability against its own threshold; a tie goes to mean probability >= mean threshold."""
+    p, t = float(np.mean(probs)), float(np.mean(thresholds))
+    votes = sum(int(q >= th) for q, th in zip(probs, thresholds))
+    n = len(probs)
+    decision = int(votes * 2 > n) if votes * 2 != n else int(p >= t)
+    return p, decision, t
 
 
 class NeoNetPredictor:
@@ -108,11 +131,12 @@ class NeoNetPredictor:
         # NeoCls
         runs = trained_cls_runs(self.dataset_name, plans_name)
         if cls_run is None:
-            cls_run = "cls_pattennet_1" if "cls_pattennet_1" in runs else (runs[0] if len(runs) == 1 else None)
+            cls_run = default_cls_run(runs)
             if cls_run is None:
                 raise FileNotFoundError(
-                    f"No NeoCls run chosen for {self.dataset_name}; available: {runs or 'none'}. Train one "
-                    "(`neonet_train 501 cls 0`) or pass --cls-run NAME.")
+                    f"No NeoCls run chosen for {self.dataset_name}; trained runs: {runs or 'none'}. "
+                    + ("Pass --cls-run NAME." if runs else
+                       f"Train one (`neonet_train {self.dataset_name} cls FOLD` for every fold) first."))
         self.cls_run = cls_run
         self.classifiers = []
         cls_folds = self.seg_folds if folds is not None else None
@@ -151,10 +175,16 @@ class NeoNetPredictor:
             "plans": self.nplans["plans_name"], "nnunet_plans": self.nplans["nnunet_plans"],
             "crop_size": self.nplans.crop_size, "spacing": self.nplans["spacing"],
             "threshold": float(np.mean([i["threshold"] for _, _, i in self.classifiers])),
-            "threshold_rule": "mean of the fold classifiers' thresholds, each chosen on its fold's training data "
-                              "(" + ", ".join(sorted({str(i['threshold_source']) for _, _, i in self.classifiers}))
-                              + ")",
-            "probability": "mean over fold classifiers of the prevalence-recalibrated probability",
+            "threshold_rule": "majority of the per-fold decisions (fold probability >= that fold's threshold, "
+                              "chosen on its training data: "
+                              + ", ".join(sorted({str(i['threshold_source']) for _, _, i in self.classifiers}))
+                              + "); a tie is decided by the mean probability against the mean threshold",
+            "probability": "mean over fold classifiers of the calibrated probability",
+            "decision_rules": {str(f): decision_rule(i) for f, _, i in self.classifiers},
+            "cls_crop_source": sorted({str(i.get("crop_source", "gt")) for _, _, i in self.classifiers}),
+            "cls_protocol": sorted({str(i.get("protocol", i.get("early_stopping", "val")))
+                                    for _, _, i in self.classifiers}),
+            "crop_source_used": "pred (NeoSeg masks)",
             "spurious_tumor_rule": f"predicted tumour components smaller than {self.min_component_fraction:g} x the "
                                    f"smallest training tumour ({self.min_train_tumor_ml:.3f} ml) are relabelled as "
                                    "organ in the written mask and before TLCR",
@@ -291,11 +321,15 @@ class NeoNetPredictor:
             if self.min_train_tumor and info.tumor_voxels < self.min_train_tumor:
                 flags.append("small_tumor")
             probs = self.classify(img_p)
-            p = float(np.mean(probs))
-            thr = float(np.mean([i["threshold"] for _, _, i in self.classifiers]))
+            thresholds = [float(i["threshold"]) for _, _, i in self.classifiers]
+            p, decision, thr = ensemble_decision(probs, thresholds)
             if qc.fold_cls_disagreement(probs):
                 flags.append("fold_disagreement_cls")
-            rec.update(probability=p, decision=int(p >= thr), threshold=thr,
+            if any(i.get("crop_source", "gt") == "gt" for _, _, i in self.classifiers):
+                flags.append("gt_trained_classifier_on_predicted_mask")
+            rec.update(probability=p, decision=decision, threshold=thr,
+                       fold_decisions={str(f): int(q >= t) for (f, _, _), q, t in zip(self.classifiers, probs,
+                                                                                     thresholds)},
                        fold_probabilities={str(f): q for (f, _, _), q in zip(self.classifiers, probs)})
             if save_crops or saliency:
                 t0 = time.perf_counter()

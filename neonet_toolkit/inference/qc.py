@@ -25,6 +25,10 @@ QC_FLAGS = {
                              "< 0.5): the location of the crop is uncertain.",
     "fold_disagreement_cls": "The per-fold probabilities spread widely (max - min > 0.5): the classifiers "
                              "disagree about this case.",
+    "gt_trained_classifier_on_predicted_mask": "The NeoCls run was trained on crops from ground-truth masks "
+                                               "(crop source gt) but is applied to a crop from NeoSeg's predicted "
+                                               "mask: its validation AUC does not describe this end-to-end use. "
+                                               "Train with --crop-source pred for an end-to-end model.",
 }
 
 

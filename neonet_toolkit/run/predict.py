@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--seg-model", dest="seg_model", default=None,
                    help="NeoSeg / nnU-Net model folder (default: the dataset's registered or NeoSeg model)")
     p.add_argument("--cls-run", dest="cls_run", default=None,
-                   help="NeoCls run name, e.g. cls_pattennet_1 (default: cls_pattennet_1, or the only run)")
+                   help="NeoCls run name, e.g. cls_pattennet_1_esnested (default: the only trained run, else "
+                        "cls_pattennet_1_esnested, else cls_pattennet_1)")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds to ensemble (default: all)")
     p.add_argument("-device", "--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--save-crops", dest="save_crops", action="store_true", help="write TLCR crops (NIfTI + PNG)")
