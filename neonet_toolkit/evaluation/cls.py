@@ -36,6 +36,7 @@ from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, select_fo
 from neonet_toolkit.training.cls_artifacts import OOF_FILE, SUMMARY_FILE, case_labels, read_predictions_csv
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.identifiers import (
+    PROTOCOL_LABELS,
     dataset_folders,
     fold_folders,
     list_cls_runs,
@@ -108,6 +109,8 @@ def evaluate_run(name: str, run: dict, n_folds: int, n_boot: int = 2000, seed: i
         "run": name, **info, "arch": summ0.get("arch", info.get("arch")),
         "early_stopping": info.get("early_stopping", summ0.get("early_stopping")),
         "early_stopping_actual": summ0.get("early_stopping"),
+        "protocol": PROTOCOL_LABELS.get(info.get("early_stopping", summ0.get("early_stopping", "val")), ""),
+        "calibration_method": (summ0.get("calibration") or {}).get("method", "prior correction only"),
         "folds_done": sorted(run), "n_folds_expected": n_folds, "complete": len(run) == n_folds,
         "fold_results": fold_res,
         "fold_auc_mean": float(np.mean(fold_aucs)) if fold_aucs else float("nan"),
@@ -150,18 +153,25 @@ def paired_test(a: dict, b: dict) -> dict:
 
 
 def auto_comparisons(results: dict[str, dict]) -> list[tuple[str, str]]:
-    """R vs R+S (lowest vs highest ratio) per architecture; PattenNet vs each other arch per ratio."""
+    """Per architecture, every training-set arm at the highest ratio against R (ratio 0); PattenNet vs each
+    other architecture per ratio (paper's arm). Within one crop source and selection protocol."""
     pairs = []
     by = {}
     for name, r in results.items():
         by.setdefault((r.get("crop_source"), r.get("early_stopping")), []).append(r)
     for group in by.values():
-        archs = {}
+        archs, arms = {}, {}
         for r in group:
-            archs.setdefault(r["arch"], {})[r["ratio"]] = r["run"]
+            if r.get("arm", "synthetic") == "synthetic":
+                archs.setdefault(r["arch"], {})[r["ratio"]] = r["run"]
+            else:
+                arms.setdefault(r["arch"], {})[(r["ratio"], r["arm"])] = r["run"]
         for arch, rr in archs.items():
             if len(rr) > 1:
                 pairs.append((rr[max(rr)], rr[min(rr)]))
+            if 0.0 in rr:
+                for (ratio, arm), run in sorted(arms.get(arch, {}).items()):
+                    pairs.append((run, rr[0.0]))
         if "pattennet" in archs:
             for ratio, run in sorted(archs["pattennet"].items()):
                 for arch, rr in sorted(archs.items()):
@@ -364,19 +374,22 @@ def tables(results: dict[str, dict], crop_source: str = "gt", early_stopping: st
     ratios = sorted({r["ratio"] for r in sel.values()})
     archs = sorted({r["arch"] for r in sel.values() if r["arch"] in TABLE2_ARCHS or not r["arch"].startswith("pattennet")},
                    key=lambda a: (list(TABLE2_ARCHS).index(a) if a in TABLE2_ARCHS else 100, a))
-    get = {(r["arch"], r["ratio"]): r for r in sel.values()}
-    head = ["R (imbalanced)" if x == 0 else f"R+S ({x * 100:g}%{' balanced' if x == 1 else ''})" for x in ratios]
-    md = ["| Model (3D) | " + " | ".join(head) + " |", "|---" * (len(ratios) + 1) + "|"]
+    arm_order = {"synthetic": 0, "both": 1, "oversample": 2, "weighted": 3}
+    cols = sorted({(r["ratio"], r.get("arm", "synthetic")) for r in sel.values()},
+                  key=lambda c: (c[0], arm_order.get(c[1], 9)))
+    get = {(r["arch"], r["ratio"], r.get("arm", "synthetic")): r for r in sel.values()}
+    head = [column_label(x, arm) for x, arm in cols]
+    md = ["| Model (3D) | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
     csv_rows = []
     for a in archs:
-        md.append(f"| {PRETTY.get(a, a)} | " + " | ".join(cell(get.get((a, x))) for x in ratios) + " |")
-        for x in ratios:
-            r = get.get((a, x))
+        md.append(f"| {PRETTY.get(a, a)} | " + " | ".join(cell(get.get((a, *c))) for c in cols) + " |")
+        for c in cols:
+            r = get.get((a, *c))
             if r is not None:
                 csv_rows.append(_row(r))
     means = []
-    for x in ratios:
-        v = [get[(a, x)]["fold_auc_mean"] for a in archs if (a, x) in get and get[(a, x)]["complete"]]
+    for c in cols:
+        v = [get[(a, *c)]["fold_auc_mean"] for a in archs if (a, *c) in get and get[(a, *c)]["complete"]]
         means.append(_fmt(float(np.mean(v))) if v else "—")
     if archs:
         md.append("| Mean AUC (complete runs) | " + " | ".join(means) + " |")
@@ -384,22 +397,34 @@ def tables(results: dict[str, dict], crop_source: str = "gt", early_stopping: st
     md5 = [f"| Configuration (ratio {t5_ratio:g}) | AUC |", "|---|---|"]
     rows5 = []
     for a in TABLE5_ARCHS:
-        r = get.get((a, t5_ratio))
+        r = get.get((a, t5_ratio, "synthetic"))
         if r is not None:
             md5.append(f"| {PRETTY.get(a, a)} | {cell(r)} |")
             rows5.append(_row(r))
-    es_note = ("Early stopping on the validation fold (as in the paper): the selected epoch has seen the "
-               "validation labels, so these AUCs are optimistic." if early_stopping == "val" else
-               "Early stopping on an inner split of each training fold (validation folds untouched)."
-               if early_stopping == "inner" else "No early stopping (last epoch).")
+    es_note = {"val": "PAPER PROTOCOL (OPTIMISTIC): early stopping on the reported validation fold; the selected "
+                      "epoch has seen the validation labels, so these AUCs are optimistic.",
+               "nested": "Nested CV: epoch selection, calibration and threshold fitted on inner stratified folds of "
+                         "each training fold, then a refit on the whole training fold; the reported folds are never "
+                         "used for any choice.",
+               "inner": "Early stopping on one inner split of each training fold (validation folds untouched).",
+               "none": "No model selection (fixed epochs, last epoch)."}[early_stopping]
     return {"table2_md": "\n".join(md), "table2_rows": csv_rows, "table5_md": "\n".join(md5) if rows5 else "",
             "table5_rows": rows5, "note": es_note, "ratios": ratios, "archs": archs}
 
 
+def column_label(ratio: float, arm: str = "synthetic") -> str:
+    if ratio == 0:
+        return "R (imbalanced)"
+    pct = f"{ratio * 100:g}%{' balanced' if ratio == 1 else ''}"
+    return {"synthetic": f"R+S ({pct})", "both": f"R+S both classes ({pct})",
+            "oversample": f"R oversampled ({pct})", "weighted": f"R class-weighted ({pct})"}.get(arm, f"{arm} ({pct})")
+
+
 def _row(r: dict) -> dict:
     d, b, op = r.get("pooled_delong", {}), r.get("pooled_bootstrap", {}), r["operating_point"]
-    return {"run": r["run"], "arch": r["arch"], "ratio": r["ratio"], "crop_source": r["crop_source"],
-            "early_stopping": r["early_stopping"], "folds": len(r["folds_done"]), "complete": r["complete"],
+    return {"run": r["run"], "arch": r["arch"], "ratio": r["ratio"], "arm": r.get("arm", "synthetic"),
+            "crop_source": r["crop_source"], "early_stopping": r["early_stopping"],
+            "protocol": PROTOCOL_LABELS.get(r["early_stopping"], r["early_stopping"]), "folds": len(r["folds_done"]), "complete": r["complete"],
             "fold_auc_mean": r["fold_auc_mean"], "fold_auc_sd": r["fold_auc_sd"],
             **{f"fold{f['fold']}_auc": f["auc"] for f in r["fold_results"]},
             "pooled_auc": d.get("auc"), "delong_low": d.get("ci_low"), "delong_high": d.get("ci_high"),
@@ -440,6 +465,8 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
         if a not in results or b not in results:
             raise ValueError(f"--compare: run {a if a not in results else b!r} not found; found {sorted(results)}.")
         tests.append(paired_test(results[a], results[b]))
+    for t, p_holm in zip(tests, stats.holm_adjust([t["p_value"] for t in tests])):
+        t["p_holm"] = p_holm
     _write_csv(out / "paired_tests.csv", tests)
     shortcuts = load_shortcut_checks(res_root, plans_name)
     groups = sorted({(r["crop_source"], r["early_stopping"]) for r in results.values() if r["arch"] != "radiomics"}
@@ -457,7 +484,8 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
         if t["table5_md"]:
             save_text(t["table5_md"] + "\n\n" + t["note"] + "\n", out / f"table5{sfx}.md")
             _write_csv(out / f"table5{sfx}.csv", t["table5_rows"])
-        report += [f"## Table 2 shape (crop source {cs}, early stopping {es})", "", t["table2_md"], "",
+        report += [f"## Table 2 shape (crop source {cs}; model selection: {PROTOCOL_LABELS.get(es, es)})", "",
+                   t["table2_md"], "",
                    f"_{t['note']}_", ""]
         if t["table5_md"]:
             report += ["## Table 5 shape (PattenNet ablations)", "", t["table5_md"], ""]
@@ -475,10 +503,11 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
                       f"{op['threshold_source']} | {_fmt(c['ece_raw'])} → {_fmt(c['ece'])} | "
                       f"[{_fmt(b.get('ci_low'))}, {_fmt(b.get('ci_high'))}] |")
     if tests:
-        report += ["", "## Paired DeLong tests (same validation cases, pooled out-of-fold)", "",
-                   "| A | B | AUC A | AUC B | diff | z | p |", "|---|---|---|---|---|---|---|"]
+        report += ["", f"## Paired DeLong tests (same validation cases, pooled out-of-fold; Holm-corrected over the "
+                   f"{len(tests)} tests of this report)", "",
+                   "| A | B | AUC A | AUC B | diff | z | p | p (Holm) |", "|---|---|---|---|---|---|---|---|"]
         report += [f"| {t['run_a']} | {t['run_b']} | {_fmt(t['auc_a'])} | {_fmt(t['auc_b'])} | {_fmt(t['diff'])} | "
-                   f"{_fmt(t['z'], 2)} | {_fmt(t['p_value'], 4)} |" for t in tests]
+                   f"{_fmt(t['z'], 2)} | {_fmt(t['p_value'], 4)} | {_fmt(t['p_holm'], 4)} |" for t in tests]
     report += ["", "## Shortcut check (real vs synthetic discriminator on each fold's training set)", ""]
     if shortcuts:
         report += ["| fold | ratio | crop | AUC all [95% CI] | AUC minority-class only | warning |",
@@ -494,12 +523,58 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
         report.append("No shortcut check found (runs without synthetic data, or not computed: `neonet_experiment` "
                       "computes it for every fold with a synthetic set).")
     save_text("\n".join(report) + "\n", out / "report.md")
+    save_text(methods_summary(name, pp, results, tests, shortcuts, n_boot), out / "methods.md")
     summary = {"dataset": name, "n_folds": n_folds,
                "runs": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()},
                "paired_tests": tests, "shortcut_checks": shortcuts, "output": str(out)}
     save_json(summary, out / "summary.json")
     logger.info("NeoCls evaluation of %d run(s) written to %s", len(results), out)
     return summary
+
+
+def methods_summary(name: str, pp: Path, results: dict, tests: list[dict], shortcuts: list[dict],
+                    n_boot: int) -> str:
+    """A short TRIPOD+AI-style methods paragraph built from what the runs actually recorded."""
+    splits = load_splits(pp)
+    first = next(iter(results.values()))
+    labels = {c: int(y) for r in results.values() for c, y in zip(r["case_ids"], r["_y"])}
+    lines = [f"# Methods summary ({name})", "",
+             "**Data and folds.** Stratified (by target) patient-level cross-validation with "
+             f"{len(splits)} folds (nnU-Net splits_final.json). Per fold (training / validation cases, positives):"]
+    for k, sp in enumerate(splits):
+        tr_pos = sum(labels.get(c, 0) for c in sp["train"])
+        va_pos = sum(labels.get(c, 0) for c in sp["val"])
+        lines.append(f"- fold {k}: {len(sp['train'])} training ({tr_pos} positive) / {len(sp['val'])} validation "
+                     f"({va_pos} positive)")
+    protos = sorted({r["early_stopping"] for r in results.values() if r["arch"] != "radiomics"})
+    arms = sorted({(r["ratio"], r.get("arm", "synthetic")) for r in results.values() if r["ratio"] > 0})
+    summ = [fr for r in results.values() for fr in r["fold_results"]]
+    lines += ["", "**Model selection.** " + " ".join(f"{p}: {PROTOCOL_LABELS.get(p, p)}." for p in protos)]
+    if "nested" in protos:
+        lines.append("Under the nested protocol each training fold is split into stratified inner folds; the epoch "
+                     "is chosen on the pooled inner out-of-fold AUC (centred moving average, ties by lower BCE), "
+                     "then the model is refitted on the whole training fold for that many epochs.")
+    cal = sorted({str(r.get("calibration_method", "")) for r in results.values()} - {""})
+    lines += ["", "**Probabilities, calibration and threshold.** Probabilities are mapped to the real training "
+              "prevalence (prior-shift correction, because synthetic balancing changes the prior); under the "
+              "nested protocol a Platt (or, with enough cases, isotonic) calibration and the operating threshold "
+              "are then fitted on the inner out-of-fold predictions of the training fold only"
+              + (f" (methods used: {', '.join(cal)})" if cal else "") + ". Threshold sources: "
+              + ", ".join(sorted({str(r['operating_point']['threshold_source']) for r in results.values()})) + "."]
+    if arms:
+        lines += ["", "**Training-set arms.** At each synthetic ratio r the arms draw the same number of items per "
+                  "epoch (hence equal optimizer steps): " + "; ".join(column_label(x, a) for x, a in arms) + "."]
+    lines += ["", f"**Statistics.** Per-fold AUC mean ± SD (the paper's number) and the pooled out-of-fold AUC with "
+              f"DeLong and stratified-bootstrap ({n_boot} replicates) 95 % CIs; sensitivity and specificity at the "
+              "training-fitted threshold with Wilson CIs; calibration as ECE and reliability diagrams on the real "
+              f"validation cases. {len(tests)} paired DeLong test(s) on the same cases, Holm-corrected."]
+    if shortcuts:
+        flagged = sum(bool(s["warning"]) for s in shortcuts)
+        lines.append(f"A real-vs-synthetic discriminator was fitted per fold ({flagged}/{len(shortcuts)} folds "
+                     "flagged: synthetic patches distinguishable).")
+    lines += ["", f"Validation cases evaluated: {first['n']} ({first['n_pos']} positive); "
+              f"{len(summ)} fold results over {len(results)} run(s)."]
+    return "\n".join(lines) + "\n"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

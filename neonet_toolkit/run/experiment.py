@@ -22,7 +22,13 @@ from neonet_toolkit.preprocessing.synthetic_sets import synthetic_folder
 from neonet_toolkit.run.common import add_common, run_cli, setup_logging
 from neonet_toolkit.training.cls import ClsTrainer, _check_ratio, canonical_arch
 from neonet_toolkit.training.radiomics import RadiomicsUnavailable, run_radiomics_baseline
-from neonet_toolkit.utilities.identifiers import LATEST_CHECKPOINT, dataset_folders, fold_is_finished
+from neonet_toolkit.utilities.identifiers import (
+    ARMS,
+    EARLY_STOPPING_MODES,
+    LATEST_CHECKPOINT,
+    dataset_folders,
+    fold_is_finished,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +36,12 @@ logger = logging.getLogger(__name__)
 def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[int] | None = None,
                    device: str = "auto", configuration: str | None = None, epochs: int | None = None,
                    crop_source: str = "gt", early_stopping: str | None = None, evaluate: bool = True,
-                   shortcut: bool = True, n_boot: int = 2000, plans_name: str = "NeoNetPlans") -> dict:
-    """Train every (arch, ratio, fold) not yet finished, then evaluate. Returns a status dict."""
+                   shortcut: bool = True, n_boot: int = 2000, plans_name: str = "NeoNetPlans",
+                   arms: list[str] | None = None) -> dict:
+    """Train every (arch, ratio, arm, fold) not yet finished, then evaluate. Returns a status dict.
+
+    ``arms`` (default ``["synthetic"]``, the paper's): the training-set arms run at every ratio > 0
+    (``both``, ``oversample``, ``weighted`` are the controls; all arms of a ratio run equal steps)."""
     from tqdm import tqdm
 
 
@@ -42,13 +52,18 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
     archs = [canonical_arch(a) for a in archs if a.lower() != "radiomics"]  # validates names before training
     ratios = [_check_ratio(r) for r in ratios]
     status = {"trained": [], "resumed": [], "skipped": [], "failed": [], "shortcut": []}
-    grid = [(a, r, f) for a in archs for r in ratios for f in folds]
-    for arch, ratio, fold in tqdm(grid, desc="NeoCls grid", disable=None):
-        tag = f"{arch} ratio={ratio:g} fold={fold}"
+    arms = list(arms or ["synthetic"])
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        raise ValueError(f"Unknown arm(s) {bad}; choose from {list(ARMS)}.")
+    grid = [(a, r, arm, f) for a in archs for r in ratios for arm in (arms if r > 0 else ["synthetic"])
+            for f in folds]
+    for arch, ratio, arm, fold in tqdm(grid, desc="NeoCls grid", disable=None):
+        tag = f"{arch} ratio={ratio:g}{'' if arm == 'synthetic' else ' arm=' + arm} fold={fold}"
         try:
             probe = ClsTrainer(name, fold, arch=arch, synthetic_ratio=ratio, crop_source=crop_source,
                                early_stopping=early_stopping, configuration=configuration, device=device,
-                               epochs=epochs, continue_training=True)
+                               epochs=epochs, continue_training=True, arm=arm)
             out = probe.output_folder
             if fold_is_finished(out):
                 logger.info("skip %s: finished (%s)", tag, out)
@@ -106,7 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configuration", default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--crop-source", dest="crop_source", choices=("gt", "pred"), default="gt")
-    p.add_argument("--early-stopping", dest="early_stopping", choices=("val", "inner", "none"), default=None)
+    p.add_argument("--early-stopping", dest="early_stopping", choices=EARLY_STOPPING_MODES, default=None,
+                   help="model selection (default: the plans' cls.early_stopping, nested); val = paper protocol "
+                        "(optimistic)")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=["synthetic"],
+                   help="training-set arms at every ratio > 0: synthetic (paper) and the controls both, "
+                        "oversample, weighted (equal optimizer steps)")
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
     p.add_argument("--no-shortcut", dest="shortcut", action="store_false")
     p.add_argument("--n-boot", dest="n_boot", type=int, default=2000)
@@ -121,7 +141,8 @@ def main(argv=None) -> int:
 
     def _run(a):
         result.update(run_experiment(a.dataset, a.archs, a.ratios, a.folds, a.device, a.configuration, a.epochs,
-                                     a.crop_source, a.early_stopping, a.evaluate, a.shortcut, a.n_boot))
+                                     a.crop_source, a.early_stopping, a.evaluate, a.shortcut, a.n_boot,
+                                     arms=a.arms))
 
     rc = run_cli(_run, args)
     if rc == 0 and result.get("failed"):

@@ -452,7 +452,7 @@ class ClsTrainer(NeoNetTrainer):
             used = sorted({self.train_item_ids[i] for i in tset["items"]})
             for epoch in range(epochs):
                 self._run_epoch(net, opt, scaler, tset, epoch, salt=j + 1, track=False)
-                logits[epoch, va] = predict_logits(net, self.x_train[va].numpy(), self.device)
+                logits[epoch, va] = self._predict_items(net, va)
             inner.append({"inner_fold": j, "train_ids": sorted(allowed), "val_ids": sorted(ids[i] for i in va),
                           "train_items": used, "prevalence": tset["prevalence"], "budget": tset["budget"]})
             self.log("nested: inner fold %d/%d trained (%d items/epoch, %d epochs)", j + 1, k, tset["budget"], epochs)
@@ -482,6 +482,16 @@ class ClsTrainer(NeoNetTrainer):
                 "calibration": calibration, "threshold": threshold, "threshold_method": method,
                 "selection_rule": f"max centred {self.config['selection_window']}-epoch mean of pooled inner-OOF "
                                   f"AUC, ties by lower BCE, epochs >= {self.min_epochs}"}
+
+    @torch.no_grad()
+    def _predict_items(self, net: torch.nn.Module, idx) -> np.ndarray:
+        """Logits for training items (unflipped), from the frozen-latent cache when there is one."""
+        if self.z_train is None:
+            return predict_logits(net, self.x_train[idx].numpy(), self.device)
+        net.eval()
+        z = self.z_train[idx, 0].to(self.device)
+        with autocast(self.device):
+            return unwrap(net).forward_latents(z).float().reshape(-1).cpu().numpy()
 
     # -- loop
     def _run_epoch(self, net: torch.nn.Module, optimizer, scaler, tset: dict, epoch: int, salt: int = 0,
