@@ -24,3 +24,85 @@ def test_failed_checkpoint_write_keeps_previous_and_leaves_no_partial_file(tmp_p
     assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint_latest.pth"]
     state = base.load_checkpoint(path)
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
+# ----------------------------------------------------------------------------- checkpoints handed to nnU-Net
+class _Planted:
+    """What an attacker pickles: loading it with weights_only=False creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _nnunet_like_checkpoint(path):
+    import numpy as np
+
+    torch.save({"network_weights": {"w": torch.zeros(2)}, "optimizer_state": {"state": {}, "param_groups": []},
+                "grad_scaler_state": None,
+                "logging": {"train_losses": [np.float64(0.3)], "dice_per_class_or_region": [[np.float32(0.5)]]},
+                "_best_ema": np.float64(0.4), "current_epoch": 2,
+                "init_args": {"plans": {}, "configuration": "3d_fullres", "fold": 0, "dataset_json": {},
+                              "device": torch.device("cpu")},
+                "trainer_name": "NeoSegTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)}, path)
+
+
+def _model_folder(root, checkpoint_writer):
+    folder = root / "NeoSegTrainer__NeoNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text("{}", encoding="utf-8")
+    (folder / "dataset.json").write_text("{}", encoding="utf-8")
+    checkpoint_writer(folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def test_planted_pickle_in_a_model_folder_is_refused_without_running(tmp_path, caplog):
+    from neonet_toolkit.training.seg.masks import check_model_folder
+    from neonet_toolkit.utilities.checkpoints import UnsafeCheckpointError
+
+    marker = tmp_path / "PWNED"
+    folder = _model_folder(tmp_path / "evil", lambda p: torch.save({"network_weights": _Planted(marker)}, p))
+    with pytest.raises(UnsafeCheckpointError, match=r"fold_0/checkpoint_final\.pth references \['io\.open'\]"):
+        check_model_folder(folder, [0])
+    assert not marker.exists()
+    # --trust-checkpoints: the check is skipped (and said so); nothing is loaded by the check itself
+    check_model_folder(folder, [0], trust_checkpoints=True)
+    assert not marker.exists() and "--trust-checkpoints" in caplog.text
+
+
+def test_nnunet_style_checkpoint_passes_and_corrupt_file_is_named(tmp_path):
+    from neonet_toolkit.training.seg.masks import check_model_folder
+    from neonet_toolkit.utilities.checkpoints import UnsafeCheckpointError, verify_checkpoint
+
+    folder = _model_folder(tmp_path / "ok", _nnunet_like_checkpoint)
+    assert check_model_folder(folder, [0]) == folder
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes((folder / "fold_0" / "checkpoint_final.pth").read_bytes()[:100])
+    with pytest.raises(UnsafeCheckpointError, match="truncated.pth"):
+        verify_checkpoint(bad)
+
+
+def test_upstream_hash_mismatch_is_refused(tmp_path):
+    from neonet_toolkit.utilities.checkpoints import UpstreamMismatchError, check_upstream, upstream_record
+
+    vae = tmp_path / "vae.pth"
+    torch.save({"w": torch.ones(2)}, vae)
+    rec = upstream_record({"vae": vae})
+    check_upstream(rec, {"vae": vae}, "LDM fold 0", "Retrain it.")  # unchanged: fine
+    torch.save({"w": torch.zeros(2)}, vae)  # the VAE was retrained
+    with pytest.raises(UpstreamMismatchError, match=r"LDM fold 0 was built on vae .* Retrain it\."):
+        check_upstream(rec, {"vae": vae}, "LDM fold 0", "Retrain it.")
+
+
+def test_move_aside_keeps_previous_results(tmp_path):
+    from neonet_toolkit.utilities.identifiers import fold_folders
+    from neonet_toolkit.utilities.io import move_aside
+
+    fold = tmp_path / "vae__NeoNetPlans" / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_final.pth").write_bytes(b"old")
+    aside = move_aside(fold)
+    assert not fold.exists() and (aside / "checkpoint_final.pth").read_bytes() == b"old"
+    assert fold_folders(tmp_path / "vae__NeoNetPlans") == {}  # never taken for a fold

@@ -213,6 +213,28 @@ def test_resume_continues_from_latest_and_refuses_silent_overwrite(neogen_run):
     assert ck["epoch"] == n + 1 and len(ck["history"]) == n + 2
     assert "resumed from checkpoint_latest.pth" in \
         (neogen_run["res"] / "ldm__NeoNetPlans/fold_0/training_log.txt").read_text(encoding="utf-8")
+    # an interrupted --overwrite never leaves the old final beside the new run: the old fold is moved aside first
+    from neonet_toolkit.training.vae import VAETrainer
+    from neonet_toolkit.utilities.checkpoints import UpstreamMismatchError
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in neogen_run["env"].items():
+            mp.setenv(k, v)
+        vae_dir = neogen_run["res"] / "vae__NeoNetPlans/fold_0"
+        tr = VAETrainer(neogen_run["name"], 0, configuration="gen_test", device="cpu", overwrite=True, epochs=1)
+        mp.setattr(tr, "train_epoch", lambda epoch: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            tr.run()
+        assert not (vae_dir / "checkpoint_final.pth").exists()
+        assert any((p / "checkpoint_final.pth").is_file() for p in vae_dir.parent.glob("fold_0.replaced-*"))
+        # the VAE is retrained: the LDM built on the old one refuses to resume, and says how to fix it
+        assert train_main(["501", "vae", "0", "-device", "cpu", "--configuration", "gen_test", "--overwrite",
+                           "--epochs", "1"]) == 0
+        with pytest.raises(UpstreamMismatchError, match="neonet_train .* ldm 0 --overwrite"):
+            from neonet_toolkit.training.ldm import LDMTrainer
+
+            LDMTrainer(neogen_run["name"], 0, configuration="gen_test", device="cpu", continue_training=True,
+                       epochs=n + 3).run()
     # the synthetic set now derives from a superseded LDM: regenerating needs --overwrite
     from neonet_toolkit.generation.generate import generate_synthetic_set
 

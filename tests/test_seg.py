@@ -170,6 +170,10 @@ def test_seg_continue_and_overwrite_rules(trained):
 
     # a finished fold is never silently retrained
     assert main(["501", "seg", "0", "-device", "cpu", "--configuration", "seg_tiny"]) == 2
+    # a real nnU-Net checkpoint passes the pre-load safety check (allow-list read off these files)
+    from neonet_toolkit.utilities.checkpoints import verify_model_folder
+
+    assert [p.name for p in verify_model_folder(trained["model"], [0])] == ["checkpoint_final.pth"]
 
 
 # ----------------------------------------------------------------------------- masks for the next stages

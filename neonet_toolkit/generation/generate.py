@@ -37,11 +37,12 @@ from neonet_toolkit.networks.generative import (
     label_to_condition,
     load_fold_vae,
     stage_checkpoint_path,
+    vae_checkpoint_path,
 )
 from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
 from neonet_toolkit.preprocessing.synthetic_sets import MANIFEST, synthetic_folder
 from neonet_toolkit.training.gen_common import case_labels
-from neonet_toolkit.utilities.checkpoints import load_checkpoint
+from neonet_toolkit.utilities.checkpoints import check_upstream, load_checkpoint
 from neonet_toolkit.utilities.devices import get_device
 from neonet_toolkit.utilities.identifiers import dataset_folders
 from neonet_toolkit.utilities.io import load_json, save_json, save_npz
@@ -78,6 +79,9 @@ def load_neogen_models(dataset, fold: int, device: str | torch.device = "cpu", p
     cn_path = stage_checkpoint_path(name, "controlnet", fold, plans_name)
     cn = load_checkpoint(cn_path, device)
     ex = cn["extra"]
+    check_upstream(cn.get("upstream"), {"vae": vae_checkpoint_path(name, fold, plans_name),
+                                        "ldm": ex["ldm_checkpoint"]}, f"ControlNet fold {fold} ({cn_path})",
+                   f"Retrain it: `neonet_train {name} controlnet {fold} --overwrite`.")
     ldm = load_checkpoint(ex["ldm_checkpoint"], device)
     latent_channels = int(ex["latent_channels"])
     unet = build_unet(ldm["config"], latent_channels)

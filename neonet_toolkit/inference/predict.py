@@ -90,7 +90,8 @@ class NeoNetPredictor:
     """Loads NeoSeg + NeoCls once; ``predict_case`` runs the whole pipeline for one case."""
 
     def __init__(self, dataset, seg_model: str | Path | None = None, cls_run: str | None = None,
-                 folds: Sequence[int] | None = None, device: str = "auto", plans_name: str = "NeoNetPlans"):
+                 folds: Sequence[int] | None = None, device: str = "auto", plans_name: str = "NeoNetPlans",
+                 trust_checkpoints: bool = False):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -111,7 +112,8 @@ class NeoNetPredictor:
         # NeoSeg
         self.seg_model = Path(seg_model) if seg_model is not None else default_model_folder(self.dataset_name)
         seg_folds = list(folds) if folds is not None else None
-        check_model_folder(self.seg_model, seg_folds)
+        check_model_folder(self.seg_model, seg_folds, trust_checkpoints)
+        self.trust_checkpoints = bool(trust_checkpoints)
         self.seg_folds = seg_folds if seg_folds is not None else model_folds(self.seg_model)
         dev = torch.device("cuda", self.device.index or 0) if self.device.type == "cuda" else self.device
         self.seg = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
@@ -172,6 +174,9 @@ class NeoNetPredictor:
             "toolkit": "neonet_toolkit", "version": __version__, "dataset": self.dataset_name,
             "seg_model": str(self.seg_model.resolve()), "seg_folds": [str(f) for f in self.seg_folds],
             "cls_run": self.cls_run, "cls_folds": [f for f, _, _ in self.classifiers],
+            "checkpoint_check": ("SKIPPED (--trust-checkpoints): nnU-Net loaded the NeoSeg checkpoints unchecked"
+                                 if self.trust_checkpoints else "NeoSeg checkpoints verified loadable with "
+                                 "weights_only=True and an allow-list before nnU-Net loaded them"),
             "plans": self.nplans["plans_name"], "nnunet_plans": self.nplans["nnunet_plans"],
             "crop_size": self.nplans.crop_size, "spacing": self.nplans["spacing"],
             "threshold": float(np.mean([i["threshold"] for _, _, i in self.classifiers])),
@@ -390,12 +395,13 @@ def collect(out: str | Path, provenance: dict | None = None) -> list[dict]:
 
 def predict(input_folder: str | Path, output_folder: str | Path, dataset, seg_model=None, cls_run=None,
             folds=None, device: str = "auto", save_crops: bool = False, saliency: bool = False, num_parts: int = 1,
-            part_id: int = 0, overwrite: bool = False) -> dict:
+            part_id: int = 0, overwrite: bool = False, trust_checkpoints: bool = False) -> dict:
     """Run the whole pipeline on a folder; returns {'cases': [...], 'timings_s': {...}, 'skipped': [...]}."""
     from tqdm import tqdm
 
     out = Path(output_folder)
-    predictor = NeoNetPredictor(dataset, seg_model=seg_model, cls_run=cls_run, folds=folds, device=device)
+    predictor = NeoNetPredictor(dataset, seg_model=seg_model, cls_run=cls_run, folds=folds, device=device,
+                                trust_checkpoints=trust_checkpoints)
     cases = discover_inputs(input_folder, predictor.file_ending, predictor.n_channels,
                             work_folder=out / ".work" / "dicom")
     mine = shard(cases, num_parts, part_id)

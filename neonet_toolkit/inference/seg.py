@@ -56,7 +56,8 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset:
                    folds: Sequence[int | str] | None = None, device: str = "auto",
                    checkpoint_name: str = "checkpoint_final.pth", tile_step_size: float = 0.5,
                    use_mirroring: bool = True, save_probabilities: bool = False, overwrite: bool = True,
-                   num_processes: int = 0, label_names: dict | None = None) -> list[Path]:
+                   num_processes: int = 0, label_names: dict | None = None,
+                   trust_checkpoints: bool = False) -> list[Path]:
     """Segment every case of ``input_folder`` (nnU-Net naming ``CASE_0000.nii.gz``) into ``output_folder``.
 
     Args:
@@ -77,7 +78,7 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset:
         model_folder = default_model_folder(dataset, arch)
     model_folder = Path(model_folder)
     folds = list(folds) if folds is not None else None
-    check_model_folder(model_folder, folds)
+    check_model_folder(model_folder, folds, trust_checkpoints)
     folds = folds if folds is not None else model_folds(model_folder)
     input_folder, output_folder = Path(input_folder), Path(output_folder)
     if not input_folder.is_dir():

@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-parts", dest="num_parts", type=int, default=1)
     p.add_argument("--part-id", dest="part_id", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="redo cases that are already complete")
+    p.add_argument("--trust-checkpoints", dest="trust_checkpoints", action="store_true",
+                   help="skip the safety check of the NeoSeg (nnU-Net) checkpoints, which nnU-Net loads with "
+                        "weights_only=False (any code in the file runs): only for files you trust; recorded in "
+                        "provenance")
     p.add_argument("--collect-only", dest="collect_only", action="store_true",
                    help="only rebuild predictions.csv/json from out/cases (e.g. after sharded runs)")
     add_common(p)
@@ -45,7 +49,8 @@ def _run(args) -> None:
         return
     res = predict(args.input, args.output, args.dataset, seg_model=args.seg_model, cls_run=args.cls_run,
                   folds=args.folds, device=args.device, save_crops=args.save_crops, saliency=args.saliency,
-                  num_parts=args.num_parts, part_id=args.part_id, overwrite=args.overwrite)
+                  num_parts=args.num_parts, part_id=args.part_id, overwrite=args.overwrite,
+                  trust_checkpoints=args.trust_checkpoints)
     print(json.dumps({"predicted": res["predicted"], "skipped": res["skipped"],
                       "timings_s": {k: round(v, 3) for k, v in res["timings_s"].items()}}, indent=2))
     print(f"predictions: {args.output}/predictions.csv")

@@ -28,7 +28,7 @@ import torch
 
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-from neonet_toolkit.utilities.checkpoints import load_checkpoint, save_checkpoint
+from neonet_toolkit.utilities.checkpoints import check_upstream, load_checkpoint, save_checkpoint, upstream_record
 from neonet_toolkit.utilities.devices import Distributed, get_device, unwrap
 from neonet_toolkit.utilities.identifiers import (
     FINAL_CHECKPOINT,
@@ -37,7 +37,7 @@ from neonet_toolkit.utilities.identifiers import (
     fold_folder_name,
     stage_root,
 )
-from neonet_toolkit.utilities.io import save_figure, save_json
+from neonet_toolkit.utilities.io import move_aside, save_figure, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,14 @@ class NeoNetTrainer:
         self.continue_training = continue_training
         self.overwrite = overwrite
         self.history: list[dict] = []
+        self.upstream: dict[str, dict] = {}  # checkpoints this stage is built on (name -> path, sha256)
         self.start_epoch = 0
         self._log_file = None
+
+    def register_upstream(self, **checkpoints: str | Path) -> None:
+        """Record (path, SHA-256) of upstream checkpoints; stored in every checkpoint of this stage and
+        checked on resume, so a stage never silently continues on a retrained upstream."""
+        self.upstream.update(upstream_record(checkpoints))
 
     def fold_output_folder(self, stage_dir: str) -> Path:
         return stage_root(self.results_root, stage_dir, self.plans["plans_name"]) / fold_folder_name(self.fold)
@@ -164,6 +170,7 @@ class NeoNetTrainer:
             "val_ids": self.val_ids,
             "torch_rng_state": torch.get_rng_state(),
             "extra": self.extra_state(),
+            "upstream": self.upstream,
         })
         return state
 
@@ -179,14 +186,21 @@ class NeoNetTrainer:
         if (final.exists() or latest.exists()) and not self.overwrite:
             raise FileExistsError(
                 f"{self.output_folder} already holds a trained {self.stage} model. Use --c to continue training "
-                "or --overwrite to start again (the old checkpoints are replaced)."
+                "or --overwrite to start again (the old fold folder is moved aside first)."
             )
+        if self.overwrite and self.output_folder.is_dir() and self.dist.is_main:
+            aside = move_aside(self.output_folder)
+            self.log("--overwrite: previous results moved to %s", aside)
 
     def _resume(self) -> None:
         for name in (LATEST_CHECKPOINT, FINAL_CHECKPOINT):
             f = self.output_folder / name
             if f.is_file():
                 state = load_checkpoint(f, self.device)
+                check_upstream(state.get("upstream"), {k: v["path"] for k, v in self.upstream.items()},
+                               f"{self.stage} fold {self.fold} ({f})",
+                               f"Retrain this stage: `neonet_train {self.dataset_name} {self.stage} {self.fold} "
+                               "--overwrite`.")
                 for k, mod in self.modules_to_save().items():
                     if mod is not None and k in state:
                         mod.load_state_dict(state[k])

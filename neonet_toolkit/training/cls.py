@@ -400,6 +400,7 @@ class ClsTrainer(NeoNetTrainer):
             self._vae, self.scale_factor, self.vae_config = load_fold_vae(self.dataset_name, self.fold, "cpu",
                                                                           self.plans["plans_name"])
             self.vae_checkpoint = str(ckpt)
+            self.register_upstream(vae=ckpt)
         net, self.optimizer = self._new_model()
         self.network = self.dist.wrap(net)
         self.scaler = make_grad_scaler(self.device)

@@ -28,7 +28,7 @@ from neonet_toolkit.networks.generative import (
 )
 from neonet_toolkit.training.gen_common import add_gen_arguments, common_kwargs
 from neonet_toolkit.training.ldm import LatentDiffusionTrainer
-from neonet_toolkit.utilities.checkpoints import load_checkpoint
+from neonet_toolkit.utilities.checkpoints import check_upstream, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ class ControlNetTrainer(LatentDiffusionTrainer):
         self.load_vae_latents()
         ldm_path = stage_checkpoint_path(self.dataset_name, "ldm", self.fold, self.plans["plans_name"])
         ldm = load_checkpoint(ldm_path, self.device)
+        check_upstream(ldm.get("upstream"), {"vae": self.vae_checkpoint}, f"LDM fold {self.fold} ({ldm_path})",
+                       f"Retrain it: `neonet_train {self.dataset_name} ldm {self.fold} --overwrite`.")
+        self.register_upstream(ldm=ldm_path)
         self.ldm_config = dict(ldm["config"])
         self.ldm_checkpoint = str(ldm_path)
         self.unet = build_unet(self.ldm_config, self.latent_channels).to(self.device)

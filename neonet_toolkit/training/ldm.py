@@ -43,6 +43,7 @@ class LatentDiffusionTrainer(GenTrainer):
         vae, self.scale_factor, self.vae_config = load_fold_vae(self.dataset_name, self.fold, self.device,
                                                                 self.plans["plans_name"])
         self.vae_checkpoint = str(vae_ckpt)
+        self.register_upstream(vae=vae_ckpt)
         freeze(vae)
         self.latent_channels = int(self.vae_config["latent_channels"])
         self.train_mu, self.train_sigma = encode_posteriors(

@@ -1,10 +1,15 @@
 """Checkpoint I/O: atomic saves, and loads that never run code (``torch.load(..., weights_only=True)``)."""
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -26,3 +31,100 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+
+
+# ----------------------------------------------------------------------------- checkpoints handed to nnU-Net
+# nnU-Net loads its own checkpoints with ``torch.load(weights_only=False)``, which runs any code a pickle
+# carries. Before NeoNet hands a model folder to nnU-Net, every checkpoint it will read is checked here
+# without executing it: the globals it references must all be on this allow-list (read off real nnU-Net
+# 2.8 checkpoints: tensors and containers need none; its training log and EMA hold numpy float scalars),
+# and the file must then load with ``weights_only=True``.
+NNUNET_CHECKPOINT_GLOBALS = tuple(
+    g for g in (getattr(np, "_core", np.core).multiarray.scalar, np.dtype,
+                *(getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Float16DType", "Int64DType",
+                                                  "Int32DType", "BoolDType") if hasattr(np, "dtypes")))
+)
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint references code outside the allow-list (or is not a loadable checkpoint)."""
+
+
+def _global_name(obj) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def verify_checkpoint(path: str | Path, allowed=NNUNET_CHECKPOINT_GLOBALS) -> None:
+    """Raise :class:`UnsafeCheckpointError` unless ``path`` loads with ``weights_only=True`` under ``allowed``.
+
+    Nothing in the file is executed: the referenced globals are listed from the pickle stream first."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} not found.")
+    ok = {_global_name(g) for g in allowed}
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as e:  # not a torch zip / pickle at all, truncated, ...
+        raise UnsafeCheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}). "
+                                    "Replace it with the original file.") from None
+    bad = sorted(set(found) - ok)
+    if bad:
+        raise UnsafeCheckpointError(
+            f"{path} references {bad}, which a model checkpoint never needs: loading it (nnU-Net uses "
+            "weights_only=False) could run code planted in the file. Refusing. If you trust this file and its "
+            "source, rerun with --trust-checkpoints (logged and written to provenance).")
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UnsafeCheckpointError(f"{path} does not load as a plain checkpoint ({type(e).__name__}: {e}). "
+                                    "Replace it with the original file, or rerun with --trust-checkpoints if "
+                                    "you trust it.") from None
+
+
+def verify_model_folder(folder: str | Path, folds=None, checkpoint_name: str = "checkpoint_final.pth",
+                        trust: bool = False) -> list[Path]:
+    """Check every ``fold_N/<checkpoint_name>`` (all folds, or ``folds``) of an nnU-Net model folder before
+    nnU-Net loads it. With ``trust=True`` nothing is checked and a warning is logged. Returns the files."""
+    folder = Path(folder)
+    fold_dirs = sorted(folder.glob("fold_*")) if folds is None else [folder / f"fold_{f}" for f in folds]
+    files = [d / checkpoint_name for d in fold_dirs if (d / checkpoint_name).is_file()]
+    if trust:
+        logger.warning("--trust-checkpoints: %d checkpoint(s) in %s are loaded by nnU-Net WITHOUT the safety check "
+                       "(weights_only=False can run code a file carries)", len(files), folder)
+        return files
+    for f in files:
+        verify_checkpoint(f)
+    return files
+
+
+# ----------------------------------------------------------------------------- upstream provenance
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class UpstreamMismatchError(ValueError):
+    """A stage's recorded upstream checkpoint is not the one on disk any more."""
+
+
+def upstream_record(paths: dict[str, str | Path]) -> dict[str, dict]:
+    """``{name: {"path", "sha256"}}`` of the upstream checkpoints a stage is built on."""
+    return {k: {"path": str(p), "sha256": file_sha256(p)} for k, p in paths.items()}
+
+
+def check_upstream(recorded: dict | None, current: dict[str, str | Path], what: str, fix: str) -> None:
+    """Refuse when a checkpoint recorded under ``recorded`` (from :func:`upstream_record`) differs from the
+    file at ``current[name]`` now, e.g. the VAE was retrained after the LDM that uses it."""
+    for name, path in current.items():
+        rec = (recorded or {}).get(name)
+        if rec is None:
+            continue  # written before provenance was recorded
+        now = file_sha256(path)
+        if now != rec["sha256"]:
+            raise UpstreamMismatchError(
+                f"{what} was built on {name} checkpoint {rec['path']} (sha256 {rec['sha256'][:12]}), but {path} "
+                f"now has sha256 {now[:12]}: the {name} was retrained or replaced since. {fix}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +30,20 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def move_aside(folder: str | os.PathLike) -> Path:
+    """Rename ``folder`` to ``<name>.replaced-<timestamp>`` next to it (``--overwrite``: the previous
+    results are kept, never half-replaced, and no stale file stays where the new run writes)."""
+    folder = Path(folder)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = folder.with_name(f"{folder.name}.replaced-{stamp}")
+    n = 1
+    while target.exists():
+        target = folder.with_name(f"{folder.name}.replaced-{stamp}-{n}")
+        n += 1
+    os.replace(folder, target)
+    return target
 
 
 def _json_default(o: Any):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from neonet_toolkit import paths
@@ -24,8 +23,10 @@ from neonet_toolkit.training.seg import ensure_trainer_env
 from neonet_toolkit.training.seg.masks import register_model
 from neonet_toolkit.training.seg.networks import ARCHITECTURES, check_architecture
 from neonet_toolkit.training.seg.trainers import trainer_name
+from neonet_toolkit.utilities.checkpoints import verify_checkpoint
 from neonet_toolkit.utilities.devices import get_device
 from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME, SEG_CONFIGURATION
+from neonet_toolkit.utilities.io import move_aside
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--npz", action="store_true", help="also save validation softmax (nnU-Net --npz)")
     g.add_argument("--from-model", dest="from_model", default=None,
                    help="do not train: use this existing nnU-Net model folder (any trainer) as NeoSeg")
+    g.add_argument("--trust-checkpoints", dest="trust_checkpoints", action="store_true",
+                   help="skip the safety check of the model's checkpoints (nnU-Net loads them with "
+                        "weights_only=False, which runs any code a file carries): only for files you trust")
 
 
 def _device(name: str):
@@ -63,7 +67,8 @@ def _device(name: str):
 def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, device: str = "auto",
               epochs: int | None = None, iterations: int | None = None, val_iterations: int | None = None,
               configuration: str | None = None, continue_training: bool = False, overwrite: bool = False,
-              num_gpus: int = 1, nnunet_configuration: str = NNUNET_CONFIGURATION, npz: bool = False) -> Path:
+              num_gpus: int = 1, nnunet_configuration: str = NNUNET_CONFIGURATION, npz: bool = False,
+              trust_checkpoints: bool = False) -> Path:
     """Train one NeoSeg fold with nnU-Net's ``run_training``; returns the fold folder."""
     env = paths.ensure_environment()
     name = paths.find_dataset_name(dataset)
@@ -89,8 +94,11 @@ def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, devi
         raise FileExistsError(f"{fold_dir} already holds a finished training; use --overwrite to retrain it or "
                               "--c to continue/re-validate.")
     if overwrite and not continue_training and fold_dir.is_dir():
-        logger.warning("--overwrite: removing %s", fold_dir)
-        shutil.rmtree(fold_dir)
+        logger.warning("--overwrite: previous fold moved to %s", move_aside(fold_dir))
+    if continue_training and not trust_checkpoints:  # nnU-Net resumes with torch.load(weights_only=False)
+        for name in ("checkpoint_latest.pth", "checkpoint_final.pth"):
+            if (fold_dir / name).is_file():
+                verify_checkpoint(fold_dir / name)
     overrides = {"NEONET_SEG_CONFIGURATION": configuration, "NEONET_SEG_EPOCHS": epochs,
                  "NEONET_SEG_ITERATIONS": iterations, "NEONET_SEG_VAL_ITERATIONS": val_iterations}
     for k, v in overrides.items():
@@ -110,9 +118,9 @@ def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, devi
 def train_from_args(args) -> None:
     if args.from_model:
 
-        register_model(args.dataset, args.from_model, folds=[args.fold])
+        register_model(args.dataset, args.from_model, folds=[args.fold], trust_checkpoints=args.trust_checkpoints)
         return
     train_seg(args.dataset, args.fold, arch=args.arch, device=args.device, epochs=args.epochs,
               iterations=args.iterations, val_iterations=args.val_iterations, configuration=args.configuration,
               continue_training=args.continue_training, overwrite=args.overwrite, num_gpus=args.num_gpus,
-              nnunet_configuration=args.nnunet_configuration, npz=args.npz)
+              nnunet_configuration=args.nnunet_configuration, npz=args.npz, trust_checkpoints=args.trust_checkpoints)

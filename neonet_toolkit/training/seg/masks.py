@@ -27,6 +27,7 @@ from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPl
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.preprocessing.patches import METADATA_FILE, extract_patch_for_case, patch_folder, settings_hash
 from neonet_toolkit.training.seg.trainers import result_folder
+from neonet_toolkit.utilities.checkpoints import verify_model_folder
 from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME
 from neonet_toolkit.utilities.io import load_json, save_json
 
@@ -86,8 +87,14 @@ def model_folds(model_folder: str | Path) -> list[int | str]:
     return out
 
 
-def check_model_folder(model_folder: str | Path, folds: Iterable | None = None) -> Path:
-    """Validate an nnU-Net model folder (``<Trainer>__<Plans>__<config>``); raise naming what is missing."""
+def check_model_folder(model_folder: str | Path, folds: Iterable | None = None,
+                       trust_checkpoints: bool = False) -> Path:
+    """Validate an nnU-Net model folder (``<Trainer>__<Plans>__<config>``); raise naming what is missing.
+
+    Every ``fold_N/checkpoint_final.pth`` that will be used is verified loadable with
+    ``weights_only=True`` under an allow-list before nnU-Net (which loads with ``weights_only=False``)
+    ever touches it (:func:`neonet_toolkit.utilities.checkpoints.verify_model_folder`);
+    ``trust_checkpoints=True`` skips that check (logged)."""
     model_folder = Path(model_folder)
     if not model_folder.is_dir():
         raise FileNotFoundError(f"NeoSeg model folder {model_folder} does not exist.")
@@ -104,6 +111,7 @@ def check_model_folder(model_folder: str | Path, folds: Iterable | None = None) 
             raise FileNotFoundError(
                 f"NeoSeg model {model_folder} lacks fold(s) {lacking} (trained folds: {have}). Train them "
                 f"(e.g. `neonet_train <dataset> seg {lacking[0]}`) or restrict to the trained folds (--folds).")
+    verify_model_folder(model_folder, folds if folds is not None else have, trust=trust_checkpoints)
     return model_folder
 
 
@@ -123,7 +131,8 @@ def default_model_folder(dataset: int | str, arch: str | None = None) -> Path:
 
 
 def register_model(dataset: int | str, model_folder: str | Path, folds: Iterable | None = None,
-                   label_names: dict | None = None, build_patches: bool = True) -> dict:
+                   label_names: dict | None = None, build_patches: bool = True,
+                   trust_checkpoints: bool = False) -> dict:
     """Use an existing nnU-Net model (any trainer) as NeoSeg for ``dataset``.
 
     Checks the folder, maps its labels by name onto the dataset's (organ and tumour must be
@@ -131,7 +140,7 @@ def register_model(dataset: int | str, model_folder: str | Path, folds: Iterable
     folders hold out-of-fold predictions of the requested folds' cases, builds pred patches.
     """
     name = paths.find_dataset_name(dataset)
-    model_folder = check_model_folder(Path(model_folder).resolve(), folds)
+    model_folder = check_model_folder(Path(model_folder).resolve(), folds, trust_checkpoints)
     ds = NeoNetDataset.load(paths.nnunet_raw() / name)
     model_labels = load_json(model_folder / "dataset.json")["labels"]
     mapping = label_map_by_name(model_labels, ds.dataset_json["labels"], label_names, where=str(model_folder))
