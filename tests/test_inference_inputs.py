@@ -59,8 +59,9 @@ def test_empty_and_unreadable(tmp_path):
     with pytest.raises(DatasetError, match="the folder is empty"):
         discover_inputs(tmp_path)
     (tmp_path / "bad_0000.nii.gz").write_bytes(b"not a nifti")
-    with pytest.raises(DatasetError, match="case 'bad': bad_0000.nii.gz cannot be read"):
-        discover_inputs(tmp_path)
+    # one unreadable case never stops the batch: it is returned with the reason, named (issue #11)
+    (case,) = discover_inputs(tmp_path)
+    assert case.case_id == "bad" and case.error.startswith("case 'bad': ") and "bad_0000.nii.gz" in case.error
 
 
 def test_dicom_series_is_read_with_geometry(tmp_path):

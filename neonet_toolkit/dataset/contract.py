@@ -30,6 +30,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from neonet_toolkit.dataset.errors import DatasetError
+from neonet_toolkit.dataset.file_checks import file_problem
 from neonet_toolkit.utilities.io import load_json
 
 logger = logging.getLogger(__name__)
@@ -41,19 +43,6 @@ DEFAULT_TUMOR_LABELS = ("tumor",)
 _TUMOR_ALIASES = ("tumour",)
 _SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
-
-class DatasetError(ValueError):
-    """A problem with the user's dataset. The message names the case(s) and the fix."""
-
-    def __init__(self, problems: str | Sequence[str]):
-        if isinstance(problems, str):
-            problems = [problems]
-        self.problems = list(problems)
-        if len(self.problems) == 1:
-            msg = self.problems[0]
-        else:
-            msg = f"{len(self.problems)} problems found:\n" + "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(msg)
 
 
 def check_case_id(case_id: str, where: str = "") -> str:
@@ -342,6 +331,9 @@ def verify_case(ds: NeoNetDataset, case_id: str, full: bool = True) -> tuple[lis
     info: dict = {}
     files = [Path(f) for f in ds.cases[case_id]["images"]]
     label_file = ds.label_file(case_id)
+    broken = [m for m in (file_problem(f, case_id) for f in [*files, label_file]) if m]
+    if broken:  # never let SimpleITK zero-fill a truncated file
+        return broken, [], info
     try:
         imgs = [sitk.ReadImage(str(f)) if full else _read_header(f) for f in files]
         lab = sitk.ReadImage(str(label_file)) if full else _read_header(label_file)
@@ -352,6 +344,14 @@ def verify_case(ds: NeoNetDataset, case_id: str, full: bool = True) -> tuple[lis
     info["spacing_xyz"] = [float(s) for s in g_lab[1]]
     for f, img in zip(files, imgs):
         g = _geometry(img)
+        if len(g[0]) != len(g_lab[0]) or len(g[0]) != 3:
+            errors.append(
+                f"case {case_id!r}: image {f.name} has {len(g[0])} dimensions {tuple(g[0])}, the label "
+                f"{len(g_lab[0])}; each image file must be one 3D volume. dataset.json declares "
+                f"{len(ds.dataset_json.get('channel_names', {}))} channel(s): split a multi-channel/4D image into "
+                f"{case_id}_0000, {case_id}_0001, ... files and declare every channel in channel_names."
+            )
+            continue
         if g[0] != g_lab[0]:
             errors.append(
                 f"case {case_id!r}: image {f.name} has size {g[0]} but label has {g_lab[0]}; resample the label onto "

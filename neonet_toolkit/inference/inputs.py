@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from neonet_toolkit.dataset.contract import DatasetError, check_case_id
+from neonet_toolkit.dataset.file_checks import file_problem
 from neonet_toolkit.utilities.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class InputCase:
     source: str = "nnunet"  # or "dicom"
     dicom_folder: Path | None = None
     extra: dict = field(default_factory=dict)
+    error: str | None = None  # why this case cannot be predicted (the others still are)
 
 
 def _strip_ending(name: str, file_ending: str) -> str | None:
@@ -89,9 +91,13 @@ def discover_inputs(input_folder: str | Path, file_ending: str = ".nii.gz", n_ch
                 continue
             groups.setdefault(m["case"], {})[int(m["ch"])] = p
         if bad:
+            suggestion = f"{_sanitize(_strip_ending(bad[0], file_ending))}_0000{file_ending}"
+            fix = (f"rename them, e.g. {bad[0]} -> {suggestion}" if not (folder / suggestion).exists() else
+                   f"{bad[0]} is not an input image ({suggestion} already exists: is it a predicted mask or a label?); "
+                   "move such files out of the input folder")
             raise DatasetError(
                 f"{len(bad)} file(s) in {folder} do not follow nnU-Net naming CASE_XXXX{file_ending} "
-                f"(e.g. {bad[:3]}); rename them, e.g. {_sanitize(_strip_ending(bad[0], file_ending))}_0000{file_ending}."
+                f"(e.g. {bad[:3]}); {fix}."
             )
         cases = []
         problems = []
@@ -145,23 +151,29 @@ def discover_inputs(input_folder: str | Path, file_ending: str = ".nii.gz", n_ch
 
 
 def _check_readable(cases: list[InputCase]) -> None:
+    """Mark each case whose files are unreadable, truncated or not 3D (``case.error``); one bad case never
+    stops the others."""
     import SimpleITK as sitk
 
-    problems = []
     for c in cases:
         for f in c.files:
-            r = sitk.ImageFileReader()
-            r.SetFileName(str(f))
-            try:
-                r.ReadImageInformation()
-            except RuntimeError as e:
-                problems.append(f"case {c.case_id!r}: {f.name} cannot be read ({str(e).splitlines()[0][:120]}); "
-                                "re-export it as NIfTI.")
-                continue
-            if r.GetDimension() != 3:
-                problems.append(f"case {c.case_id!r}: {f.name} is {r.GetDimension()}D; NeoNet needs 3D volumes.")
-    if problems:
-        raise DatasetError(problems)
+            problem = file_problem(f, c.case_id)
+            if problem is None:
+                r = sitk.ImageFileReader()
+                r.SetFileName(str(f))
+                try:
+                    r.ReadImageInformation()
+                    if r.GetDimension() != 3:
+                        problem = (f"case {c.case_id!r}: {f.name} is {r.GetDimension()}D (size {r.GetSize()}); "
+                                   "NeoNet needs one 3D volume per file: split channels into CASE_0000, "
+                                   "CASE_0001, ... files.")
+                except RuntimeError as e:
+                    problem = (f"case {c.case_id!r}: {f.name} cannot be read ({str(e).splitlines()[0][:120]}); "
+                               "re-export it as NIfTI.")
+            if problem:
+                c.error = problem
+                logger.error(problem)
+                break
 
 
 def shard(cases: list[InputCase], num_parts: int = 1, part_id: int = 0) -> list[InputCase]:

@@ -56,7 +56,8 @@ from neonet_toolkit.version import __version__
 
 logger = logging.getLogger(__name__)
 
-CSV_FIELDS = ["case_id", "probability", "decision", "threshold", "fold_probabilities", "tumor_volume_ml",
+CSV_FIELDS = ["case_id", "status", "error", "probability", "decision", "threshold", "fold_probabilities",
+              "tumor_volume_ml",
               "qc_flags"]
 
 
@@ -376,14 +377,15 @@ def collect(out: str | Path, provenance: dict | None = None) -> list[dict]:
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
     w.writeheader()
     for r in recs:
+        failed = r.get("status") == "failed"
         w.writerow({
-            "case_id": r["case_id"],
-            "probability": "" if r["probability"] is None else f"{r['probability']:.6f}",
-            "decision": "" if r["decision"] is None else r["decision"],
+            "case_id": r["case_id"], "status": r.get("status", "ok"), "error": r.get("error", ""),
+            "probability": "" if r.get("probability") is None else f"{r['probability']:.6f}",
+            "decision": "" if r.get("decision") is None else r["decision"],
             "threshold": "" if r.get("threshold") is None else f"{r['threshold']:.6f}",
-            "fold_probabilities": ";".join(f"{k}:{v:.6f}" for k, v in r["fold_probabilities"].items()),
-            "tumor_volume_ml": f"{r['tumor_volume_ml']:.3f}",
-            "qc_flags": ";".join(r["qc_flags"]),
+            "fold_probabilities": ";".join(f"{k}:{v:.6f}" for k, v in r.get("fold_probabilities", {}).items()),
+            "tumor_volume_ml": "" if failed else f"{r['tumor_volume_ml']:.3f}",
+            "qc_flags": ";".join(r.get("qc_flags", [])),
         })
     save_text(buf.getvalue(), out / "predictions.csv")
     prov_file = out / "predictions.json"
@@ -400,6 +402,7 @@ def predict(input_folder: str | Path, output_folder: str | Path, dataset, seg_mo
     from tqdm import tqdm
 
     out = Path(output_folder)
+    check_output_folder(input_folder, out)
     predictor = NeoNetPredictor(dataset, seg_model=seg_model, cls_run=cls_run, folds=folds, device=device,
                                 trust_checkpoints=trust_checkpoints)
     cases = discover_inputs(input_folder, predictor.file_ending, predictor.n_channels,
@@ -415,9 +418,31 @@ def predict(input_folder: str | Path, output_folder: str | Path, dataset, seg_mo
     if done:
         logger.info("%d case(s) already complete in %s (use --overwrite to redo): %s", len(done), out,
                     [c.case_id for c in done][:10])
+    failed = []
     for c in tqdm(todo, desc="neonet_predict", unit="case", disable=None):
-        rec = predictor.predict_case(c, out, save_crops=save_crops, saliency=saliency)
-        logger.info("%s: probability=%s flags=%s", c.case_id, rec["probability"], rec["qc_flags"])
+        try:
+            if c.error:
+                raise DatasetError(c.error)
+            rec = predictor.predict_case(c, out, save_crops=save_crops, saliency=saliency)
+            logger.info("%s: probability=%s flags=%s", c.case_id, rec["probability"], rec["qc_flags"])
+        except Exception as e:  # one bad case never sinks the batch: record it, go on, exit non-zero
+            reason = str(e).splitlines()[0] if isinstance(e, DatasetError) else f"{type(e).__name__}: {e}"
+            logger.error("%s: FAILED (%s)", c.case_id, reason)
+            failed.append(c.case_id)
+            save_json({"case_id": c.case_id, "status": "failed", "error": reason, "probability": None,
+                       "decision": None, "fold_probabilities": {}, "qc_flags": [],
+                       "input_files": [str(f) for f in c.files]}, out / "cases" / f"{c.case_id}.json")
     recs = collect(out, predictor.provenance())
-    return {"cases": recs, "predicted": [c.case_id for c in todo], "skipped": [c.case_id for c in done],
-            "timings_s": dict(predictor.timings)}
+    return {"cases": recs, "predicted": [c for c in (x.case_id for x in todo) if c not in failed],
+            "failed": failed, "skipped": [c.case_id for c in done], "timings_s": dict(predictor.timings)}
+
+
+def check_output_folder(input_folder: str | Path, output_folder: str | Path) -> None:
+    """Refuse an output folder equal to, inside, or containing the input folder (masks named CASE.nii.gz
+    would mix with the input scans, and a later run would read them as inputs)."""
+    inp, out = Path(input_folder).resolve(), Path(output_folder).resolve()
+    if out == inp or inp in out.parents or out in inp.parents:
+        rel = "is" if out == inp else ("is inside" if inp in out.parents else "contains")
+        raise DatasetError(f"Output folder {output_folder} {rel} the input folder {input_folder}: predicted masks "
+                           f"would be mixed with the input scans. Choose a separate folder, e.g. "
+                           f"{inp.parent / (inp.name + '_neonet_predictions')}.")

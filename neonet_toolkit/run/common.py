@@ -6,6 +6,7 @@ import logging
 import sys
 
 from neonet_toolkit.dataset.contract import DatasetError
+from neonet_toolkit.utilities.checkpoints import UnsafeCheckpointError
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -45,11 +46,12 @@ def dispatch_main(argv, keys, build_parser, module_for, entry: str) -> int:
 
 
 def run_cli(fn, args) -> int:
-    """Call ``fn(args)``; turn user errors into one clear message and exit code 2."""
+    """Call ``fn(args)``; turn user errors into one clear message and exit code 2. ``fn`` may return an
+    exit code (e.g. 1 when some cases of a batch failed)."""
     try:
-        fn(args)
-    except (DatasetError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
+        rc = fn(args)
+    except (DatasetError, FileNotFoundError, FileExistsError, ValueError, KeyError, UnsafeCheckpointError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    return 0
+    return rc if isinstance(rc, int) else 0

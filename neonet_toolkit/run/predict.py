@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from neonet_toolkit.inference.predict import collect, predict
 from neonet_toolkit.run.common import add_common, cli_main
@@ -41,19 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args) -> None:
+def _run(args) -> int:
 
     if args.collect_only:
         recs = collect(args.output)
         print(f"{len(recs)} case(s) in {args.output}/predictions.csv")
-        return
+        return 0
     res = predict(args.input, args.output, args.dataset, seg_model=args.seg_model, cls_run=args.cls_run,
                   folds=args.folds, device=args.device, save_crops=args.save_crops, saliency=args.saliency,
                   num_parts=args.num_parts, part_id=args.part_id, overwrite=args.overwrite,
                   trust_checkpoints=args.trust_checkpoints)
-    print(json.dumps({"predicted": res["predicted"], "skipped": res["skipped"],
+    print(json.dumps({"predicted": res["predicted"], "failed": res["failed"], "skipped": res["skipped"],
                       "timings_s": {k: round(v, 3) for k, v in res["timings_s"].items()}}, indent=2))
     print(f"predictions: {args.output}/predictions.csv")
+    if res["failed"]:
+        print(f"error: {len(res['failed'])} case(s) failed (status 'failed' and the reason in predictions.csv): "
+              f"{res['failed']}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv=None) -> int:
