@@ -101,7 +101,8 @@ def find_dataset_name(dataset: int | str) -> str:
         raise FileNotFoundError(
             f"No dataset with id {dataset_id} ({prefix}*) in any of: "
             + ", ".join(f"{k}={v}" for k, v in env.items())
-            + ". Create it (e.g. `neonet_make_demo_dataset -d 501`) or set nnUNet_raw to the folder that holds it."
+            + f". Put the dataset there as Dataset{dataset_id:03d}_<Name> (or, for the phantom, run "
+            f"`neonet_make_demo_dataset -d {dataset_id}`), or set nnUNet_raw to the folder that holds it."
         )
     if len(found) > 1:
         raise RuntimeError(

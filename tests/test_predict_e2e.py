@@ -225,3 +225,48 @@ def test_cli(trained, tmp_path, capsys):
     assert code == 0
     assert "predictions.csv" in capsys.readouterr().out
     assert main(["-i", str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "-d", str(DS)]) == 2
+
+
+def test_one_bad_case_never_sinks_the_batch(trained, tmp_path):
+    """An unreadable input gets a 'failed' row with the reason; the others are predicted; exit status 1."""
+    from neonet_toolkit.run.predict import main
+
+    src = sorted((trained["raw"] / "imagesTs").glob("*_0000.nii.gz"))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for f in src:
+        shutil.copy(f, inp / f.name)
+    data = (inp / src[0].name).read_bytes()
+    (inp / "broken_0000.nii.gz").write_bytes(data[: len(data) // 2])  # truncated: would be zero-filled by ITK
+    code = main(["-i", str(inp), "-o", str(tmp_path / "out"), "-d", str(DS), "-m", str(trained["seg_model"]),
+                 "--cls-run", trained["cls_run"], "-f", "0", "-device", "cpu"])
+    assert code == 1
+    rows = {r["case_id"]: r for r in _read_csv(tmp_path / "out" / "predictions.csv")}
+    assert rows["broken"]["status"] == "failed" and "truncated" in rows["broken"]["error"]
+    good = [f.name[:-12] for f in src]
+    assert all(rows[c]["status"] == "ok" and rows[c]["probability"] != "" for c in good)
+
+
+def test_output_folder_equal_inside_or_containing_the_input_is_refused(trained, tmp_path):
+    inp = trained["raw"] / "imagesTs"
+    for out in (inp, inp / "preds", inp.parent):
+        with pytest.raises(DatasetError, match="input folder"):
+            _predict(trained, inp, out)
+    assert not (inp / "preds").exists()
+
+
+def test_predict_picks_the_only_trained_run_after_an_evaluation(trained, tmp_path):
+    """Issue: `neonet_evaluate DS cls` writes cls_evaluation__NeoNetPlans/, which must never be taken for a run."""
+    from neonet_toolkit.evaluation.cls import evaluate_cls
+    from neonet_toolkit.inference.predict import predict
+
+    evaluate_cls(DS, n_boot=50)
+    assert (trained["root"] / "neonet_results" / trained["raw"].name / "cls_evaluation__NeoNetPlans").is_dir()
+    res = predict(trained["raw"] / "imagesTs", tmp_path / "out", DS, seg_model=trained["seg_model"], folds=[0],
+                  device="cpu")
+    prov = json.loads((tmp_path / "out" / "predictions.json").read_text(encoding="utf-8"))["provenance"]
+    assert prov["cls_run"] == trained["cls_run"] and res["predicted"]
+    # the classifier was trained on ground-truth crops and is applied to NeoSeg's masks: said, per case
+    assert prov["cls_crop_source"] == ["gt"]
+    assert all("gt_trained_classifier_on_predicted_mask" in r["qc_flags"] for r in res["cases"]
+               if r.get("probability") is not None)

@@ -179,7 +179,8 @@ class NeoNetPlans:
         if not isinstance(plans, dict):
             path = Path(plans)
             if not path.is_file():
-                raise FileNotFoundError(f"{path} not found: run `neonet_plan_and_preprocess -d <id>` first.")
+                raise FileNotFoundError(f"{path} not found: run `neonet_plan_and_preprocess -d {path.parent.name}` "
+                                        "first.")
             plans = load_json(path)
         self.plans = plans
 

@@ -111,7 +111,7 @@ def write_or_reuse_splits(preprocessed_folder: Path, case_labels: dict[str, int]
 def load_splits(preprocessed_folder: Path) -> list[dict]:
     f = Path(preprocessed_folder) / SPLITS_FILE
     if not f.is_file():
-        raise FileNotFoundError(f"{f} not found: run `neonet_plan_and_preprocess -d <id>` first.")
+        raise FileNotFoundError(f"{f} not found: run `neonet_plan_and_preprocess -d {f.parent.name}` first.")
     return load_json(f)
 
 

@@ -151,7 +151,8 @@ class NeoNetPredictor:
         if not use or missing:
             raise FileNotFoundError(
                 f"NeoCls run {folder} has trained folds {available}; requested {use or 'any'}. Train the missing "
-                f"folds (`neonet_train {self.dataset_name} cls <fold>`) or choose folds with -f.")
+                f"folds (`neonet_train {self.dataset_name} cls {missing[0] if missing else 0}`) or choose folds "
+                "with -f.")
         for f in use:
             net, info = load_fold_classifier(self.dataset_name, cls_run, int(f), self.device, plans_name)
             if list(info["crop_size"]) != list(self.nplans.crop_size):

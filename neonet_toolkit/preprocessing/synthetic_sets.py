@@ -38,7 +38,9 @@ def synthetic_folder(dataset, fold: int, plans_name: str = "NeoNetPlans") -> Pat
 def load_manifest(folder: str | Path) -> dict:
     f = Path(folder) / MANIFEST
     if not f.is_file():
-        raise FileNotFoundError(f"{f} not found: run `neonet_generate -d <id> -f <fold>` first.")
+        fold = Path(folder).name.replace("fold_", "")
+        raise FileNotFoundError(f"{f} not found: run `neonet_generate -d {Path(folder).parent.parent.name} -f {fold}` "
+                                "first.")
     return load_json(f)
 
 

@@ -110,7 +110,8 @@ def check_model_folder(model_folder: str | Path, folds: Iterable | None = None,
         if lacking:
             raise FileNotFoundError(
                 f"NeoSeg model {model_folder} lacks fold(s) {lacking} (trained folds: {have}). Train them "
-                f"(e.g. `neonet_train <dataset> seg {lacking[0]}`) or restrict to the trained folds (--folds).")
+                f"(e.g. `neonet_train {model_folder.parent.name} seg {lacking[0]}`) or restrict to the trained "
+                "folds (--folds).")
     verify_model_folder(model_folder, folds if folds is not None else have, trust=trust_checkpoints)
     return model_folder
 
