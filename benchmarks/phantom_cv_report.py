@@ -39,7 +39,7 @@ def _env(root: Path) -> None:
 
 
 def _neogen_fold(args) -> dict:
-    root, dataset_id, fold, steps = args
+    root, dataset_id, fold, steps, vae_only = args
     _env(Path(root))
     import torch
 
@@ -50,12 +50,16 @@ def _neogen_fold(args) -> dict:
     from neonet_toolkit.training.vae import VAETrainer
 
     times = {}
-    for name, cls in (("vae", VAETrainer), ("ldm", LDMTrainer), ("controlnet", ControlNetTrainer)):
+    stages = (("vae", VAETrainer),) if vae_only else (("vae", VAETrainer), ("ldm", LDMTrainer),
+                                                      ("controlnet", ControlNetTrainer))
+    for name, cls in stages:
         t = time.perf_counter()
         tr = cls(dataset_id, fold, device="cpu", continue_training=True)
         if not (tr.output_folder / "checkpoint_final.pth").is_file():
             tr.run()
         times[name] = round(time.perf_counter() - t, 1)
+    if vae_only:  # PattenNet's frozen encoder only (no synthetic set on this fold)
+        return {"fold": fold, **times}
     t = time.perf_counter()
     generate_synthetic_set(dataset_id, fold, ratio=1.0, n_majority=-1, steps=steps, device="cpu")
     times["generate"] = round(time.perf_counter() - t, 1)
@@ -92,6 +96,9 @@ def main(argv=None) -> int:
                    help="phantom seed (default 2: the cpu_small presets were tuned on seed 1, never on seed 2)")
     p.add_argument("--arms", nargs="+", default=["synthetic", "both", "oversample", "weighted"])
     p.add_argument("--early-stopping", default=None, help="model selection (default: the plans', nested)")
+    p.add_argument("--neogen-folds", nargs="+", type=int, default=None,
+                   help="folds that get the full NeoGen chain and the synthetic arms (default: all); the other folds "
+                        "get the VAE only and run the real-data arms (R, oversample, weighted)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     root = a.root.resolve()
@@ -111,15 +118,19 @@ def main(argv=None) -> int:
 
     t = time.perf_counter()
     with ProcessPoolExecutor(a.jobs) as ex:
-        gen = list(ex.map(_neogen_fold, [(str(root), a.dataset_id, f, a.steps) for f in a.folds]))
+        neogen = set(a.folds if a.neogen_folds is None else a.neogen_folds)
+        gen = list(ex.map(_neogen_fold, [(str(root), a.dataset_id, f, a.steps, f not in neogen) for f in a.folds]))
     timings["neogen"] = round(time.perf_counter() - t, 1)
 
     # split the architectures into `jobs` groups of similar cost (PattenNet is cheap)
-    groups = [a.archs[i::a.jobs] for i in range(a.jobs) if a.archs[i::a.jobs]]
+    real_arms = [x for x in a.arms if x not in ("synthetic", "both")]
+    jobs = [(list(a.archs), sorted(neogen), list(a.arms)),
+            (list(a.archs), [f for f in a.folds if f not in neogen], real_arms)]
+    jobs = [j for j in jobs if j[1] and j[2]]
     t = time.perf_counter()
-    with ProcessPoolExecutor(len(groups)) as ex:
-        cls = list(ex.map(_cls_group, [(str(root), a.dataset_id, g, a.ratios, a.folds, a.epochs, i == 0, a.arms,
-                                        a.early_stopping) for i, g in enumerate(groups)]))
+    with ProcessPoolExecutor(max(1, min(a.jobs, len(jobs)))) as ex:
+        cls = list(ex.map(_cls_group, [(str(root), a.dataset_id, archs, a.ratios, folds, a.epochs, i == 0, arms,
+                                        a.early_stopping) for i, (archs, folds, arms) in enumerate(jobs)]))
     timings["neocls"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()

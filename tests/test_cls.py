@@ -317,7 +317,7 @@ def test_experiment_grid_evaluation_resume(cls_env):
                             "--configuration", cls_env["cfg"], "--epochs", "1", "--no-shortcut", "--n-boot", "100"]) == 0
 
 
-def test_evaluation_numbers_match_stats(tmp_path, monkeypatch, planned_phantom):
+def test_evaluation_numbers_match_stats(tmp_path, monkeypatch, planned_phantom, capsys):
     """evaluate_cls on hand-written OOF files: per-fold/pooled AUCs and the paired test equal stats/sklearn."""
     from sklearn.metrics import roc_auc_score
 
@@ -355,7 +355,11 @@ def test_evaluation_numbers_match_stats(tmp_path, monkeypatch, planned_phantom):
     assert "ResNet-50" in (Path(res["output"]) / "table2.md").read_text(encoding="utf-8")
     from neonet_toolkit.run.evaluate import main as evaluate_main
 
+    capsys.readouterr()
     assert evaluate_main(["501", "cls", "--n-boot", "100", "--compare", "cls_resnet50_1", "cls_pattennet_1"]) == 0
+    printed = capsys.readouterr().out  # the main table, the protocol, the tests, then the files
+    assert "| PattenNet |" in printed and "PAPER PROTOCOL (OPTIMISTIC)" in printed
+    assert "cls_resnet50_1 vs cls_pattennet_1" in printed and "Holm" in printed and "report.md" in printed
     assert evaluate_main(["501", "cls", "--compare", "cls_resnet50_1", "cls_nope_1"]) == 2
 
 

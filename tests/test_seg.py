@@ -222,7 +222,7 @@ def test_seg_pred_patch_from_perfect_prediction_equals_gt_patch(trained):
 
 
 # ----------------------------------------------------------------------------- prediction and evaluation
-def test_seg_toolkit_prediction_and_evaluation_table(trained, tmp_path):
+def test_seg_toolkit_prediction_and_evaluation_table(trained, tmp_path, capsys):
     from neonet_toolkit.inference.seg import predict_folder
     from neonet_toolkit.run.evaluate import main as evaluate_main
 
@@ -237,7 +237,10 @@ def test_seg_toolkit_prediction_and_evaluation_table(trained, tmp_path):
         assert seg.shape == sitk.GetArrayFromImage(img).shape and set(np.unique(seg)) <= {0, 1, 2}
         assert (seg == 1).sum() > 1000  # the trained model finds the liver
 
+    capsys.readouterr()
     assert evaluate_main(["501", "seg"]) == 0
+    printed = capsys.readouterr().out
+    assert "# NeoSeg segmentation (Table 1 shape)" in printed and "seg_dice.csv" in printed
     out = Path(trained["env"]["neonet_results"]) / DATASET / "evaluation" / "seg"
     md = (out / "seg_dice.md").read_text(encoding="utf-8")
     assert "swinunetr" in md and "liver Dice" in md and "tumor Dice" in md

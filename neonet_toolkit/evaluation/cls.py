@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from neonet_toolkit.dataset.contract import safe_join
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
@@ -283,22 +284,13 @@ def load_shortcut_checks(results_root: Path, plans_name: str = "NeoNetPlans") ->
 
 
 # ----------------------------------------------------------------------------- plots
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _savefig(fig, path: Path) -> None:
     save_figure(fig, path)
 
 
 def plot_roc(results: list[dict], path: Path, title: str = "ROC (pooled out-of-fold)") -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     for r in results:
         if "pooled_delong" not in r:
             continue
@@ -317,8 +309,8 @@ def plot_roc(results: list[dict], path: Path, title: str = "ROC (pooled out-of-f
 
 
 def plot_calibration(r: dict, path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     for key, lab in (("reliability", "recalibrated"), ("reliability_raw", "raw")):
         rc = r["calibration"][key]
         mp, ob = np.array(rc["mean_predicted"], float), np.array(rc["observed"], float)

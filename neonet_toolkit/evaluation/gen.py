@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from neonet_toolkit.evaluation.image_metrics import (
     VIEWS,
@@ -123,12 +124,6 @@ def generation_metrics(dataset, fold: int, fid_network: str = "pca", fid_weights
 
 
 def save_montage(dataset, fold: int, path: Path, n: int = 4, plans_name: str = "NeoNetPlans") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-
     name, pp, _ = dataset_folders(dataset)
     axis = view_axes(NeoNetPlans(pp / NEONET_PLANS_FILE)["transpose_forward"])["axial"]
     syn_folder = synthetic_folder(name, fold, plans_name)
@@ -137,7 +132,8 @@ def save_montage(dataset, fold: int, path: Path, n: int = 4, plans_name: str = "
     by_role = {r: [e for e in entries if e["role"] == r] for r in ("minority", "majority")}
     picked = [e for pair in zip(by_role["minority"], by_role["majority"]) for e in pair] or entries
     picked = (picked + [e for e in entries if e not in picked])[:n]
-    fig, axes = plt.subplots(len(picked), 2, figsize=(6, 3 * len(picked)), squeeze=False)
+    fig = Figure(figsize=(6, 3 * len(picked)))
+    axes = fig.subplots(len(picked), 2, squeeze=False)
     for row, e in enumerate(picked):
         real, lab = load_patch(patch_folder(pp, "gt"), e["source_case"])
         syn, _ = load_synthetic_patch(syn_folder, e["id"])

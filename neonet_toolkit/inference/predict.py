@@ -367,7 +367,7 @@ class NeoNetPredictor:
         sal = self.saliency(img_p) if saliency else None
         if sal is not None:
             write(sal, f"{cid}_saliency.nii.gz")
-        crop_png(img_p, lab_p, folder / f"{cid}_crop.png", saliency=sal, title=cid)
+        crop_png(img_p, lab_p, folder / f"{cid}_crop.png", saliency=sal, title=cid, spacing=self.nplans["spacing"])
 
 
 def collect(out: str | Path, provenance: dict | None = None) -> list[dict]:

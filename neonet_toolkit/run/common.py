@@ -28,10 +28,11 @@ def cli_main(build_parser, fn, argv=None) -> int:
     return run_cli(fn, args)
 
 
-def dispatch_main(argv, keys, build_parser, module_for, entry: str) -> int:
+def dispatch_main(argv, keys, build_parser, module_for, entry: str, after=None) -> int:
     """Entry point of a two-level command (``neonet_train``/``neonet_evaluate``): the first argument that
     names a registered key selects the module whose options are added before strict parsing; the
-    module's ``entry`` function then runs on the parsed arguments."""
+    module's ``entry`` function then runs on the parsed arguments; ``after(key, args, result)``, if
+    given, reports the result (e.g. prints the main table)."""
     key = next((a for a in argv if a in keys), None)
     if key is None:
         build_parser(None).parse_args(argv)  # prints usage / the error for a bad or missing key
@@ -40,7 +41,9 @@ def dispatch_main(argv, keys, build_parser, module_for, entry: str) -> int:
     def _run(_):
         args = build_parser(key).parse_args(argv)
         setup_logging(args.verbose)
-        getattr(module_for(key), entry)(args)
+        result = getattr(module_for(key), entry)(args)
+        if after is not None:
+            after(key, args, result)
 
     return run_cli(_run, None)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from neonet_toolkit.run.common import add_common, dispatch_main
+from neonet_toolkit.utilities.identifiers import dataset_folders, stage_root
 
 TARGETS = {
     "seg": "neonet_toolkit.evaluation.seg",
@@ -39,9 +41,40 @@ def build_parser(what: str | None) -> argparse.ArgumentParser:
     return p
 
 
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p) for p in Path(folder).rglob("*") if p.is_file())
+
+
+def print_summary(what: str, args, result) -> None:
+    """The main table on the terminal (as nnU-Net prints its summary), then where the files are."""
+    if what == "seg":
+        folder = Path(result["output_folder"])
+        print((folder / "seg_dice.md").read_text(encoding="utf-8"))
+    elif what == "gen":
+        _, _, res = dataset_folders(args.dataset)
+        folder = stage_root(res, "gen_evaluation")
+        for fold in sorted(result.get("folds", {})):
+            print(f"## fold {fold}\n")
+            print((folder / f"fold_{fold}" / "tables.md").read_text(encoding="utf-8"))
+    else:
+        folder = Path(result["output"])
+        for f in sorted(folder.glob("table2*.md")):
+            print(f"## {f.stem}\n")
+            print(f.read_text(encoding="utf-8"))
+        tests = result.get("paired_tests", [])
+        if tests:
+            print(f"Paired DeLong tests (Holm-corrected over {len(tests)}):")
+            for t in tests:
+                print(f"  {t['run_a']} vs {t['run_b']}: AUC {t['auc_a']:.3f} vs {t['auc_b']:.3f}, "
+                      f"p = {t['p_value']:.4f} (Holm {t['p_holm']:.4f})")
+    print("files:")
+    for f in _files(folder):
+        print(f"  {f}")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    return dispatch_main(argv, TARGETS, build_parser, target_module, "evaluate_from_args")
+    return dispatch_main(argv, TARGETS, build_parser, target_module, "evaluate_from_args", after=print_summary)
 
 
 if __name__ == "__main__":

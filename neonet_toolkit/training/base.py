@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
@@ -52,15 +53,11 @@ def seed_everything(seed: int) -> None:
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = sorted({k for h in history for k in h if k != "epoch" and isinstance(h[k], (int, float))})
     if not keys:
         return
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for k in keys:
         xs = [h["epoch"] for h in history if k in h]
         ys = [h[k] for h in history if k in h]

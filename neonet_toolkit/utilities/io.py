@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -83,11 +84,13 @@ def save_text(text: str, target: str | os.PathLike) -> None:
 
 
 def save_figure(fig, target: str | os.PathLike, dpi: int = 100) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
+    """Save a matplotlib figure as PNG atomically (and release it if pyplot manages it).
 
+    Library code builds figures with ``matplotlib.figure.Figure`` (no pyplot state, no backend switch);
+    a pyplot figure is closed here so that long runs do not accumulate open figures."""
     target = Path(target)
     with atomic_path(target, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close(fig)
     return target
