@@ -14,14 +14,21 @@ nnUNet_results       ``<root>/neonet_results/nnUNet_results``
 neonet_results       ``<root>/neonet_results``
 ==================== =================================================
 
-:func:`ensure_environment` writes the defaults into ``os.environ`` (``setdefault``), so that
-nnU-Net's own lazily-read paths resolve to the same folders.
+:func:`ensure_environment` only reads: it returns the four folders (defaults filled in) and never
+writes ``os.environ``. nnU-Net reads its variables itself, lazily, on every access; code that calls
+nnU-Net runs inside :func:`nnunet_environment`, which sets the missing variables (and
+``nnUNet_extTrainer`` so nnU-Net finds the NeoSeg trainers) for the duration of the call and
+restores the previous environment afterwards. The console entry points apply the same defaults to
+their own process once, at start (:func:`apply_defaults_to_process`).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 from pathlib import Path
+from typing import Iterator, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +57,65 @@ def _defaults() -> dict[str, Path]:
 
 
 def ensure_environment() -> dict[str, Path]:
-    """Fill unset path variables with the defaults above and return all four as Paths."""
-    out = {}
-    for name, default in _defaults().items():
-        value = os.environ.get(name)
-        if not value:
-            os.environ[name] = str(default)
-            logger.debug("%s is unset, using %s", name, default)
-        out[name] = Path(os.environ[name])
-    return out
+    """The four folders as Paths: the user's variable where set, else the default above (read only)."""
+    return {name: Path(os.environ.get(name) or default) for name, default in _defaults().items()}
+
+
+EXT_TRAINER_ENV = "nnUNet_extTrainer"
+
+
+def nnunet_ext_trainer_dir() -> Path:
+    """The folder to put into ``nnUNet_extTrainer`` so nnU-Net finds the NeoSeg trainers."""
+    return Path(__file__).resolve().parent / "training" / "seg" / "nnunet_ext"
+
+
+def _with_ext_trainer(current: str | None) -> str:
+    d = str(nnunet_ext_trainer_dir())
+    parts = [p for p in (current or "").split(os.pathsep) if p.strip()]
+    if not any(os.path.realpath(p) == os.path.realpath(d) for p in parts):
+        parts.append(d)
+    return os.pathsep.join(parts)
+
+
+@contextlib.contextmanager
+def scoped_environ(values: Mapping[str, object | None]) -> Iterator[None]:
+    """Set environment variables for the duration of a block (``None`` leaves one as it is); restore after."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is not None:
+                os.environ[k] = str(v)
+        yield
+    finally:
+        for k, old in saved.items():
+            if old is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old
+
+
+def nnunet_environment_values(extra: Mapping[str, object | None] | None = None) -> dict[str, str]:
+    """What :func:`nnunet_environment` sets: the four folders, ``nnUNet_extTrainer``, then ``extra``."""
+    values = {k: str(v) for k, v in ensure_environment().items()}
+    values[EXT_TRAINER_ENV] = _with_ext_trainer(os.environ.get(EXT_TRAINER_ENV))
+    values.update({k: str(v) for k, v in (extra or {}).items() if v is not None})
+    return values
+
+
+@contextlib.contextmanager
+def nnunet_environment(extra: Mapping[str, object | None] | None = None) -> Iterator[dict[str, str]]:
+    """Run nnU-Net code with NeoNet's folders and trainers visible; the environment is restored afterwards."""
+    values = nnunet_environment_values(extra)
+    with scoped_environ(values):
+        yield values
+
+
+def apply_defaults_to_process() -> None:
+    """For console entry points only (they own their process): set the unset folder variables and
+    ``nnUNet_extTrainer`` once, so child processes and nnU-Net see the same folders."""
+    for name, value in ensure_environment().items():
+        os.environ.setdefault(name, str(value))
+    os.environ[EXT_TRAINER_ENV] = _with_ext_trainer(os.environ.get(EXT_TRAINER_ENV))
 
 
 def nnunet_raw() -> Path:
@@ -109,3 +166,14 @@ def find_dataset_name(dataset: int | str) -> str:
             f"More than one dataset uses id {dataset_id}: {sorted(found)}. Rename or remove all but one."
         )
     return found.pop()
+
+
+def with_nnunet_environment(fn):
+    """Decorator: run ``fn`` inside :func:`nnunet_environment` (for API functions that call nnU-Net)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with nnunet_environment():
+            return fn(*args, **kwargs)
+
+    return wrapper

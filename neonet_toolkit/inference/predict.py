@@ -41,7 +41,6 @@ from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard
 from neonet_toolkit.inference.report import crop_png
 from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
 from neonet_toolkit.training.cls import decision_rule, load_fold_classifier, predict_proba
-from neonet_toolkit.training.seg import ensure_trainer_env
 from neonet_toolkit.training.seg.masks import (
     check_model_folder,
     default_model_folder,
@@ -87,9 +86,10 @@ def ensemble_decision(probs: Sequence[float], thresholds: Sequence[float]) -> tu
     return p, decision, t
 
 
-class NeoNetPredictor:
+class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run in paths.nnunet_environment
     """Loads NeoSeg + NeoCls once; ``predict_case`` runs the whole pipeline for one case."""
 
+    @paths.with_nnunet_environment
     def __init__(self, dataset, seg_model: str | Path | None = None, cls_run: str | None = None,
                  folds: Sequence[int] | None = None, device: str = "auto", plans_name: str = "NeoNetPlans",
                  trust_checkpoints: bool = False):
@@ -98,7 +98,6 @@ class NeoNetPredictor:
 
 
         env = paths.ensure_environment()
-        ensure_trainer_env()
         self.dataset_name = paths.find_dataset_name(dataset)
         pp = env["nnUNet_preprocessed"] / self.dataset_name
         self.nplans = NeoNetPlans(pp / NEONET_PLANS_FILE)
@@ -292,6 +291,7 @@ class NeoNetPredictor:
             maps.append((full - occ_map).cpu().numpy())
         return np.mean(maps, 0).astype(np.float32)
 
+    @paths.with_nnunet_environment
     def predict_case(self, case: InputCase, out: Path, save_crops: bool = False, saliency: bool = False) -> dict:
         seg, props, data, fold_tumors = self.segment(case)
         removed = self.remove_spurious_tumor(seg, props["spacing"])

@@ -15,7 +15,6 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from neonet_toolkit import paths
-from neonet_toolkit.training.seg import ensure_trainer_env
 from neonet_toolkit.training.seg.masks import (
     check_model_folder,
     default_model_folder,
@@ -51,6 +50,7 @@ def relabel_files(files: Iterable[Path], label_map: dict[int, int], reader_write
             reader_writer.write_seg(out, str(tmp), props)
 
 
+@paths.with_nnunet_environment
 def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset: int | str | None = None,
                    model_folder: str | Path | None = None, arch: str | None = None,
                    folds: Sequence[int | str] | None = None, device: str = "auto",
@@ -71,7 +71,6 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset:
 
 
     paths.ensure_environment()
-    ensure_trainer_env()
     if model_folder is None:
         if dataset is None:
             raise ValueError("predict_folder needs a dataset (to find its NeoSeg model) or a model_folder.")

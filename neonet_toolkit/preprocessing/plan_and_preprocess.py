@@ -45,6 +45,7 @@ def _write_preprocess_stamp(pp_dataset: Path, plans: dict, case_ids: list[str]) 
                                      plans["transpose_forward"], case_ids)}, pp_dataset / PREPROCESS_STAMP)
 
 
+@paths.with_nnunet_environment
 def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_dataset_integrity: bool = False,
                         clean: bool = False, overwrite_splits: bool = False, n_folds: int = 5, seed: int = 12345,
                         crop_size_xyz=None) -> dict:

@@ -5,11 +5,15 @@ import argparse
 import logging
 import sys
 
+from neonet_toolkit import paths
 from neonet_toolkit.dataset.contract import DatasetError
 from neonet_toolkit.utilities.checkpoints import UnsafeCheckpointError
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Logging for a console command; also gives the command's own process NeoNet's folder defaults (the
+    process belongs to the command: child processes and nnU-Net then see the same folders)."""
+    paths.apply_defaults_to_process()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

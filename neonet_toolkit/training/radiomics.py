@@ -14,6 +14,7 @@ L2 logistic regression fitted on the fold's real training cases only (no synthet
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -51,12 +52,23 @@ def radiomics_available() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _quiet_radiomics():
+    """pyradiomics logs every feature at INFO: quiet it for the duration of an extraction, then restore."""
+    log = logging.getLogger("radiomics")
+    old = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
 def _extractor():
     if not radiomics_available():
         raise RadiomicsUnavailable(INSTALL_HINT)
     from radiomics import featureextractor
 
-    logging.getLogger("radiomics").setLevel(logging.ERROR)
     ext = featureextractor.RadiomicsFeatureExtractor(binCount=32, force2D=False, label=1, minimumROIDimensions=1,
                                                      minimumROISize=1)
     ext.disableAllFeatures()
@@ -111,7 +123,8 @@ def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source:
     todo = [c for c in needed if c not in cache]
     for c in tqdm(todo, desc="radiomics", disable=None):
         img, lab = load_patch(pf, c)
-        cache[c] = extract_case_features(img, lab, list(meta[c]["spacing"])[::-1], ext)
+        with _quiet_radiomics():
+            cache[c] = extract_case_features(img, lab, list(meta[c]["spacing"])[::-1], ext)
     if todo:
         save_json(cache, cache_f)
     keys = sorted(set.intersection(*(set(cache[c]) for c in needed)))

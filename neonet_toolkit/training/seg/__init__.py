@@ -7,25 +7,23 @@ list of folders). :func:`ensure_trainer_env` adds this package's trainer folder;
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
+
+from neonet_toolkit import paths
 
 logger = logging.getLogger(__name__)
 
-EXT_TRAINER_ENV = "nnUNet_extTrainer"
+EXT_TRAINER_ENV = paths.EXT_TRAINER_ENV
 
 
 def trainer_dir() -> Path:
     """The folder to put into ``nnUNet_extTrainer`` so nnU-Net finds the NeoSeg trainers."""
-    return Path(__file__).resolve().parent / "nnunet_ext"
+    return paths.nnunet_ext_trainer_dir()
 
 
 def ensure_trainer_env() -> str:
-    """Append :func:`trainer_dir` to ``nnUNet_extTrainer`` (keeping the user's entries). Returns the value."""
-    d = str(trainer_dir())
-    current = [p for p in os.environ.get(EXT_TRAINER_ENV, "").split(os.pathsep) if p.strip()]
-    if not any(os.path.realpath(p) == os.path.realpath(d) for p in current):
-        current.append(d)
-        os.environ[EXT_TRAINER_ENV] = os.pathsep.join(current)
-        logger.debug("%s=%s", EXT_TRAINER_ENV, os.environ[EXT_TRAINER_ENV])
-    return os.environ[EXT_TRAINER_ENV]
+    """The ``nnUNet_extTrainer`` value that lets nnU-Net find the NeoSeg trainers (the user's entries kept).
+
+    It is only *set* for the duration of NeoNet's nnU-Net calls (:func:`neonet_toolkit.paths.nnunet_environment`)
+    and by the console entry points for their own process; this function never writes ``os.environ``."""
+    return paths.nnunet_environment_values()[EXT_TRAINER_ENV]

@@ -19,7 +19,6 @@ from pathlib import Path
 from neonet_toolkit import paths
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-from neonet_toolkit.training.seg import ensure_trainer_env
 from neonet_toolkit.training.seg.masks import register_model
 from neonet_toolkit.training.seg.networks import ARCHITECTURES, check_architecture
 from neonet_toolkit.training.seg.trainers import trainer_name
@@ -96,22 +95,20 @@ def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, devi
     if overwrite and not continue_training and fold_dir.is_dir():
         logger.warning("--overwrite: previous fold moved to %s", move_aside(fold_dir))
     if continue_training and not trust_checkpoints:  # nnU-Net resumes with torch.load(weights_only=False)
-        for name in ("checkpoint_latest.pth", "checkpoint_final.pth"):
-            if (fold_dir / name).is_file():
-                verify_checkpoint(fold_dir / name)
+        for ck in ("checkpoint_latest.pth", "checkpoint_final.pth"):
+            if (fold_dir / ck).is_file():
+                verify_checkpoint(fold_dir / ck)
+    # the NeoSeg trainer reads these (and nnU-Net its folders + nnUNet_extTrainer) for this call only
     overrides = {"NEONET_SEG_CONFIGURATION": configuration, "NEONET_SEG_EPOCHS": epochs,
-                 "NEONET_SEG_ITERATIONS": iterations, "NEONET_SEG_VAL_ITERATIONS": val_iterations}
-    for k, v in overrides.items():
-        if v is not None:
-            os.environ[k] = str(v)
-    ensure_trainer_env()
-    os.environ.setdefault("nnUNet_def_n_proc", str(max(1, min(8, os.cpu_count() or 1))))
+                 "NEONET_SEG_ITERATIONS": iterations, "NEONET_SEG_VAL_ITERATIONS": val_iterations,
+                 "nnUNet_def_n_proc": os.environ.get("nnUNet_def_n_proc") or max(1, min(8, os.cpu_count() or 1))}
     from nnunetv2.run.run_training import run_training
 
     logger.info("NeoSeg: nnUNetv2_train %s %s %s -p %s -tr %s -device %s%s", name, nnunet_configuration, fold,
                 NNUNET_PLANS, tr, dev.type, f" -num_gpus {num_gpus}" if num_gpus > 1 else "")
-    run_training(name, nnunet_configuration, fold, tr, NNUNET_PLANS, num_gpus=num_gpus,
-                 export_validation_probabilities=npz, continue_training=continue_training, device=dev)
+    with paths.nnunet_environment(overrides):
+        run_training(name, nnunet_configuration, fold, tr, NNUNET_PLANS, num_gpus=num_gpus,
+                     export_validation_probabilities=npz, continue_training=continue_training, device=dev)
     return fold_dir
 
 
