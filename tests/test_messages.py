@@ -33,3 +33,24 @@ def test_suggested_commands_name_the_dataset_in_use(tmp_path, monkeypatch):
     (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"x")
     with pytest.raises(FileNotFoundError, match=r"neonet_train Dataset612_Liver seg 2`"):
         check_model_folder(model, [2])
+
+
+def test_monai_generative_next_to_monai_core_gives_a_clear_warning(monkeypatch, caplog, tmp_path):
+    from importlib import metadata
+
+    for k in (*paths.ENV_VARS, "nnUNet_extTrainer"):  # setup_logging gives a CLI process its defaults
+        monkeypatch.setenv(k, str(tmp_path / k))
+
+    from neonet_toolkit.run.common import setup_logging
+    from neonet_toolkit.utilities import package_checks
+
+    real = metadata.version
+    monkeypatch.setattr(package_checks.metadata, "version",
+                        lambda name: "0.2.3" if name == "monai-generative" else real(name))
+    msg = package_checks.monai_generative_warning()
+    assert "monai-generative 0.2.3" in msg and "pip uninstall monai-generative" in msg and "MONAI core" in msg
+    with caplog.at_level("WARNING"):
+        setup_logging()
+    assert "monai-generative 0.2.3 is installed" in caplog.text
+    monkeypatch.setattr(package_checks.metadata, "version", real)
+    assert package_checks.monai_generative_warning() is None  # not installed here

@@ -154,7 +154,13 @@ def test_paths_defaults_and_user_variables_win(monkeypatch, tmp_path):
     env = paths.ensure_environment()
     assert env["nnUNet_raw"] == tmp_path / "nnUNet_raw"
     assert env["neonet_results"] == tmp_path / "neonet_results"
-    assert os.environ["nnUNet_preprocessed"] == str(tmp_path / "neonet_results" / "nnUNet_preprocessed")
+    # reading the folders never writes the environment (issue #9); nnU-Net calls see them in a scope
+    assert "nnUNet_preprocessed" not in os.environ
+    with paths.nnunet_environment({"NEONET_SEG_EPOCHS": 3}):
+        assert os.environ["nnUNet_preprocessed"] == str(tmp_path / "neonet_results" / "nnUNet_preprocessed")
+        assert os.environ["NEONET_SEG_EPOCHS"] == "3"
+        assert str(paths.nnunet_ext_trainer_dir()) in os.environ["nnUNet_extTrainer"].split(os.pathsep)
+    assert "nnUNet_preprocessed" not in os.environ and "NEONET_SEG_EPOCHS" not in os.environ
     monkeypatch.setenv("nnUNet_raw", "/data/mine")
     assert paths.ensure_environment()["nnUNet_raw"] == Path("/data/mine")
 
@@ -164,3 +170,25 @@ def test_cli_reports_bad_dataset_clearly(isolated_env, capsys):
 
     assert main(["-d", "999"]) == 2
     assert "No dataset with id 999" in capsys.readouterr().err
+
+
+def test_first_look_summary_montage_and_nnunet_commands(planned_phantom):
+    """After planning: cases per class and fold, shapes, the crop vs the tumours, the configuration, a montage
+    of TLCR crops, and the plain nnU-Net commands for this dataset."""
+    import json as _json
+
+    from neonet_toolkit.preprocessing.planning_report import MONTAGE_FILE, SUMMARY_FILE, nnunet_commands
+
+    pp = Path(planned_phantom["preprocessed"])
+    text = (pp / SUMMARY_FILE).read_text(encoding="utf-8")
+    splits = _json.loads((pp / "splits_final.json").read_text(encoding="utf-8"))
+    for k, sp in enumerate(splits):
+        assert f"| {k} | {len(sp['train'])} (" in text
+    assert "**Cases**: 20 (7 PNI=1, 13 PNI=0)" in text
+    assert "**TLCR crop**: [16, 32, 32] voxels = [48.0, 48.0, 48.0] mm" in text
+    assert "Tumour larger than the crop:" in text and "`cpu_small`" in text
+    png = (pp / MONTAGE_FILE).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    cmds = nnunet_commands(planned_phantom["dataset_name"], "/x/nnunet_ext")
+    assert cmds[1] == "nnUNetv2_train 501 3d_fullres 0 -p NeoNetPlans -tr NeoSegTrainer"
+    assert "-d 501 -c 3d_fullres -p NeoNetPlans -tr NeoSegTrainer" in cmds[2]

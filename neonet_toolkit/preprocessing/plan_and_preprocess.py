@@ -12,12 +12,15 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.contract import DatasetError, NeoNetDataset, verify_dataset
 from neonet_toolkit.experiment_planning.planner import NEONET_NNUNET_PLANS, NeoNetExperimentPlanner
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, build_neonet_plans
 from neonet_toolkit.experiment_planning.splits import write_or_reuse_splits
 from neonet_toolkit.preprocessing.patches import extract_gt_patches, settings_hash, tumor_report
+from neonet_toolkit.preprocessing.planning_report import nnunet_commands, write_planning_report
 from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
@@ -141,6 +144,12 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
                        len(tr["cases_empty_tumor"]), tr["cases_empty_tumor"])
     NeoNetPlans(plans).save(plans_file)
     report["plans_file"] = str(plans_file)
+    first_look = write_planning_report(pp, NeoNetPlans(plans), splits, ds.case_labels,
+                                       load_json(pp / "dataset_fingerprint.json"),
+                                       "cuda" if torch.cuda.is_available() else "cpu")
+    report["planning_summary"] = first_look["summary_file"]
+    report["planning_montage"] = first_look["montage_file"]
+    report["nnunet_commands"] = nnunet_commands(name, str(paths.nnunet_ext_trainer_dir()))
     report["n_patches"] = len(meta["cases"])
     report["cases_tumor_exceeds_crop"] = tr["cases_tumor_exceeds_crop"]
     report["timings_s"]["total"] = time.perf_counter() - t0

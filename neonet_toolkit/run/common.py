@@ -8,6 +8,7 @@ import sys
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.contract import DatasetError
 from neonet_toolkit.utilities.checkpoints import UnsafeCheckpointError
+from neonet_toolkit.utilities.package_checks import monai_generative_warning
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -19,6 +20,9 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    warning = monai_generative_warning()
+    if warning:
+        logging.getLogger("neonet_toolkit").warning(warning)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

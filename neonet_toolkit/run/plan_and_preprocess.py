@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
 from neonet_toolkit.run.common import add_common, cli_main
@@ -36,7 +37,10 @@ def _run(args) -> None:
                                      verify_dataset_integrity=args.verify_dataset_integrity, clean=args.clean,
                                      overwrite_splits=args.overwrite_splits, n_folds=args.n_folds, seed=args.seed,
                                      crop_size_xyz=args.crop_size)
-        print(json.dumps(report, indent=2))
+        print(Path(report["planning_summary"]).read_text(encoding="utf-8"))
+        print(f"crop montage: {report['planning_montage']}")
+        print("plain nnU-Net on this dataset:\n  " + "\n  ".join(report["nnunet_commands"]))
+        print(json.dumps({k: v for k, v in report.items() if k != "nnunet_commands"}, indent=2))
 
 
 def main(argv=None) -> int:
