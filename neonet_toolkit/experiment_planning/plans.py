@@ -28,6 +28,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from neonet_toolkit.experiment_planning.settings import as_dict, validate_stage
 from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
@@ -68,14 +69,16 @@ def _gpu_full(n_vae_down: int, ldm_levels: int) -> dict:
                 "initial_lr": 1e-4, "weight_decay": 1e-5, "optimizer": "AdamW", "loss": "dice_ce"},
         "vae": {"channels": vae_channels, "latent_channels": 4, "num_res_blocks": 1, "norm_num_groups": 32,
                 "attention_levels": [False] * len(vae_channels), "kl_weight": 1e-7, "loss": "l1",
-                "epochs": 6000, "lr": 1e-6, "batch_size": 2},
+                "epochs": 6000, "lr": 1e-6, "batch_size": 2, "weight_decay": 0.0, "val_every": 50},
         "ldm": {"channels": ldm_channels, "num_res_blocks": 2, "norm_num_groups": 32,
                 "attention_levels": [False] + [True] * (ldm_levels - 1), "num_head_channels": 32,
-                "num_train_timesteps": 1000, "loss": "l2", "epochs": 6000, "lr": 1e-5, "batch_size": 2},
+                "num_train_timesteps": 1000, "schedule": "scaled_linear_beta", "beta_start": 0.0015,
+                "beta_end": 0.0195, "loss": "l2", "epochs": 6000, "lr": 1e-5, "batch_size": 2, "weight_decay": 0.0,
+                "val_every": 50},
         # conditioning embedding: n_vae_down stride-2 convs, so the full-resolution mask lands on the latent grid
         "controlnet": {"conditioning_embedding_num_channels": [16, 32, 64, 96][: n_vae_down + 1],
                        "class_conditional": True, "epochs": 3000, "lr": 1e-5, "batch_size": 8, "loss": "l2",
-                       "val_every": 50},
+                       "weight_decay": 0.0, "val_every": 50},
         "sampling": {"steps": 50, "sampler": "ddim", "eta": 0.0},
         # NeoCls (docs/neocls.md). early_stopping (model selection): "nested" (default) = inner stratified
         # k-fold of the training fold picks the epoch and fits calibration + threshold, then a refit on the
@@ -225,10 +228,16 @@ class NeoNetPlans:
         return resolved
 
     def stage(self, stage: str, configuration: str | None = None, device: str = "cpu") -> dict:
+        """The resolved settings of one stage, validated once (unknown keys and wrong types are refused)."""
         conf = self.configuration(configuration, device)
         if stage not in conf:
             raise KeyError(f"Stage {stage!r} not configured; stages: {[s for s in conf if s != 'name']}.")
-        return conf[stage]
+        return as_dict(validate_stage(stage, conf[stage], conf["name"]))
+
+    def settings(self, stage: str, configuration: str | None = None, device: str = "cpu"):
+        """The stage's settings as its typed, frozen dataclass (:mod:`.settings`)."""
+        conf = self.configuration(configuration, device)
+        return validate_stage(stage, conf[stage], conf["name"])
 
     def save(self, path: str | Path) -> None:
         save_json(self.plans, path)

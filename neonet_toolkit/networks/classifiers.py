@@ -44,7 +44,7 @@ def parse_arch(arch: str, cfg: dict | None = None) -> dict:
     cfg = cfg or {}
     a = arch.lower().strip()
     if a.startswith("pattennet"):
-        n_dab, mode = int(cfg.get("n_dab", 2)), str(cfg.get("dab_mode", "channel_spatial"))
+        n_dab, mode = int(cfg["n_dab"]), str(cfg["dab_mode"])
         for tok in [t for t in a[len("pattennet"):].split("_") if t]:
             m = re.fullmatch(r"dab(\d)", tok)
             if m:
@@ -152,16 +152,16 @@ def build_classifier(arch: str, cfg: dict | None = None, in_channels: int = 2, v
         if vae_config is None:
             raise ValueError("PattenNet needs the fold's VAE: train the VAE stage of this fold first.")
         enc = FrozenVAEEncoder(vae_config, scale_factor, vae=vae)
-        return PattenNet(enc, n_dab=info["n_dab"], dab_mode=info["dab_mode"], input_mode=cfg.get("input_mode", "shared"),
-                         adapter_channels=int(cfg.get("adapter_channels", 32)), reduction=int(cfg.get("reduction", 4)),
-                         spatial_kernel=int(cfg.get("spatial_kernel", 7)), head_hidden=int(cfg.get("head_hidden", 64)),
-                         dropout=float(cfg.get("dropout", 0.2)), in_channels=in_channels)
+        return PattenNet(enc, n_dab=info["n_dab"], dab_mode=info["dab_mode"], input_mode=cfg["input_mode"],
+                         adapter_channels=int(cfg["adapter_channels"]), reduction=int(cfg["reduction"]),
+                         spatial_kernel=int(cfg["spatial_kernel"]), head_hidden=int(cfg["head_hidden"]),
+                         dropout=float(cfg["dropout"]), in_channels=in_channels)
     if fam == "resnet":
         from monai.networks import nets
 
         fn = getattr(nets, f"resnet{info['depth']}")
         return fn(spatial_dims=3, n_input_channels=in_channels, num_classes=1,
-                  conv1_t_stride=int(cfg.get("resnet_conv1_stride", 2)))
+                  conv1_t_stride=int(cfg["resnet_conv1_stride"]))
     if fam == "densenet":
         from monai.networks import nets
 
@@ -172,4 +172,4 @@ def build_classifier(arch: str, cfg: dict | None = None, in_channels: int = 2, v
 
         return PadToMinimum(EfficientNetBN(f"efficientnet-b{info['variant']}", pretrained=False, spatial_dims=3,
                                            in_channels=in_channels, num_classes=1), 32)
-    return SwinClassifier(in_channels, feature_size=int(cfg.get("swin_feature_size", 24)))
+    return SwinClassifier(in_channels, feature_size=int(cfg["swin_feature_size"]))

@@ -28,10 +28,10 @@ def make_noise_scheduler(ldm_cfg: dict):
     from monai.networks.schedulers import DDPMScheduler
 
     return DDPMScheduler(
-        num_train_timesteps=int(ldm_cfg.get("num_train_timesteps", 1000)),
-        schedule=str(ldm_cfg.get("schedule", "scaled_linear_beta")),
-        beta_start=float(ldm_cfg.get("beta_start", 0.0015)),
-        beta_end=float(ldm_cfg.get("beta_end", 0.0195)),
+        num_train_timesteps=int(ldm_cfg["num_train_timesteps"]),
+        schedule=str(ldm_cfg["schedule"]),
+        beta_start=float(ldm_cfg["beta_start"]),
+        beta_end=float(ldm_cfg["beta_end"]),
         clip_sample=False,
         prediction_type="epsilon",
     )

@@ -48,9 +48,9 @@ def build_vae(cfg: dict) -> AutoencoderKL:
         out_channels=VAE_IN_CHANNELS,
         channels=channels,
         latent_channels=int(cfg["latent_channels"]),
-        num_res_blocks=int(cfg.get("num_res_blocks", 1)),
-        norm_num_groups=int(cfg.get("norm_num_groups", 8)),
-        attention_levels=tuple(bool(a) for a in cfg.get("attention_levels", [False] * len(channels))),
+        num_res_blocks=int(cfg["num_res_blocks"]),
+        norm_num_groups=int(cfg["norm_num_groups"]),
+        attention_levels=tuple(bool(a) for a in cfg["attention_levels"]),
         with_encoder_nonlocal_attn=False,
         with_decoder_nonlocal_attn=False,
     )
@@ -102,11 +102,11 @@ def _unet_kwargs(ldm_cfg: dict, latent_channels: int) -> dict:
     return dict(
         spatial_dims=3,
         in_channels=int(latent_channels),
-        num_res_blocks=int(ldm_cfg.get("num_res_blocks", 1)),
+        num_res_blocks=int(ldm_cfg["num_res_blocks"]),
         channels=channels,
-        attention_levels=tuple(bool(a) for a in ldm_cfg.get("attention_levels", [False] * len(channels))),
-        norm_num_groups=int(ldm_cfg.get("norm_num_groups", 8)),
-        num_head_channels=int(ldm_cfg.get("num_head_channels", 8)),
+        attention_levels=tuple(bool(a) for a in ldm_cfg["attention_levels"]),
+        norm_num_groups=int(ldm_cfg["norm_num_groups"]),
+        num_head_channels=int(ldm_cfg["num_head_channels"]),
     )
 
 

@@ -119,6 +119,13 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
         for key in ("dataset_name", "nnunet_plans", "seg_configuration", "target", "label_roles", "spacing",
                     "transpose_forward", "transpose_backward", "class_counts"):
             plans[key] = fresh[key]
+        # settings added by a newer NeoNet: filled in, never overriding a value the user set
+        for conf_name, conf in fresh["configurations"].items():
+            mine = plans["configurations"].setdefault(conf_name, conf)
+            for stage, values in conf.items():
+                if isinstance(values, dict) and isinstance(mine.get(stage), dict):
+                    for k, v in values.items():
+                        mine[stage].setdefault(k, v)
         logger.info("Keeping existing %s (delete it or use --clean to regenerate).", plans_file)
     else:
         if plans_file.is_file():

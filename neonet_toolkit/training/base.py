@@ -89,7 +89,7 @@ class NeoNetTrainer:
         self.config = dict(self.plans.stage(self.stage, self.configuration_name, self.device.type))
         if epochs is not None:
             self.config["epochs"] = int(epochs)
-        self.num_epochs = int(self.config.get("epochs", 1))
+        self.num_epochs = int(self.config["epochs"])
         self.fold = int(fold)
         split = get_fold(load_splits(self.preprocessed), self.fold)
         self.train_ids, self.val_ids = list(split["train"]), list(split["val"])

@@ -49,7 +49,7 @@ class ControlNetTrainer(LatentDiffusionTrainer):
         self.unet.load_state_dict(ldm["network"])
         freeze(self.unet)
         vae_down = int(self.plans["latent"]["vae_downsampling"])
-        self.class_conditional = bool(self.config.get("class_conditional", True))
+        self.class_conditional = bool(self.config["class_conditional"])
         self.network = build_controlnet(self.ldm_config, self.config, self.latent_channels, vae_down,
                                         num_class_embeds=2 if self.class_conditional else None).to(self.device)
         init_controlnet_from_unet(self.network, self.unet)  # a resumed checkpoint then overwrites it

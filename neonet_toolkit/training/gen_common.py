@@ -107,7 +107,7 @@ class GenTrainer(NeoNetTrainer):
         net = self.trainable()
         self.optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad],
                                            lr=float(self.config["lr"]),
-                                           weight_decay=float(self.config.get("weight_decay", 0.0)))
+                                           weight_decay=float(self.config["weight_decay"]))
         self.scaler = make_grad_scaler(self.device)
         self.ddp_model = self.dist.wrap(net)
         if self.dist.is_main:
@@ -127,7 +127,7 @@ class GenTrainer(NeoNetTrainer):
         self.trainable().train()
         rng = np.random.default_rng(self.seed * 1000 + epoch * 10 + self.dist.rank)
         gen = self._generator(epoch, 1)
-        bs = int(self.config.get("batch_size", 2))
+        bs = int(self.config["batch_size"])
         losses, logs = [], {}
         for chunk in batches(self.my_items, bs, rng):
             idx = torch.tensor(chunk, dtype=torch.long)
@@ -150,13 +150,13 @@ class GenTrainer(NeoNetTrainer):
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:
-        every = int(self.config.get("val_every", 10))
+        every = int(self.config["val_every"])
         if len(self.val_ids) == 0 or not (epoch % every == 0 or epoch == self.num_epochs - 1):
             return {}
         self.trainable().eval()
         gen = torch.Generator().manual_seed(int(self.seed) + 424242)  # same validation noise every epoch
         vals = []
-        for chunk in batches(list(range(len(self.val_ids))), int(self.config.get("batch_size", 2))):
+        for chunk in batches(list(range(len(self.val_ids))), int(self.config["batch_size"])):
             loss, _ = self.compute_loss(torch.tensor(chunk, dtype=torch.long), gen, train=False)
             vals.append(float(loss) * len(chunk))
         return {"val_loss": float(np.sum(vals) / len(self.val_ids))}

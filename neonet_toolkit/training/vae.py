@@ -42,7 +42,7 @@ class VAETrainer(GenTrainer):
         recon, z_mu, z_sigma = self.run_model(x, eps)
         l1 = torch.nn.functional.l1_loss(recon.float(), x)
         kl = kl_loss(z_mu.float(), z_sigma.float())
-        loss = l1 + float(self.config.get("kl_weight", 1e-7)) * kl
+        loss = l1 + float(self.config["kl_weight"]) * kl
         return loss, {"l1": l1.detach(), "kl": kl.detach()}
 
     def _latent_shape_for(self, x: torch.Tensor) -> tuple:
