@@ -45,7 +45,7 @@ def planned_phantom(tmp_path_factory):
     """Dataset 501 (20 train cases, 1:2 PNI) planned with neonet_plan_and_preprocess.
 
     Returns a dict with 'root', 'env', 'dataset_name', 'preprocessed', 'raw'. Tests must not modify
-    it: a test that trains or writes there copies the folders first (see tests/test_seg.py and
+    it: a test that trains or writes there copies the folders first (see tests/training/test_seg.py and
     tests/test_cls_utils.py for copy helpers).
     """
     from neonet_toolkit.demo.phantom import make_phantom_dataset

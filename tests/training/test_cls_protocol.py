@@ -13,7 +13,7 @@ from neonet_toolkit.training.cls import arm_training_set, epoch_order, select_ep
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.identifiers import ARMS, cls_run_name, parse_cls_run_name
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (shared helpers)
 import test_cls_utils as U  # noqa: E402
 
 

@@ -18,7 +18,7 @@ from neonet_toolkit.networks.classifiers import (TABLE2_ARCHS, TABLE5_ARCHS, bui
                                                  parse_arch)
 from neonet_toolkit.networks.pattennet import DualAttentionBlock, FrozenVAEEncoder, PattenNet
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (shared helpers)
 import test_cls_utils as U  # noqa: E402
 
 torch.set_num_threads(1)

@@ -1,6 +1,6 @@
 """NeoGen learns on the phantom with the cpu_small preset (slow: ~5-10 min on 2 loaded cores).
 
-Run with ``pytest -m slow tests/test_gen_learning.py``.
+Run with ``pytest -m slow tests/training/test_gen_learning.py``.
 """
 from __future__ import annotations
 
