@@ -40,7 +40,7 @@ from neonet_toolkit.inference import qc
 from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard
 from neonet_toolkit.inference.report import crop_png
 from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
-from neonet_toolkit.training.cls import decision_rule, load_fold_classifier, predict_proba
+from neonet_toolkit.training.cls_predict import decision_rule, load_fold_classifier, predict_proba
 from neonet_toolkit.training.seg.masks import (
     check_model_folder,
     default_model_folder,

@@ -18,9 +18,11 @@ from pathlib import Path
 
 from neonet_toolkit.evaluation.cls import evaluate_cls, shortcut_check
 from neonet_toolkit.experiment_planning.splits import load_splits
+from neonet_toolkit.networks.classifiers import canonical_arch
 from neonet_toolkit.preprocessing.synthetic_sets import synthetic_folder
 from neonet_toolkit.run.common import add_common, run_cli, setup_logging
-from neonet_toolkit.training.cls import ClsTrainer, _check_ratio, canonical_arch
+from neonet_toolkit.training.cls import ClsTrainer
+from neonet_toolkit.training.cls_data import check_ratio
 from neonet_toolkit.training.radiomics import RadiomicsUnavailable, run_radiomics_baseline
 from neonet_toolkit.utilities.identifiers import (
     ARMS,
@@ -50,7 +52,7 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
     folds = list(range(n_folds)) if folds is None else [int(f) for f in folds]
     want_radiomics = any(a.lower() == "radiomics" for a in archs)
     archs = [canonical_arch(a) for a in archs if a.lower() != "radiomics"]  # validates names before training
-    ratios = [_check_ratio(r) for r in ratios]
+    ratios = [check_ratio(r) for r in ratios]
     status = {"trained": [], "resumed": [], "skipped": [], "failed": [], "shortcut": []}
     arms = list(arms or ["synthetic"])
     bad = [a for a in arms if a not in ARMS]

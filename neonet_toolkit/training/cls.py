@@ -35,11 +35,8 @@ import torch.nn.functional as F
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
-from neonet_toolkit.dataset.contract import safe_join
 from neonet_toolkit.networks.classifiers import build_classifier, canonical_arch, needs_vae, parse_arch
 from neonet_toolkit.networks.generative import load_fold_vae, vae_checkpoint_path
-from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, select_for_ratio, synthetic_folder
 from neonet_toolkit.training.base import NeoNetTrainer, batches
 from neonet_toolkit.training.cls_artifacts import (
     OOF_FILE,
@@ -47,6 +44,23 @@ from neonet_toolkit.training.cls_artifacts import (
     TRAIN_PRED_FILE,
     case_labels,
     write_predictions_csv,
+)
+from neonet_toolkit.training.cls_data import (
+    FLIP_VARIANTS,
+    arm_training_set,
+    augment_batch,
+    check_ratio,
+    draw_flip_variants,
+    encode_latents,
+    encoder_is_frozen,
+    epoch_order,
+    inner_split,
+    load_real,
+    load_synthetic,
+    predict_logits,
+    select_epoch,
+    select_synthetic,
+    sigmoid,
 )
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.checkpoints import load_checkpoint, save_checkpoint
@@ -57,11 +71,9 @@ from neonet_toolkit.utilities.identifiers import (
     CROP_SOURCES,
     EARLY_STOPPING_MODES,
     FINAL_CHECKPOINT,
-    PLANS_NAME,
     PROTOCOL_LABELS,
     cls_run_name,
     fold_is_finished,
-    stage_fold_folder,
 )
 from neonet_toolkit.utilities.io import load_json, save_json
 
@@ -79,226 +91,13 @@ def run_name(arch: str, ratio: float, crop_source: str = "gt", early_stopping: s
     return cls_run_name(canonical_arch(arch), ratio, crop_source, early_stopping, arm)
 
 
-def _check_ratio(ratio: float) -> float:
-    r = float(ratio)
-    if not 0.0 <= r <= 1.0:
-        raise ValueError(f"--synthetic-ratio must be in [0, 1] (paper: 0, 0.25, 0.5, 0.75, 1.0), got {ratio}.")
-    return r
-
-
-# ----------------------------------------------------------------------------- data
-def load_real(preprocessed: Path, crop_source: str, ids: list[str]) -> np.ndarray:
-    folder = patch_folder(preprocessed, crop_source)
-    out = []
-    for cid in ids:
-        try:
-            img, _ = load_patch(folder, cid)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"No {crop_source} TLCR patch for case {cid!r} in {folder}"
-                                    + (" (run NeoSeg prediction first)." if crop_source == "pred" else ".")) from None
-        out.append(img.astype(np.float32))
-    return np.stack(out) if out else np.zeros((0, 2, 1, 1, 1), np.float32)
-
-
-def select_synthetic(dataset, fold: int, ratio: float, train_ids: list[str], val_ids: list[str],
-                     plans_name: str = PLANS_NAME, both_classes: bool = False) -> tuple[list[dict], Path]:
-    """Manifest entries for ``ratio``, checked: every ``source_case`` is a training case of this fold."""
-
-    folder = synthetic_folder(dataset, fold, plans_name)
-    manifest = load_manifest(folder)
-    if "fold" in manifest and int(manifest["fold"]) != int(fold):
-        raise ValueError(f"{folder}/manifest.json belongs to fold {manifest['fold']}, not fold {fold}.")
-    need = int(round(float(ratio) * int(manifest["gap"])))
-    try:
-        entries = select_for_ratio(manifest, ratio, n_majority=need if both_classes else 0)
-    except ValueError as e:
-        raise ValueError(f"fold {fold}: {e} For the both-classes arm generate majority patches too: "
-                         f"`neonet_generate -d {dataset} -f {fold} --ratio {ratio:g} --n-majority -1`.") from None
-    train, val = set(train_ids), set(val_ids)
-    leaked = sorted({e["id"] for e in entries if e.get("source_case") in val})
-    if leaked:
-        raise ValueError(f"Synthetic patch(es) {leaked[:5]} were generated from validation case(s) of fold {fold}: "
-                         "they would leak the validation set into training. Regenerate the fold's synthetic set.")
-    foreign = sorted({e["id"] for e in entries if e.get("source_case") not in train})
-    if foreign:
-        raise ValueError(f"Synthetic patch(es) {foreign[:5]} do not name a training case of fold {fold} as "
-                         "source_case; cannot prove they are leak-free.")
-    return entries, folder / "patches"
-
-
-def load_synthetic(entries: list[dict], folder: Path, crop) -> np.ndarray:
-
-    out = []
-    for e in entries:
-        f = safe_join(folder, e["id"], ".npz")
-        if not f.is_file():
-            raise FileNotFoundError(f"Synthetic patch {f} listed in the manifest is missing.")
-        with np.load(f) as z:
-            img = z["image"].astype(np.float32)
-        if list(img.shape) != [2, *crop]:
-            raise ValueError(f"Synthetic patch {f} has shape {img.shape}, expected {(2, *crop)}.")
-        out.append(img)
-    return np.stack(out) if out else np.zeros((0, 2, *crop), np.float32)
-
-
-def inner_split(ids: list[str], labels: dict[str, int], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Stratified (train, inner-val) split of a training fold, at least one case of each class held out."""
-    from sklearn.model_selection import train_test_split
-
-    y = [labels[i] for i in ids]
-    n_val = max(2, int(round(fraction * len(ids))))
-    if min(np.bincount(y, minlength=2)) < 2:
-        raise ValueError("Inner early-stopping split needs >= 2 cases of each class in the training fold.")
-    tr, va = train_test_split(sorted(ids), test_size=n_val, stratify=[labels[i] for i in sorted(ids)],
-                              random_state=seed)
-    return sorted(tr), sorted(va)
-
-
-FLIP_VARIANTS = tuple(tuple(d + 1 for d in range(3) if (v >> d) & 1) for v in range(8))  # per-sample flip dims
-
-
-def draw_flip_variants(n: int, rng: np.random.Generator) -> list[int]:
-    """Per sample, a random subset of the 3 spatial axes (each with p=0.5) as an index into FLIP_VARIANTS."""
-    return [sum(1 << d for d in range(3) if rng.random() < 0.5) for _ in range(n)]
-
-
-def augment_batch(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Random flips along each spatial axis, per sample."""
-    out = []
-    for xi, v in zip(x, draw_flip_variants(x.shape[0], rng)):
-        out.append(torch.flip(xi, FLIP_VARIANTS[v]) if v else xi)
-    return torch.stack(out)
-
-
-@torch.no_grad()
-def encode_latents(model: torch.nn.Module, images: torch.Tensor, device: torch.device, variants=(0,),
-                   batch_size: int = 8) -> torch.Tensor:
-    """Frozen-encoder latents ``model.encode(flip(x))`` for each flip variant: (N, len(variants), C, d, h, w).
-
-    Valid as a training cache only because the encoder is frozen (no gradient, eval mode, fixed weights)."""
-    model.eval()
-    out = []
-    for s in range(0, len(images), batch_size):
-        x = torch.as_tensor(images[s:s + batch_size], dtype=torch.float32).to(device)
-        zs = []
-        for v in variants:
-            xv = torch.flip(x, [d + 1 for d in FLIP_VARIANTS[v]]) if v else x  # batch dim first
-            with autocast(device):
-                zs.append(model.encode(xv).float())
-        out.append(torch.stack(zs, 1).cpu())
-    return torch.cat(out)
-
-
-def encoder_is_frozen(model: torch.nn.Module) -> bool:
-    """A PattenNet-like model whose ``encode`` part has no trainable parameter."""
-    enc = getattr(model, "encoder", None)
-    return (hasattr(model, "encode") and hasattr(model, "forward_latents") and enc is not None
-            and not any(p.requires_grad for p in enc.parameters()))
-
-
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
-                   batch_size: int = 8) -> np.ndarray:
-    model.eval()
-    out = []
-    for s in range(0, len(images), batch_size):
-        x = torch.as_tensor(np.asarray(images[s:s + batch_size]), dtype=torch.float32, device=device)
-        with autocast(device):
-            out.append(model(x).float().reshape(-1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=float)))
-
-
-# ----------------------------------------------------------------------------- training sets and step budgets
-def epoch_order(n_items: int, budget: int, rng: np.random.Generator) -> list[int]:
-    """``budget`` item indices for one epoch: whole permutations of ``range(n_items)``, the last one truncated.
-
-    Every arm of one synthetic ratio draws the same ``budget`` per epoch, hence runs the same number of
-    optimizer steps whatever the size of its own training set."""
-    if n_items <= 0:
-        return []
-    out: list[int] = []
-    while len(out) < budget:
-        out.extend(int(i) for i in rng.permutation(n_items))
-    return out[:budget]
-
-
-def arm_training_set(real_labels: list[int], syn_labels: list[int], syn_sources: list[str], real_ids: list[str],
-                     allowed: set[str], ratio: float, arm: str, seed: int) -> dict:
-    """Which items (indices into ``real + synthetic``) one model trains on, their loss weights and the budget.
-
-    ``allowed``: the real cases this model may see (a training fold, or an inner-training part of it);
-    synthetic patches count only if generated from an allowed case. The class gap is measured on the
-    allowed real cases; ``need = round(ratio * gap)`` is the number of minority patches the paper's arm adds.
-
-    * ``synthetic``: real + the synthetic minority patches (the paper);
-    * ``both``: real + synthetic patches of both classes (minority and majority), "synthetic" carries no label;
-    * ``oversample``: real + ``need`` minority real cases drawn again (with replacement);
-    * ``weighted``: real only, minority loss weight ``(n_min + need) / n_min`` (same effective balance).
-
-    ``budget`` (items per epoch) is ``n_real + 2 * need`` for every arm of a ratio > 0 (the size of the
-    largest arm, ``both``), ``n_real`` at ratio 0.
-    """
-    real_idx = [i for i, c in enumerate(real_ids) if c in allowed]
-    y = np.array([real_labels[i] for i in real_idx], int)
-    counts = np.bincount(y, minlength=2)
-    minority = int(np.argmin(counts)) if counts[0] != counts[1] else 1
-    need = int(round(float(ratio) * abs(int(counts[1]) - int(counts[0]))))
-    n_real = len(real_labels)
-    syn_ok = [n_real + k for k, src in enumerate(syn_sources) if src in allowed]
-    weights = np.ones(n_real + len(syn_labels), np.float32)
-    if arm == "synthetic":
-        items = real_idx + [i for i in syn_ok if syn_labels[i - n_real] == minority]
-    elif arm == "both":
-        items = real_idx + syn_ok
-    elif arm == "oversample":
-        pool = [i for i in real_idx if real_labels[i] == minority]
-        rng = np.random.default_rng(seed)
-        items = real_idx + [int(i) for i in rng.choice(pool, size=need, replace=True)] if need and pool else real_idx
-    elif arm == "weighted":
-        items = list(real_idx)
-        n_min = int(counts[minority])
-        if n_min:
-            weights[[i for i in real_idx if real_labels[i] == minority]] = (n_min + need) / n_min
-    else:
-        raise ValueError(f"Unknown arm {arm!r}; use one of {ARMS}.")
-    budget = len(real_idx) + (2 * need if ratio > 0 else 0)
-    labels = np.array([real_labels[i] if i < n_real else syn_labels[i - n_real] for i in items], float)
-    w = weights[items] if items else np.zeros(0)
-    prevalence = float((labels * w).sum() / w.sum()) if len(items) else float("nan")
-    return {"items": items, "weights": weights, "budget": max(budget, len(real_idx)), "need": need,
-            "minority": minority, "prevalence": prevalence}
-
-
-def select_epoch(curve_auc: np.ndarray, curve_bce: np.ndarray, min_epochs: int = 0, window: int = 3) -> int:
-    """The epoch with the best smoothed inner-CV AUC (centred moving average of ``window`` epochs), ties
-    broken by the lower smoothed BCE; epochs before ``min_epochs`` are not eligible."""
-    n = len(curve_auc)
-    h = max(int(window), 1) // 2
-
-    def smooth(v):
-        v = np.asarray(v, float)
-        return np.array([np.nanmean(v[max(0, e - h): e + h + 1]) for e in range(n)])
-
-    auc, bce = smooth(curve_auc), smooth(curve_bce)
-    first = min(max(int(min_epochs) - 1, 0), n - 1)
-    best = first
-    for e in range(first, n):
-        if auc[e] > auc[best] + 1e-12 or (abs(auc[e] - auc[best]) <= 1e-12 and bce[e] < bce[best] - 1e-12):
-            best = e
-    return int(best)
-
-
 # ----------------------------------------------------------------------------- trainer
 class ClsTrainer(NeoNetTrainer):
     stage = "cls"
 
     def __init__(self, dataset, fold: int, arch: str | None = None, synthetic_ratio: float = 0.0,
                  crop_source: str = "gt", early_stopping: str | None = None, arm: str = "synthetic", **kw):
-        self.synthetic_ratio = _check_ratio(synthetic_ratio)
+        self.synthetic_ratio = check_ratio(synthetic_ratio)
         if crop_source not in CROP_SOURCES:
             raise ValueError(f"--crop-source must be gt or pred, got {crop_source!r}.")
         if arm not in ARMS:
@@ -689,40 +488,6 @@ class ClsTrainer(NeoNetTrainer):
         self.log("finished (%s): selected epoch %d, validation AUC %.4f, threshold %.4f (%s), calibration %s",
                  self.protocol_label, self.selected_epoch, val_auc, self.threshold, self.threshold_source,
                  self.calibration["method"])
-
-
-# ----------------------------------------------------------------------------- loading for prediction
-def load_fold_classifier(dataset, run: str, fold: int, device: str | torch.device = "cpu",
-                         plans_name: str = "NeoNetPlans") -> tuple[torch.nn.Module, dict]:
-    """A trained fold classifier (eval mode) and its inference info (arch, crop size, prevalences,
-    threshold...). ``run`` is the result-folder prefix, e.g. ``cls_pattennet_1``."""
-    folder = stage_fold_folder(dataset, run, fold, plans_name)
-    ckpt = load_checkpoint(folder / FINAL_CHECKPOINT, map_location=device)
-    info = ckpt.get("extra", {}).get("inference")
-    if not ckpt.get("extra", {}).get("finished") or info is None:
-        raise ValueError(f"{folder} holds an unfinished NeoCls run; finish it with `--c` first.")
-    net = build_classifier(info["arch"], info["cls_config"], 2, info["vae_config"], info["scale_factor"])
-    net.load_state_dict(ckpt["network"])
-    return net.to(device).eval(), dict(info)
-
-
-def predict_proba(model: torch.nn.Module, info: dict, images: np.ndarray, device: str | torch.device = "cpu"
-                  ) -> np.ndarray:
-    """Prevalence-recalibrated PNI probabilities for TLCR patches (N, 2, *crop)."""
-    raw = sigmoid(predict_logits(model, images, torch.device(device)))
-    prior = stats.recalibrate_prior(raw, info["train_prevalence"], info["real_prevalence"])
-    return stats.apply_calibration(prior, info.get("calibration"))
-
-
-def decision_rule(info: dict) -> dict:
-    """How one fold's decision is made, for provenance: calibration, threshold and how both were fitted."""
-    cal = info.get("calibration") or {"method": "none"}
-    return {"protocol": info.get("protocol", PROTOCOL_LABELS.get(info.get("early_stopping", "val"), "")),
-            "probability": "prior-corrected to the real training prevalence"
-                           + ("" if cal.get("method") == "none" else f", then {cal['method']} calibration"),
-            "calibration": cal, "threshold": float(info["threshold"]),
-            "threshold_method": info.get("threshold_method", "youden"),
-            "threshold_source": info.get("threshold_source")}
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -155,7 +155,8 @@ def _rows(path):
 def test_train_fold_pattennet_rs(cls_env):
     from neonet_toolkit.networks.generative import vae_checkpoint_path
     from neonet_toolkit.utilities.checkpoints import load_checkpoint
-    from neonet_toolkit.training.cls import ClsTrainer, load_fold_classifier, predict_proba
+    from neonet_toolkit.training.cls import ClsTrainer
+    from neonet_toolkit.training.cls_predict import load_fold_classifier, predict_proba
     from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
 
     ds, pp = cls_env["dataset_name"], cls_env["preprocessed"]
