@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -29,258 +28,26 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from neonet_toolkit.dataset.contract import safe_join
-from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+from neonet_toolkit.evaluation.cls_metrics import (
+    auto_comparisons,
+    discover_runs,
+    evaluate_run,
+    load_run,
+    paired_test,
+)
+from neonet_toolkit.evaluation.cls_shortcut import SHORTCUT_WARN_AUC, load_shortcut_checks
+from neonet_toolkit.experiment_planning.splits import load_splits
 from neonet_toolkit.networks.classifiers import PRETTY, TABLE2_ARCHS, TABLE5_ARCHS
-from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, select_for_ratio, synthetic_folder
-from neonet_toolkit.training.cls_artifacts import OOF_FILE, SUMMARY_FILE, case_labels, read_predictions_csv
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.identifiers import (
     PROTOCOL_LABELS,
     dataset_folders,
-    fold_folders,
-    list_cls_runs,
-    parse_cls_run_name,
-    stage_root,
 )
-from neonet_toolkit.utilities.io import atomic_path, load_json, save_figure, save_json, save_text
+from neonet_toolkit.utilities.io import atomic_path, save_figure, save_json, save_text
 
 logger = logging.getLogger(__name__)
 
 EVAL_DIR = "cls_evaluation"
-SHORTCUT_DIR = "cls_shortcut"
-SHORTCUT_WARN_AUC = 0.8
-
-
-# ----------------------------------------------------------------------------- discovery and loading
-def _folders(dataset, plans_name: str):
-
-    return dataset_folders(dataset)
-
-
-def parse_run_name(run: str) -> dict | None:
-    rid = parse_cls_run_name(run)
-    return None if rid is None else dataclasses.asdict(rid)
-
-
-def discover_runs(results_root: Path, plans_name: str = "NeoNetPlans") -> dict[str, dict[int, Path]]:
-    """{run name: {fold: fold folder}} for folds that finished (oof_predictions.csv + cls_summary.json)."""
-
-    runs: dict[str, dict[int, Path]] = {}
-    for name in list_cls_runs(results_root, plans_name, finished_only=False):
-        for k, f in fold_folders(stage_root(results_root, name, plans_name)).items():  # folds with predictions
-            if (f / OOF_FILE).is_file() and (f / SUMMARY_FILE).is_file():
-                runs.setdefault(name, {})[k] = f
-    return runs
-
-
-def load_run(folds: dict[int, Path]) -> dict:
-
-    out = {}
-    for k, f in sorted(folds.items()):
-        out[k] = {"rows": read_predictions_csv(f / OOF_FILE), "summary": load_json(f / SUMMARY_FILE)}
-    return out
-
-
-# ----------------------------------------------------------------------------- metrics
-def evaluate_run(name: str, run: dict, n_folds: int, n_boot: int = 2000, seed: int = 0) -> dict:
-    info = parse_run_name(name) or {}
-    fold_res, ys, ps, raws, cases = [], [], [], [], []
-    tp = tn = fp = fn = 0
-    for k, fr in sorted(run.items()):
-        y = np.array([r["label"] for r in fr["rows"]])
-        p = np.array([r["probability"] for r in fr["rows"]])
-        thr = float(fr["summary"]["threshold"])
-        op = stats.sensitivity_specificity(y, p, thr)
-        tp, tn, fp, fn = tp + op["tp"], tn + op["tn"], fp + op["fp"], fn + op["fn"]
-        fold_res.append({"fold": k, "n": int(y.size), "n_pos": int(y.sum()),
-                         "auc": stats.roc_auc(y, p) if 0 < y.sum() < y.size else float("nan"),
-                         "threshold": thr, "sensitivity": op["sensitivity"], "specificity": op["specificity"],
-                         "selected_epoch": fr["summary"].get("selected_epoch"),
-                         "n_train_synthetic": fr["summary"].get("n_train_synthetic")})
-        ys.append(y)
-        ps.append(p)
-        raws.append(np.array([r.get("probability_raw", r["probability"]) for r in fr["rows"]]))
-        cases += [r["case_id"] for r in fr["rows"]]
-    y, p, raw = np.concatenate(ys), np.concatenate(ps), np.concatenate(raws)
-    fold_aucs = [f["auc"] for f in fold_res if np.isfinite(f["auc"])]
-    summ0 = next(iter(run.values()))["summary"]
-    res = {
-        "run": name, **info, "arch": summ0.get("arch", info.get("arch")),
-        "early_stopping": info.get("early_stopping", summ0.get("early_stopping")),
-        "early_stopping_actual": summ0.get("early_stopping"),
-        "protocol": PROTOCOL_LABELS.get(info.get("early_stopping", summ0.get("early_stopping", "val")), ""),
-        "calibration_method": (summ0.get("calibration") or {}).get("method", "prior correction only"),
-        "folds_done": sorted(run), "n_folds_expected": n_folds, "complete": len(run) == n_folds,
-        "fold_results": fold_res,
-        "fold_auc_mean": float(np.mean(fold_aucs)) if fold_aucs else float("nan"),
-        "fold_auc_sd": float(np.std(fold_aucs, ddof=1)) if len(fold_aucs) > 1 else float("nan"),
-        "n": int(y.size), "n_pos": int(y.sum()), "case_ids": cases,
-    }
-    if 0 < y.sum() < y.size:
-        res["pooled_delong"] = stats.delong_ci(y, p)
-        res["pooled_bootstrap"] = stats.bootstrap_auc_ci(y, p, n_boot=n_boot, seed=seed)
-        res["pooled_auc"] = res["pooled_delong"]["auc"]
-    else:
-        res["pooled_auc"] = float("nan")
-    sens_ci = stats.wilson_ci(tp, tp + fn)
-    spec_ci = stats.wilson_ci(tn, tn + fp)
-    res["operating_point"] = {
-        "threshold_source": summ0.get("threshold_source"), "tp": tp, "tn": tn, "fp": fp, "fn": fn,
-        "sensitivity": tp / (tp + fn) if tp + fn else float("nan"), "sensitivity_ci": list(sens_ci),
-        "specificity": tn / (tn + fp) if tn + fp else float("nan"), "specificity_ci": list(spec_ci)}
-    res["calibration"] = {
-        "ece": stats.expected_calibration_error(y, p), "brier": stats.brier_score(y, p),
-        "ece_raw": stats.expected_calibration_error(y, raw), "brier_raw": stats.brier_score(y, raw),
-        "reliability": stats.reliability_curve(y, p, n_bins=5), "reliability_raw": stats.reliability_curve(y, raw, 5),
-        "mean_probability": float(p.mean()), "mean_probability_raw": float(raw.mean()), "prevalence": float(y.mean())}
-    res["_y"], res["_p"] = y, p
-    return res
-
-
-def paired_test(a: dict, b: dict) -> dict:
-    """Paired DeLong test on the cases both runs predicted (pooled out-of-fold)."""
-    pa = dict(zip(a["case_ids"], a["_p"]))
-    pb = dict(zip(b["case_ids"], b["_p"]))
-    ya = dict(zip(a["case_ids"], a["_y"]))
-    common = sorted(set(pa) & set(pb))
-    if not common:
-        raise ValueError(f"{a['run']} and {b['run']} share no validation cases.")
-    y = np.array([ya[c] for c in common])
-    t = stats.delong_paired_test(y, [pa[c] for c in common], [pb[c] for c in common])
-    return {"run_a": a["run"], "run_b": b["run"], **t, "n_common": len(common),
-            "complete": bool(a["complete"] and b["complete"])}
-
-
-def auto_comparisons(results: dict[str, dict]) -> list[tuple[str, str]]:
-    """Per architecture, every training-set arm at the highest ratio against R (ratio 0); PattenNet vs each
-    other architecture per ratio (paper's arm). Within one crop source and selection protocol."""
-    pairs = []
-    by = {}
-    for name, r in results.items():
-        by.setdefault((r.get("crop_source"), r.get("early_stopping")), []).append(r)
-    for group in by.values():
-        archs, arms = {}, {}
-        for r in group:
-            if r.get("arm", "synthetic") == "synthetic":
-                archs.setdefault(r["arch"], {})[r["ratio"]] = r["run"]
-            else:
-                arms.setdefault(r["arch"], {})[(r["ratio"], r["arm"])] = r["run"]
-        for arch, rr in archs.items():
-            if len(rr) > 1:
-                pairs.append((rr[max(rr)], rr[min(rr)]))
-            if 0.0 in rr:
-                for (ratio, arm), run in sorted(arms.get(arch, {}).items()):
-                    pairs.append((run, rr[0.0]))
-        if "pattennet" in archs:
-            for ratio, run in sorted(archs["pattennet"].items()):
-                for arch, rr in sorted(archs.items()):
-                    if arch != "pattennet" and not arch.startswith("pattennet") and ratio in rr:
-                        pairs.append((run, rr[ratio]))
-    return pairs
-
-
-# ----------------------------------------------------------------------------- shortcut check
-def patch_features(img: np.ndarray, lab: np.ndarray) -> np.ndarray:
-    """Intensity/texture statistics of a TLCR patch (ROI of channel 0, tumour of channel 1)."""
-    roi = lab[0].astype(bool)
-    tum = lab[1].astype(bool)
-    x = img[0]
-    v = x[roi] if roi.any() else x.ravel()
-    g = np.sqrt(sum(d ** 2 for d in np.gradient(x)))
-    gv = g[roi] if roi.any() else g.ravel()
-    lap = sum(np.gradient(np.gradient(x, axis=a), axis=a) for a in range(3))
-    lv = lap[roi] if roi.any() else lap.ravel()
-    t = img[1][tum] if tum.any() else np.zeros(1)
-    return np.r_[np.percentile(v, [1, 5, 25, 50, 75, 95, 99]), v.mean(), v.std(), gv.mean(), gv.std(),
-                 np.abs(lv).mean(), lv.std(), t.mean(), t.std(), roi.mean(), tum.mean()].astype(float)
-
-
-def shortcut_check(dataset, fold: int, ratio: float = 1.0, crop_source: str = "gt", n_splits: int = 5,
-                   seed: int = 0, plans_name: str = "NeoNetPlans", save: bool = True) -> dict:
-    """Can a simple discriminator tell the fold's synthetic training patches from its real ones?
-
-    Standardised logistic regression on intensity/gradient/noise statistics, out-of-fold over a
-    stratified *group* k-fold (a synthetic patch is grouped with its source case, so anatomy seen
-    as real cannot give it away). AUC ~0.5: indistinguishable; high AUC: "synthetic" is learnable,
-    and since synthetic patches are (almost) all of the minority class, a classifier may learn
-    "synthetic" instead of PNI. Also reported on minority-class patches only (real vs synthetic
-    positives), which is the comparison that matters for the shortcut.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-
-    name, pp, res_root = _folders(dataset, plans_name)
-    split = get_fold(load_splits(pp), fold)
-    labels = case_labels(pp, crop_source)
-    folder = synthetic_folder(name, fold, plans_name)
-    manifest = load_manifest(folder)
-    entries = select_for_ratio(manifest, ratio)
-    n_maj = sum(e["role"] == "majority" for e in manifest["entries"])
-    entries += select_for_ratio(manifest, 0.0, n_majority=n_maj)
-    if not entries:
-        raise ValueError(f"fold {fold}: no synthetic patches selected at ratio {ratio}.")
-    val = set(split["val"])
-    X, is_syn, groups, cls = [], [], [], []
-    pf = patch_folder(pp, crop_source)
-    for c in split["train"]:
-        img, lab = load_patch(pf, c)
-        X.append(patch_features(img, lab))
-        is_syn.append(0)
-        groups.append(c)
-        cls.append(labels[c])
-    for e in entries:
-        if e["source_case"] in val:
-            raise ValueError(f"synthetic patch {e['id']} derives from validation case {e['source_case']}.")
-        with np.load(safe_join(folder / "patches", e["id"], ".npz")) as z:
-            X.append(patch_features(z["image"], z["label"]))
-        is_syn.append(1)
-        groups.append(e["source_case"])
-        cls.append(int(e["label"]))
-    X, s, g, cls = np.array(X), np.array(is_syn), np.array(groups), np.array(cls)
-
-    def oof_auc(mask) -> dict | None:
-        Xm, sm, gm = X[mask], s[mask], g[mask]
-        if sm.sum() < 2 or (sm == 0).sum() < 2:
-            return None
-        k = int(min(n_splits, sm.sum(), (sm == 0).sum(), len(np.unique(gm))))
-        if k < 2:
-            return None
-        prob = np.zeros(len(sm))
-        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        for tr, te in cv.split(Xm, sm, gm):
-            if len(np.unique(sm[tr])) < 2:
-                prob[te] = 0.5
-                continue
-            clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-            clf.fit(Xm[tr], sm[tr])
-            prob[te] = clf.predict_proba(Xm[te])[:, 1]
-        r = stats.delong_ci(sm, prob)
-        return {"auc": r["auc"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n_real": int((sm == 0).sum()),
-                "n_synthetic": int(sm.sum()), "cv_folds": k}
-
-    minority = int(manifest.get("minority_class", 1))
-    out = {"fold": fold, "ratio": float(ratio), "crop_source": crop_source,
-           "all": oof_auc(np.ones(len(s), bool)), "minority_only": oof_auc(cls == minority),
-           "synthetic_label_counts": {str(k): int(((s == 1) & (cls == k)).sum()) for k in (0, 1)},
-           "method": "logistic regression on patch intensity/gradient/noise statistics, stratified group k-fold"}
-    main_auc = (out["minority_only"] or out["all"] or {}).get("auc", float("nan"))
-    out["warning"] = bool(np.isfinite(main_auc) and main_auc >= SHORTCUT_WARN_AUC)
-    if out["warning"]:
-        logger.warning("fold %d: real-vs-synthetic discriminator AUC %.3f >= %.2f: a classifier could learn "
-                       "'synthetic' instead of the target.", fold, main_auc, SHORTCUT_WARN_AUC)
-    if save:
-        save_json(out, res_root / f"{SHORTCUT_DIR}__{plans_name}" / f"fold_{fold}_r{ratio:g}_{crop_source}.json")
-    return out
-
-
-def load_shortcut_checks(results_root: Path, plans_name: str = "NeoNetPlans") -> list[dict]:
-    d = results_root / f"{SHORTCUT_DIR}__{plans_name}"
-    return [load_json(f) for f in sorted(d.glob("fold_*.json"))] if d.is_dir() else []
 
 
 # ----------------------------------------------------------------------------- plots
@@ -430,7 +197,7 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
                  n_boot: int = 2000, seed: int = 0, table5_ratio: float | None = None,
                  plans_name: str = "NeoNetPlans", output: Path | None = None) -> dict:
 
-    name, pp, res_root = _folders(dataset, plans_name)
+    name, pp, res_root = dataset_folders(dataset)
     n_folds = len(load_splits(pp))
     found = discover_runs(res_root, plans_name)
     if runs:

@@ -16,7 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from neonet_toolkit.evaluation.cls import evaluate_cls, shortcut_check
+from neonet_toolkit.evaluation.cls import evaluate_cls
+from neonet_toolkit.evaluation.cls_shortcut import shortcut_check
 from neonet_toolkit.experiment_planning.splits import load_splits
 from neonet_toolkit.networks.classifiers import canonical_arch
 from neonet_toolkit.preprocessing.synthetic_sets import synthetic_folder

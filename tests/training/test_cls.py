@@ -270,7 +270,7 @@ def test_inner_split_resume_and_cli(cls_env):
 
 
 def test_shortcut_check_detects_noisy_synthetic(cls_env):
-    from neonet_toolkit.evaluation.cls import shortcut_check
+    from neonet_toolkit.evaluation.cls_shortcut import shortcut_check
 
     ds, pp = cls_env["dataset_name"], cls_env["preprocessed"]
     U.make_synthetic_set(ds, pp, 0, noise=0.5, n_majority=4)

@@ -1,0 +1,146 @@
+"""NeoCls evaluation metrics: run discovery, per-fold and pooled AUCs with CIs, calibration, paired tests."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from neonet_toolkit.training.cls_artifacts import OOF_FILE, SUMMARY_FILE, read_predictions_csv
+from neonet_toolkit.utilities import stats
+from neonet_toolkit.utilities.identifiers import (
+    PROTOCOL_LABELS,
+    fold_folders,
+    list_cls_runs,
+    parse_cls_run_name,
+    stage_root,
+)
+from neonet_toolkit.utilities.io import load_json
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- discovery and loading
+def parse_run_name(run: str) -> dict | None:
+    rid = parse_cls_run_name(run)
+    return None if rid is None else dataclasses.asdict(rid)
+
+
+def discover_runs(results_root: Path, plans_name: str = "NeoNetPlans") -> dict[str, dict[int, Path]]:
+    """{run name: {fold: fold folder}} for folds that finished (oof_predictions.csv + cls_summary.json)."""
+
+    runs: dict[str, dict[int, Path]] = {}
+    for name in list_cls_runs(results_root, plans_name, finished_only=False):
+        for k, f in fold_folders(stage_root(results_root, name, plans_name)).items():  # folds with predictions
+            if (f / OOF_FILE).is_file() and (f / SUMMARY_FILE).is_file():
+                runs.setdefault(name, {})[k] = f
+    return runs
+
+
+def load_run(folds: dict[int, Path]) -> dict:
+
+    out = {}
+    for k, f in sorted(folds.items()):
+        out[k] = {"rows": read_predictions_csv(f / OOF_FILE), "summary": load_json(f / SUMMARY_FILE)}
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics
+def evaluate_run(name: str, run: dict, n_folds: int, n_boot: int = 2000, seed: int = 0) -> dict:
+    info = parse_run_name(name) or {}
+    fold_res, ys, ps, raws, cases = [], [], [], [], []
+    tp = tn = fp = fn = 0
+    for k, fr in sorted(run.items()):
+        y = np.array([r["label"] for r in fr["rows"]])
+        p = np.array([r["probability"] for r in fr["rows"]])
+        thr = float(fr["summary"]["threshold"])
+        op = stats.sensitivity_specificity(y, p, thr)
+        tp, tn, fp, fn = tp + op["tp"], tn + op["tn"], fp + op["fp"], fn + op["fn"]
+        fold_res.append({"fold": k, "n": int(y.size), "n_pos": int(y.sum()),
+                         "auc": stats.roc_auc(y, p) if 0 < y.sum() < y.size else float("nan"),
+                         "threshold": thr, "sensitivity": op["sensitivity"], "specificity": op["specificity"],
+                         "selected_epoch": fr["summary"].get("selected_epoch"),
+                         "n_train_synthetic": fr["summary"].get("n_train_synthetic")})
+        ys.append(y)
+        ps.append(p)
+        raws.append(np.array([r.get("probability_raw", r["probability"]) for r in fr["rows"]]))
+        cases += [r["case_id"] for r in fr["rows"]]
+    y, p, raw = np.concatenate(ys), np.concatenate(ps), np.concatenate(raws)
+    fold_aucs = [f["auc"] for f in fold_res if np.isfinite(f["auc"])]
+    summ0 = next(iter(run.values()))["summary"]
+    res = {
+        "run": name, **info, "arch": summ0.get("arch", info.get("arch")),
+        "early_stopping": info.get("early_stopping", summ0.get("early_stopping")),
+        "early_stopping_actual": summ0.get("early_stopping"),
+        "protocol": PROTOCOL_LABELS.get(info.get("early_stopping", summ0.get("early_stopping", "val")), ""),
+        "calibration_method": (summ0.get("calibration") or {}).get("method", "prior correction only"),
+        "folds_done": sorted(run), "n_folds_expected": n_folds, "complete": len(run) == n_folds,
+        "fold_results": fold_res,
+        "fold_auc_mean": float(np.mean(fold_aucs)) if fold_aucs else float("nan"),
+        "fold_auc_sd": float(np.std(fold_aucs, ddof=1)) if len(fold_aucs) > 1 else float("nan"),
+        "n": int(y.size), "n_pos": int(y.sum()), "case_ids": cases,
+    }
+    if 0 < y.sum() < y.size:
+        res["pooled_delong"] = stats.delong_ci(y, p)
+        res["pooled_bootstrap"] = stats.bootstrap_auc_ci(y, p, n_boot=n_boot, seed=seed)
+        res["pooled_auc"] = res["pooled_delong"]["auc"]
+    else:
+        res["pooled_auc"] = float("nan")
+    sens_ci = stats.wilson_ci(tp, tp + fn)
+    spec_ci = stats.wilson_ci(tn, tn + fp)
+    res["operating_point"] = {
+        "threshold_source": summ0.get("threshold_source"), "tp": tp, "tn": tn, "fp": fp, "fn": fn,
+        "sensitivity": tp / (tp + fn) if tp + fn else float("nan"), "sensitivity_ci": list(sens_ci),
+        "specificity": tn / (tn + fp) if tn + fp else float("nan"), "specificity_ci": list(spec_ci)}
+    res["calibration"] = {
+        "ece": stats.expected_calibration_error(y, p), "brier": stats.brier_score(y, p),
+        "ece_raw": stats.expected_calibration_error(y, raw), "brier_raw": stats.brier_score(y, raw),
+        "reliability": stats.reliability_curve(y, p, n_bins=5), "reliability_raw": stats.reliability_curve(y, raw, 5),
+        "mean_probability": float(p.mean()), "mean_probability_raw": float(raw.mean()), "prevalence": float(y.mean())}
+    res["_y"], res["_p"] = y, p
+    return res
+
+
+def paired_test(a: dict, b: dict) -> dict:
+    """Paired DeLong test on the cases both runs predicted (pooled out-of-fold)."""
+    pa = dict(zip(a["case_ids"], a["_p"]))
+    pb = dict(zip(b["case_ids"], b["_p"]))
+    ya = dict(zip(a["case_ids"], a["_y"]))
+    common = sorted(set(pa) & set(pb))
+    if not common:
+        raise ValueError(f"{a['run']} and {b['run']} share no validation cases.")
+    y = np.array([ya[c] for c in common])
+    t = stats.delong_paired_test(y, [pa[c] for c in common], [pb[c] for c in common])
+    return {"run_a": a["run"], "run_b": b["run"], **t, "n_common": len(common),
+            "complete": bool(a["complete"] and b["complete"])}
+
+
+def auto_comparisons(results: dict[str, dict]) -> list[tuple[str, str]]:
+    """Per architecture, every training-set arm at the highest ratio against R (ratio 0); PattenNet vs each
+    other architecture per ratio (paper's arm). Within one crop source and selection protocol."""
+    pairs = []
+    by = {}
+    for name, r in results.items():
+        by.setdefault((r.get("crop_source"), r.get("early_stopping")), []).append(r)
+    for group in by.values():
+        archs, arms = {}, {}
+        for r in group:
+            if r.get("arm", "synthetic") == "synthetic":
+                archs.setdefault(r["arch"], {})[r["ratio"]] = r["run"]
+            else:
+                arms.setdefault(r["arch"], {})[(r["ratio"], r["arm"])] = r["run"]
+        for arch, rr in archs.items():
+            if len(rr) > 1:
+                pairs.append((rr[max(rr)], rr[min(rr)]))
+            if 0.0 in rr:
+                for (ratio, arm), run in sorted(arms.get(arch, {}).items()):
+                    pairs.append((run, rr[0.0]))
+        if "pattennet" in archs:
+            for ratio, run in sorted(archs["pattennet"].items()):
+                for arch, rr in sorted(archs.items()):
+                    if arch != "pattennet" and not arch.startswith("pattennet") and ratio in rr:
+                        pairs.append((run, rr[ratio]))
+    return pairs
+
+
