@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.contract import DatasetError, check_case_id, resolve_label_roles
@@ -65,6 +66,28 @@ def trained_cls_runs(dataset, plans_name: str = PLANS_NAME) -> list[str]:
     return list_cls_runs(paths.neonet_results() / paths.find_dataset_name(dataset), plans_name)
 
 
+class FoldLogitsPredictor(nnUNetPredictor):
+    """nnU-Net's predictor with one hook: each fold's logits are also handed to a callback.
+
+    The fold loop, its compiled-module and thread handling stay nnU-Net's own
+    (:meth:`predict_logits_from_preprocessed_data`); only the sliding-window call is observed."""
+
+    _fold_hook = None
+
+    def predict_sliding_window_return_logits(self, input_image):
+        logits = super().predict_sliding_window_return_logits(input_image)
+        if self._fold_hook is not None:
+            self._fold_hook(logits)
+        return logits
+
+    def predict_logits_with_fold_hook(self, data: torch.Tensor, hook) -> torch.Tensor:
+        self._fold_hook = hook
+        try:
+            return self.predict_logits_from_preprocessed_data(data)
+        finally:
+            self._fold_hook = None
+
+
 def default_cls_run(runs: list[str]) -> str | None:
     """The run ``neonet_predict`` uses without ``--cls-run``: the only trained run, else the paper's
     PattenNet R+S (1:1) under the default nested protocol, else under the paper's protocol; else none."""
@@ -93,7 +116,6 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
     def __init__(self, dataset, seg_model: str | Path | None = None, cls_run: str | None = None,
                  folds: Sequence[int] | None = None, device: str = "auto", plans_name: str = "NeoNetPlans",
                  trust_checkpoints: bool = False):
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 
@@ -116,7 +138,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         self.trust_checkpoints = bool(trust_checkpoints)
         self.seg_folds = seg_folds if seg_folds is not None else model_folds(self.seg_model)
         dev = torch.device("cuda", self.device.index or 0) if self.device.type == "cuda" else self.device
-        self.seg = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+        self.seg = FoldLogitsPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                    perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                    verbose_preprocessing=False, allow_tqdm=False)
         self.seg.initialize_from_trained_model_folder(str(self.seg_model), use_folds=tuple(self.seg_folds),
@@ -214,16 +236,15 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
                                             self.seg.configuration_manager, self.seg.dataset_json)
         t0 = self._tick("read_preprocess", t0)
         x = torch.from_numpy(pdata)
-        total, fold_tumors = None, []
+        fold_tumors = []
         tumor_ids = self.model_tumor_ids
+
+        def per_fold(logits):  # nnU-Net's own fold loop calls this once per fold (for the QC flag)
+            seg_k = self.seg.label_manager.convert_logits_to_segmentation(logits.to("cpu")).numpy()
+            fold_tumors.append(np.isin(seg_k, tumor_ids))
+
         with torch.inference_mode():
-            for params in self.seg.list_of_parameters:
-                self.seg.network.load_state_dict(params)
-                logits = self.seg.predict_sliding_window_return_logits(x).to("cpu")
-                fold_tumors.append(np.isin(self.seg.label_manager.convert_logits_to_segmentation(logits).numpy(),
-                                           tumor_ids))
-                total = logits if total is None else total + logits
-            total = total / len(self.seg.list_of_parameters)
+            total = self.seg.predict_logits_with_fold_hook(x, per_fold)
         seg = convert_predicted_logits_to_segmentation_with_correct_shape(
             total, self.seg.plans_manager, self.seg.configuration_manager, self.seg.label_manager, pprops)
         seg = np.asarray(seg)

@@ -22,16 +22,21 @@ from typing import Callable
 import numpy as np
 import torch
 
+# The noise schedule of LDM checkpoints written before the schedule was recorded in neonet_plans.json
+# (the values the presets still use). Only stored models that lack the keys fall back to it.
+RECORDED_BEFORE_PLANS = {"schedule": "scaled_linear_beta", "beta_start": 0.0015, "beta_end": 0.0195}
+
 
 def make_noise_scheduler(ldm_cfg: dict):
     """MONAI DDPMScheduler (ε prediction, no clipping) holding the training noise schedule."""
     from monai.networks.schedulers import DDPMScheduler
 
+    cfg = {**RECORDED_BEFORE_PLANS, **ldm_cfg}
     return DDPMScheduler(
-        num_train_timesteps=int(ldm_cfg["num_train_timesteps"]),
-        schedule=str(ldm_cfg["schedule"]),
-        beta_start=float(ldm_cfg["beta_start"]),
-        beta_end=float(ldm_cfg["beta_end"]),
+        num_train_timesteps=int(cfg["num_train_timesteps"]),
+        schedule=str(cfg["schedule"]),
+        beta_start=float(cfg["beta_start"]),
+        beta_end=float(cfg["beta_end"]),
         clip_sample=False,
         prediction_type="epsilon",
     )
