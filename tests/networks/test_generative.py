@@ -12,7 +12,8 @@ from neonet_toolkit.networks.generative import (build_controlnet, build_unet, bu
 LDM = {"channels": [8, 16], "num_res_blocks": 1, "norm_num_groups": 8, "attention_levels": [False, False],
        "num_head_channels": 8, "num_train_timesteps": 1000}
 CN = {"conditioning_embedding_num_channels": [8, 8, 16]}  # 2 stride-2 convs = 4x
-VAE = {"channels": [8, 8, 8], "latent_channels": 4, "norm_num_groups": 8}
+VAE = {"channels": [8, 8, 8], "latent_channels": 4, "norm_num_groups": 8, "num_res_blocks": 1,
+       "attention_levels": [False, False, False]}  # every setting comes from the plans (no code default)
 
 
 def _pair(class_conditional=False):
