@@ -17,6 +17,12 @@ from typing import Any, Iterator
 import numpy as np
 
 
+def _umask() -> int:
+    current = os.umask(0)  # the only portable way to read it: set and restore at once
+    os.umask(current)
+    return current
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success."""
@@ -24,6 +30,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; results get the mode any new file would get
     tmp = Path(tmp)
     try:
         yield tmp

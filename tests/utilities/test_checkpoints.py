@@ -106,3 +106,19 @@ def test_move_aside_keeps_previous_results(tmp_path):
     aside = move_aside(fold)
     assert not fold.exists() and (aside / "checkpoint_final.pth").read_bytes() == b"old"
     assert fold_folders(tmp_path / "vae__NeoNetPlans") == {}  # never taken for a fold
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import os
+
+    from neonet_toolkit.utilities.io import save_json
+
+    old = os.umask(0o022)
+    try:
+        save_json({"a": 1}, tmp_path / "x.json")
+        assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+        os.umask(0o007)
+        save_json({"a": 1}, tmp_path / "y.json")
+        assert (tmp_path / "y.json").stat().st_mode & 0o777 == 0o660
+    finally:
+        os.umask(old)
