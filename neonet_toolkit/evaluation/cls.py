@@ -35,9 +35,10 @@ from neonet_toolkit.evaluation.cls_metrics import (
     load_run,
     paired_test,
 )
-from neonet_toolkit.evaluation.cls_shortcut import SHORTCUT_WARN_AUC, load_shortcut_checks
+from neonet_toolkit.evaluation.cls_shortcut import SHORTCUT_WARN_AUC, classifier_shortcut_check, load_shortcut_checks
 from neonet_toolkit.experiment_planning.splits import load_splits
 from neonet_toolkit.networks.classifiers import PRETTY, TABLE2_ARCHS, TABLE5_ARCHS
+from neonet_toolkit.preprocessing.synthetic_sets import MANIFEST, synthetic_folder
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.identifiers import (
     PROTOCOL_LABELS,
@@ -281,14 +282,42 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
     else:
         report.append("No shortcut check found (runs without synthetic data, or not computed: `neonet_experiment` "
                       "computes it for every fold with a synthetic set).")
+    clf_checks = classifier_shortcut_checks(name, found, plans_name)
+    if clf_checks:
+        report += ["", "## Shortcut check by the classifier itself (held-out synthetic vs real validation patches "
+                   "of the same class)", "",
+                   "| run | fold | class | n synthetic | n real | AUC (0.5 = no shortcut) | mean p synthetic / real |",
+                   "|---|---|---|---|---|---|---|"]
+        for chk in clf_checks:
+            for c, r in sorted(chk["per_class"].items()):
+                if r["auc"] is not None:
+                    report.append(f"| {chk['run']} | {chk['fold']} | {c} | {r['n_synthetic']} | {r['n_real']} | "
+                                  f"{_fmt(r['auc'])} | {_fmt(r['mean_probability_synthetic'])} / "
+                                  f"{_fmt(r['mean_probability_real'])} |")
     save_text("\n".join(report) + "\n", out / "report.md")
     save_text(methods_summary(name, pp, results, tests, shortcuts, n_boot), out / "methods.md")
     summary = {"dataset": name, "n_folds": n_folds,
                "runs": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()},
-               "paired_tests": tests, "shortcut_checks": shortcuts, "output": str(out)}
+               "paired_tests": tests, "shortcut_checks": shortcuts, "classifier_shortcut_checks": clf_checks,
+               "output": str(out)}
     save_json(summary, out / "summary.json")
     logger.info("NeoCls evaluation of %d run(s) written to %s", len(results), out)
     return summary
+
+
+def classifier_shortcut_checks(name: str, found: dict[str, dict[int, Path]], plans_name: str) -> list[dict]:
+    """:func:`classifier_shortcut_check` for every (run, fold) whose fold has a synthetic set."""
+    out = []
+    for run, folds in sorted(found.items()):
+        if run.startswith("cls_radiomics"):
+            continue
+        for k in sorted(folds):
+            if (synthetic_folder(name, k, plans_name) / MANIFEST).is_file():
+                try:
+                    out.append(classifier_shortcut_check(name, run, k, plans_name))
+                except (FileNotFoundError, ValueError, KeyError) as e:
+                    logger.warning("classifier shortcut check %s fold %d skipped: %s", run, k, e)
+    return out
 
 
 def methods_summary(name: str, pp: Path, results: dict, tests: list[dict], shortcuts: list[dict],

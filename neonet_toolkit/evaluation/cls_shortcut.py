@@ -10,9 +10,11 @@ from neonet_toolkit.dataset.contract import safe_join
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
 from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, select_for_ratio, synthetic_folder
-from neonet_toolkit.training.cls_artifacts import case_labels
+from neonet_toolkit.training.cls_artifacts import SUMMARY_FILE, case_labels
+from neonet_toolkit.training.cls_data import load_real, load_synthetic
+from neonet_toolkit.training.cls_predict import load_fold_classifier, predict_proba
 from neonet_toolkit.utilities import stats
-from neonet_toolkit.utilities.identifiers import dataset_folders
+from neonet_toolkit.utilities.identifiers import PLANS_NAME, dataset_folders, stage_fold_folder, stage_folder_name
 from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
@@ -123,3 +125,41 @@ def load_shortcut_checks(results_root: Path, plans_name: str = "NeoNetPlans") ->
     return [load_json(f) for f in sorted(d.glob("fold_*.json"))] if d.is_dir() else []
 
 
+
+
+def classifier_shortcut_check(dataset, run: str, fold: int, plans_name: str = PLANS_NAME, device: str = "cpu",
+                              save: bool = True) -> dict:
+    """Does the trained classifier itself score synthetic patches differently from real ones of the same class?
+
+    Per class: the AUC of the classifier's probabilities separating the fold's *held-out* synthetic patches
+    (those this run did not train on) from the fold's real validation cases of that class. AUC ≈ 0.5: the
+    classifier's output does not depend on "synthetic"; far from 0.5: it does, and an R+S gain may come
+    from the synthetic look rather than the target. Complements :func:`shortcut_check`, which asks a separate
+    discriminator."""
+    name, pp, res_root = dataset_folders(dataset)
+    folder = stage_fold_folder(name, run, fold, plans_name)
+    summary = load_json(folder / SUMMARY_FILE)
+    syn_folder = synthetic_folder(name, fold, plans_name)
+    manifest = load_manifest(syn_folder)
+    used = set(summary.get("synthetic_ids", []))
+    held = [e for e in manifest["entries"] if e["id"] not in used]
+    net, info = load_fold_classifier(name, run, fold, device, plans_name)
+    crop = info["crop_size"]
+    labels = case_labels(pp, summary["crop_source"])
+    out = {"dataset": name, "run": run, "fold": fold, "n_synthetic_held_out": len(held), "per_class": {}}
+    for c in (0, 1):
+        syn = [e for e in held if int(e["label"]) == c]
+        real = [v for v in summary["val_ids"] if labels[v] == c]
+        if len(syn) < 2 or len(real) < 2:
+            out["per_class"][str(c)] = {"n_synthetic": len(syn), "n_real": len(real), "auc": None}
+            continue
+        p_syn = predict_proba(net, info, load_synthetic(syn, syn_folder / "patches", crop), device)
+        p_real = predict_proba(net, info, load_real(pp, summary["crop_source"], real), device)
+        y = np.r_[np.ones(len(p_syn)), np.zeros(len(p_real))]
+        auc = stats.roc_auc(y, np.r_[p_syn, p_real])
+        out["per_class"][str(c)] = {"n_synthetic": len(syn), "n_real": len(real), "auc": float(auc),
+                                    "mean_probability_synthetic": float(np.mean(p_syn)),
+                                    "mean_probability_real": float(np.mean(p_real))}
+    if save:
+        save_json(out, res_root / stage_folder_name(SHORTCUT_DIR, plans_name) / f"classifier_{run}_fold_{fold}.json")
+    return out

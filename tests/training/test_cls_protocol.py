@@ -200,3 +200,30 @@ def test_no_signal_nested_is_not_inflated_and_val_is(planned_phantom, tmp_path, 
     print(f"NO-SIGNAL seed={seed} nested={nested} val={val}")
     assert nested["ci"][0] <= 0.5 <= nested["ci"][1]
     assert val["fold_mean"] > nested["fold_mean"]
+
+
+def test_classifier_shortcut_check_known_answer(proto_env):
+    """Synthetic patches that are exact copies of real validation patches get the same scores: AUC 0.5."""
+    from neonet_toolkit.evaluation.cls_shortcut import classifier_shortcut_check
+    from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+    from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder
+    from neonet_toolkit.preprocessing.synthetic_sets import MANIFEST, synthetic_folder
+    from neonet_toolkit.training.cls import ClsTrainer
+    from neonet_toolkit.utilities.io import save_json, save_npz
+
+    ds, pp = proto_env["dataset_name"], proto_env["preprocessed"]
+    out = ClsTrainer(ds, 2, arch="resnet10", early_stopping="none", configuration=proto_env["cfg"],
+                     device="cpu", epochs=1).run()
+    val = get_fold(load_splits(pp), 2)["val"]
+    labels = {c: r["label"] for c, r in load_metadata(patch_folder(pp, "gt"))["cases"].items()}
+    folder = synthetic_folder(ds, 2)
+    entries = []
+    for k, c in enumerate(val):
+        img, lab = load_patch(patch_folder(pp, "gt"), c)
+        save_npz(folder / "patches" / f"syn_{k:05d}.npz", image=img, label=lab)
+        entries.append({"id": f"syn_{k:05d}", "label": labels[c], "role": "minority", "source_case": c, "order": k})
+    save_json({"fold": 2, "gap": 0, "entries": entries}, folder / MANIFEST)
+    res = classifier_shortcut_check(ds, out.parent.name.split("__")[0], 2)
+    assert res["n_synthetic_held_out"] == len(val)
+    checked = [r for r in res["per_class"].values() if r["auc"] is not None]
+    assert checked and all(r["auc"] == pytest.approx(0.5) for r in checked)
