@@ -337,7 +337,7 @@ def verify_case(ds: NeoNetDataset, case_id: str, full: bool = True) -> tuple[lis
     try:
         imgs = [sitk.ReadImage(str(f)) if full else _read_header(f) for f in files]
         lab = sitk.ReadImage(str(label_file)) if full else _read_header(label_file)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, OSError) as e:
         return [f"case {case_id!r}: cannot read image/label ({str(e).splitlines()[0][:200]}); re-export the file."], [], info
     g_lab = _geometry(lab)
     info["shape_xyz"] = list(g_lab[0])
@@ -367,7 +367,12 @@ def verify_case(ds: NeoNetDataset, case_id: str, full: bool = True) -> tuple[lis
     if not full:
         return errors, warnings, info
     for f, img in zip(files, imgs):
-        arr = _raw_voxels(f, img)
+        try:
+            arr = _raw_voxels(f, img)
+        except Exception as e:  # a reader failing deep inside: never a traceback, always the case and the fix
+            errors.append(f"case {case_id!r}: image {f.name} cannot be read in full ({type(e).__name__}: {e}); "
+                          "copy it again from its source or re-export it.")
+            continue
         if not np.all(np.isfinite(arr)):
             n = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             errors.append(f"case {case_id!r}: image {f.name} has {n} NaN/Inf voxel(s); replace them (e.g. with 0).")

@@ -81,6 +81,9 @@ def _verify_nifti(path: Path, size: int) -> dict:
     except Exception as e:  # nibabel raises many kinds on a bad header
         raise FileIntegrityError(f"{path}: the NIfTI header cannot be read ({type(e).__name__}: {e}): "
                                  f"{_fix(path)}.") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise FileIntegrityError(f"{path}: the NIfTI header declares an invalid shape {shape} (corrupt header): "
+                                 f"{_fix(path)}.")
     expected = offset + int(np.prod(shape, dtype=np.int64)) * itemsize
     if payload < expected:
         raise FileIntegrityError(
