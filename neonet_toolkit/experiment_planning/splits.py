@@ -69,6 +69,31 @@ def check_splits(splits: list[dict], case_labels: dict[str, int]) -> None:
         raise DatasetError(["splits_final.json: " + p for p in problems])
 
 
+def extend_splits(old: list[dict], case_labels: dict[str, int], seed: int = 12345) -> list[dict]:
+    """Keep every existing case in its validation fold; drop cases that are gone; add new cases stratified
+    (each new case of a class goes to the fold with the fewest validation cases of that class, in a seeded
+    order). Logs what moved: nothing that was already assigned does."""
+    n = len(old)
+    fold_of = {c: k for k, sp in enumerate(old) for c in sp.get("val", []) if c in case_labels}
+    removed = sorted({c for sp in old for c in sp.get("val", [])} - set(case_labels))
+    new = sorted(set(case_labels) - set(fold_of))
+    rng = np.random.default_rng(seed)
+    for c in [new[i] for i in rng.permutation(len(new))]:
+        y = case_labels[c]
+        counts = [sum(1 for d, k in fold_of.items() if k == f and case_labels[d] == y) for f in range(n)]
+        sizes = [sum(1 for k in fold_of.values() if k == f) for f in range(n)]
+        fold_of[c] = min(range(n), key=lambda f: (counts[f], sizes[f], f))
+    splits = []
+    for k in range(n):
+        val = sorted(c for c, f in fold_of.items() if f == k)
+        splits.append({"train": sorted(c for c, f in fold_of.items() if f != k), "val": val})
+    check_splits(splits, case_labels)
+    logger.warning("splits_final.json: kept %d case(s) in their folds, added %d new case(s) %s, removed %d %s; "
+                   "retrain the folds whose training set changed.", len(fold_of) - len(new), len(new), new[:10],
+                   len(removed), removed[:10])
+    return splits
+
+
 def write_or_reuse_splits(preprocessed_folder: Path, case_labels: dict[str, int], n_folds: int = 5,
                           seed: int = 12345, overwrite: bool = False, raw_folder: Path | None = None) -> list[dict]:
     """Create ``splits_final.json`` once; afterwards reuse it (never silently replace it).
@@ -76,7 +101,9 @@ def write_or_reuse_splits(preprocessed_folder: Path, case_labels: dict[str, int]
     * an existing file that is valid for the current cases is kept, even if a different seed
       would now give other folds (trained models depend on it);
     * an existing file that no longer fits the cases raises, naming ``--overwrite_splits``;
-    * ``overwrite=True`` backs the old file up as ``splits_final.json.bak`` before writing;
+    * ``overwrite=True`` backs the old file up as ``splits_final.json.bak`` before writing; with the same
+      number of folds it keeps every existing case in its fold and adds new cases stratified
+      (:func:`extend_splits`), and only makes new folds when that is impossible (and says so);
     * a ``splits_final.json`` in the raw dataset folder (nnU-Net's convention for custom
       splits) is used as the source when no preprocessed one exists.
     """
@@ -93,10 +120,19 @@ def write_or_reuse_splits(preprocessed_folder: Path, case_labels: dict[str, int]
             ) from None
         logger.info("Reusing existing %s (%d folds)", target, len(splits))
         return splits
+    old = load_json(target) if target.is_file() else None
     if target.is_file() and overwrite:
         backup = target.with_name(SPLITS_FILE + ".bak")
         target.replace(backup)
         logger.warning("Replaced %s; the old splits are in %s", target, backup)
+        if isinstance(old, list) and len(old) == n_folds:
+            try:
+                splits = extend_splits(old, case_labels, seed)
+                save_json(splits, target)
+                return splits
+            except DatasetError as e:
+                logger.warning("Could not keep the existing fold assignments (%s); making new stratified folds: "
+                               "every case may move, retrain all folds.", e)
     raw_splits = Path(raw_folder) / SPLITS_FILE if raw_folder is not None else None
     if raw_splits is not None and raw_splits.is_file():
         splits = load_json(raw_splits)

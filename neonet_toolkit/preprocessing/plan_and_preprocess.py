@@ -89,8 +89,12 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
 
     t = time.perf_counter()
     fingerprint_file = pp / "dataset_fingerprint.json"
+    stale = (not fingerprint_file.is_file()
+             or len(load_json(fingerprint_file).get("shapes_after_crop", [])) != len(ds.case_ids))
+    if stale and fingerprint_file.is_file():
+        logger.info("The dataset's cases changed since the fingerprint was computed: recomputing it.")
     extract_fingerprint_dataset(dataset_id, num_processes=num_processes, check_dataset_integrity=False,
-                                clean=clean or not fingerprint_file.is_file(), verbose=False)
+                                clean=clean or stale, verbose=False)
     report["timings_s"]["fingerprint"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -89,3 +89,22 @@ def test_get_fold_out_of_range():
     assert get_fold(splits, 4) == splits[4]
     with pytest.raises(ValueError, match="folds 0..4"):
         get_fold(splits, 5)
+
+
+def test_overwrite_splits_keeps_assignments_and_adds_new_cases_stratified(tmp_path):
+    from neonet_toolkit.experiment_planning.splits import write_or_reuse_splits
+
+    labels = {f"c{i:02d}": int(i % 3 == 0) for i in range(30)}
+    first = write_or_reuse_splits(tmp_path, labels, n_folds=5)
+    labels.update({"new_pos": 1, "new_neg_a": 0, "new_neg_b": 0})
+    del labels["c01"]
+    second = write_or_reuse_splits(tmp_path, labels, n_folds=5, overwrite=True)
+    before = {c: k for k, sp in enumerate(first) for c in sp["val"]}
+    after = {c: k for k, sp in enumerate(second) for c in sp["val"]}
+    assert all(after[c] == k for c, k in before.items() if c in labels)  # nobody moved
+    assert {"new_pos", "new_neg_a", "new_neg_b"} <= set(after) and "c01" not in after
+    for sp in second:  # still stratified: every validation fold keeps both classes, sizes within one case
+        assert {labels[c] for c in sp["val"]} == {0, 1}
+    sizes = [len(sp["val"]) for sp in second]
+    assert max(sizes) - min(sizes) <= 1
+    assert (tmp_path / "splits_final.json.bak").is_file()
