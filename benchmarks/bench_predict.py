@@ -40,7 +40,8 @@ CHILD_NEONET = r"""
 import json, resource, sys, time
 from pathlib import Path
 from neonet_toolkit.inference.inputs import discover_inputs
-from neonet_toolkit.inference.predict import NeoNetPredictor, collect
+from neonet_toolkit.inference.predict import NeoNetPredictor
+from neonet_toolkit.inference.writers import collect
 a = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 pr = NeoNetPredictor(a["dataset"], seg_model=a["seg_model"], cls_run=a["cls_run"], folds=a["folds"], device=a["device"])

@@ -23,8 +23,6 @@ Outputs (all written atomically; a rerun completes only what is missing):
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from pathlib import Path
@@ -39,7 +37,9 @@ from neonet_toolkit.dataset.contract import DatasetError, check_case_id, resolve
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.inference import qc
 from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard
+from neonet_toolkit.inference.postprocessing import check_output_folder, default_cls_run, ensemble_decision
 from neonet_toolkit.inference.report import crop_png
+from neonet_toolkit.inference.writers import collect
 from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
 from neonet_toolkit.training.cls_predict import decision_rule, load_fold_classifier, predict_proba
 from neonet_toolkit.training.seg.masks import (
@@ -50,15 +50,13 @@ from neonet_toolkit.training.seg.masks import (
     registered_model,
 )
 from neonet_toolkit.utilities.devices import get_device
-from neonet_toolkit.utilities.identifiers import PLANS_NAME, cls_run_name, finished_folds, list_cls_runs, stage_root
-from neonet_toolkit.utilities.io import atomic_path, load_json, save_json, save_text
+from neonet_toolkit.utilities.identifiers import PLANS_NAME, finished_folds, list_cls_runs, stage_root
+from neonet_toolkit.utilities.io import atomic_path, load_json, save_json
 from neonet_toolkit.version import __version__
 
 logger = logging.getLogger(__name__)
 
-CSV_FIELDS = ["case_id", "status", "error", "probability", "decision", "threshold", "fold_probabilities",
-              "tumor_volume_ml",
-              "qc_flags"]
+
 
 
 def trained_cls_runs(dataset, plans_name: str = PLANS_NAME) -> list[str]:
@@ -86,27 +84,6 @@ class FoldLogitsPredictor(nnUNetPredictor):
             return self.predict_logits_from_preprocessed_data(data)
         finally:
             self._fold_hook = None
-
-
-def default_cls_run(runs: list[str]) -> str | None:
-    """The run ``neonet_predict`` uses without ``--cls-run``: the only trained run, else the paper's
-    PattenNet R+S (1:1) under the default nested protocol, else under the paper's protocol; else none."""
-    if len(runs) == 1:
-        return runs[0]
-    for preferred in (cls_run_name("pattennet", 1.0, early_stopping="nested"), cls_run_name("pattennet", 1.0)):
-        if preferred in runs:
-            return preferred
-    return None
-
-
-def ensemble_decision(probs: Sequence[float], thresholds: Sequence[float]) -> tuple[float, int, float]:
-    """(mean probability, decision, mean threshold): the majority of the per-fold decisions, each fold's
-    calibrated probability against its own threshold; a tie goes to mean probability >= mean threshold."""
-    p, t = float(np.mean(probs)), float(np.mean(thresholds))
-    votes = sum(int(q >= th) for q, th in zip(probs, thresholds))
-    n = len(probs)
-    decision = int(votes * 2 > n) if votes * 2 != n else int(p >= t)
-    return p, decision, t
 
 
 class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run in paths.nnunet_environment
@@ -391,32 +368,6 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         crop_png(img_p, lab_p, folder / f"{cid}_crop.png", saliency=sal, title=cid, spacing=self.nplans["spacing"])
 
 
-def collect(out: str | Path, provenance: dict | None = None) -> list[dict]:
-    """(Re)write predictions.csv / predictions.json from every case record in ``out/cases``."""
-    out = Path(out)
-    recs = [load_json(f) for f in sorted((out / "cases").glob("*.json"))] if (out / "cases").is_dir() else []
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    for r in recs:
-        failed = r.get("status") == "failed"
-        w.writerow({
-            "case_id": r["case_id"], "status": r.get("status", "ok"), "error": r.get("error", ""),
-            "probability": "" if r.get("probability") is None else f"{r['probability']:.6f}",
-            "decision": "" if r.get("decision") is None else r["decision"],
-            "threshold": "" if r.get("threshold") is None else f"{r['threshold']:.6f}",
-            "fold_probabilities": ";".join(f"{k}:{v:.6f}" for k, v in r.get("fold_probabilities", {}).items()),
-            "tumor_volume_ml": "" if failed else f"{r['tumor_volume_ml']:.3f}",
-            "qc_flags": ";".join(r.get("qc_flags", [])),
-        })
-    save_text(buf.getvalue(), out / "predictions.csv")
-    prov_file = out / "predictions.json"
-    if provenance is None and prov_file.is_file():
-        provenance = load_json(prov_file).get("provenance", {})
-    save_json({"provenance": provenance or {}, "cases": recs}, prov_file)
-    return recs
-
-
 def predict(input_folder: str | Path, output_folder: str | Path, dataset, seg_model=None, cls_run=None,
             folds=None, device: str = "auto", save_crops: bool = False, saliency: bool = False, num_parts: int = 1,
             part_id: int = 0, overwrite: bool = False, trust_checkpoints: bool = False) -> dict:
@@ -457,14 +408,3 @@ def predict(input_folder: str | Path, output_folder: str | Path, dataset, seg_mo
     recs = collect(out, predictor.provenance())
     return {"cases": recs, "predicted": [c for c in (x.case_id for x in todo) if c not in failed],
             "failed": failed, "skipped": [c.case_id for c in done], "timings_s": dict(predictor.timings)}
-
-
-def check_output_folder(input_folder: str | Path, output_folder: str | Path) -> None:
-    """Refuse an output folder equal to, inside, or containing the input folder (masks named CASE.nii.gz
-    would mix with the input scans, and a later run would read them as inputs)."""
-    inp, out = Path(input_folder).resolve(), Path(output_folder).resolve()
-    if out == inp or inp in out.parents or out in inp.parents:
-        rel = "is" if out == inp else ("is inside" if inp in out.parents else "contains")
-        raise DatasetError(f"Output folder {output_folder} {rel} the input folder {input_folder}: predicted masks "
-                           f"would be mixed with the input scans. Choose a separate folder, e.g. "
-                           f"{inp.parent / (inp.name + '_neonet_predictions')}.")

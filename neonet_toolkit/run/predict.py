@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 
-from neonet_toolkit.inference.predict import collect, predict
+from neonet_toolkit.inference.predict import predict
+from neonet_toolkit.inference.writers import collect
 from neonet_toolkit.run.common import add_common, cli_main
 
 

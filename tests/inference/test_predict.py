@@ -162,7 +162,7 @@ def test_rerun_after_crash_completes_only_what_is_missing(trained, full_run, tmp
 
 
 def test_two_parts_equal_one_run(trained, full_run, tmp_path):
-    from neonet_toolkit.inference.predict import collect
+    from neonet_toolkit.inference.writers import collect
 
     out = tmp_path / "sharded"
     r0 = _predict(trained, trained["raw"] / "imagesTs", out, num_parts=2, part_id=0)
