@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neonet_toolkit.dataset.contract import safe_join
+from neonet_toolkit.dataset.case_ids import safe_join
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
 from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, select_for_ratio, synthetic_folder

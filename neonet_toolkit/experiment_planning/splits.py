@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neonet_toolkit.dataset.contract import DatasetError
+from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)

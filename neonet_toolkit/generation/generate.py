@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neonet_toolkit.dataset.contract import safe_join
+from neonet_toolkit.dataset.case_ids import safe_join
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.networks.diffusion import ddim_sample, ddim_timesteps, make_noise_scheduler

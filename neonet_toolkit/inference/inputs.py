@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neonet_toolkit.dataset.contract import DatasetError, check_case_id
+from neonet_toolkit.dataset.case_ids import check_case_id
+from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.dataset.file_checks import file_problem
 from neonet_toolkit.utilities.io import atomic_path
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from neonet_toolkit.dataset.contract import DatasetError
+from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.utilities.identifiers import cls_run_name
 
 

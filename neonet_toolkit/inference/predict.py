@@ -33,7 +33,9 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from neonet_toolkit import paths
-from neonet_toolkit.dataset.contract import DatasetError, check_case_id, resolve_label_roles
+from neonet_toolkit.dataset.case_ids import check_case_id
+from neonet_toolkit.dataset.errors import DatasetError
+from neonet_toolkit.dataset.labels import resolve_label_roles
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.inference import qc
 from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard

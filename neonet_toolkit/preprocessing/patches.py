@@ -21,7 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from neonet_toolkit.dataset.contract import LabelRoles, safe_join
+from neonet_toolkit.dataset.case_ids import safe_join
+from neonet_toolkit.dataset.labels import LabelRoles
 from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
 from neonet_toolkit.utilities.io import load_json, save_json, save_npz
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from neonet_toolkit import paths
-from neonet_toolkit.dataset.contract import DatasetError, NeoNetDataset, verify_dataset
+from neonet_toolkit.dataset.contract import NeoNetDataset
+from neonet_toolkit.dataset.errors import DatasetError
+from neonet_toolkit.dataset.verification import verify_dataset
 from neonet_toolkit.experiment_planning.planner import NEONET_NNUNET_PLANS, NeoNetExperimentPlanner
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, build_neonet_plans
 from neonet_toolkit.experiment_planning.splits import write_or_reuse_splits

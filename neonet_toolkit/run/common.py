@@ -6,7 +6,7 @@ import logging
 import sys
 
 from neonet_toolkit import paths
-from neonet_toolkit.dataset.contract import DatasetError
+from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.utilities.checkpoints import UnsafeCheckpointError
 from neonet_toolkit.utilities.package_checks import monai_generative_warning
 

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from neonet_toolkit.dataset.contract import (
-    DatasetError, NeoNetDataset, check_case_id, read_case_labels, resolve_label_roles, safe_join, verify_dataset)
+from neonet_toolkit.dataset.case_ids import check_case_id, safe_join
+from neonet_toolkit.dataset.contract import NeoNetDataset, read_case_labels
+from neonet_toolkit.dataset.errors import DatasetError
+from neonet_toolkit.dataset.labels import resolve_label_roles
+from neonet_toolkit.dataset.verification import verify_dataset
 from neonet_toolkit.demo.phantom import make_phantom_dataset
 
 

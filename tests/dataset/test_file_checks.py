@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from neonet_toolkit.dataset.contract import DatasetError, NeoNetDataset, verify_dataset
+from neonet_toolkit.dataset.contract import NeoNetDataset
+from neonet_toolkit.dataset.errors import DatasetError
+from neonet_toolkit.dataset.verification import verify_dataset
 from neonet_toolkit.demo.phantom import make_phantom_dataset
 from neonet_toolkit.inference.inputs import discover_inputs
 

@@ -5,7 +5,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import binary_dilation
 
-from neonet_toolkit.dataset.contract import NeoNetDataset, verify_dataset
+from neonet_toolkit.dataset.contract import NeoNetDataset
+from neonet_toolkit.dataset.verification import verify_dataset
 from neonet_toolkit.demo.phantom import make_case, make_phantom_dataset
 
 

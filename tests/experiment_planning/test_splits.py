@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from neonet_toolkit.dataset.contract import DatasetError
+from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.experiment_planning.splits import (
     check_splits, get_fold, make_stratified_splits, write_or_reuse_splits)
 

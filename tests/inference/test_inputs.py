@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from neonet_toolkit.dataset.contract import DatasetError
+from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard
 from neonet_toolkit.inference.qc import (
     crop_border_flag, fold_cls_disagreement, fold_seg_disagreement, intensity_flag, spacing_flag)
@@ -111,7 +111,7 @@ def test_qc_helpers():
 def test_spurious_tumour_components_are_relabelled_as_organ():
     from types import SimpleNamespace
 
-    from neonet_toolkit.dataset.contract import resolve_label_roles
+    from neonet_toolkit.dataset.labels import resolve_label_roles
     from neonet_toolkit.inference.predict import NeoNetPredictor
 
     roles = resolve_label_roles({"labels": {"background": 0, "liver": 1, "vessel": 2, "tumor": 3}})

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from neonet_toolkit.dataset.contract import DatasetError
+from neonet_toolkit.dataset.errors import DatasetError
 
 DS = 503
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from neonet_toolkit.dataset.contract import resolve_label_roles
+from neonet_toolkit.dataset.labels import resolve_label_roles
 from neonet_toolkit.preprocessing.tlcr import crop_start, extract, tlcr, tlcr_from_segmentation
 
 

@@ -296,7 +296,7 @@ def test_seg_reuse_existing_model_maps_labels_by_name(trained, tmp_path):
 
 
 def test_seg_reuse_model_without_organ_label_is_refused(trained, tmp_path):
-    from neonet_toolkit.dataset.contract import DatasetError
+    from neonet_toolkit.dataset.errors import DatasetError
     from neonet_toolkit.training.seg.masks import register_model
 
     ext = tmp_path / "m"

@@ -22,7 +22,8 @@ from typing import Iterable
 import numpy as np
 
 from neonet_toolkit import paths
-from neonet_toolkit.dataset.contract import DatasetError, NeoNetDataset
+from neonet_toolkit.dataset.contract import NeoNetDataset
+from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.preprocessing.patches import METADATA_FILE, extract_patch_for_case, patch_folder, settings_hash
