@@ -64,7 +64,9 @@ def convert_dicom_series(folder: Path, series_id: str, target: Path) -> Path:
     names = reader.GetGDCMSeriesFileNames(str(folder), series_id)
     reader.SetFileNames(names)
     try:
-        img = reader.Execute()
+        # one file = a multi-frame (enhanced) DICOM: its frames are the slices, read it as one image
+        # (the series reader would stack it into a 4D image of one "slice")
+        img = sitk.ReadImage(names[0]) if len(names) == 1 else reader.Execute()
     except RuntimeError as e:
         raise DatasetError(f"DICOM series {series_id} in {folder} cannot be read ({str(e).splitlines()[0][:200]}); "
                            "check that the folder holds one complete series.") from None
@@ -144,9 +146,14 @@ def discover_inputs(input_folder: str | Path, file_ending: str = ".nii.gz", n_ch
         while any(c.case_id == cid for c in cases):
             cid += "_dup"
         target = work / f"{cid}_0000.nii.gz"
+        error = None
         if not target.is_file():
-            convert_dicom_series(d, sid, target)
-        cases.append(InputCase(cid, [target], "dicom", d, {"series_instance_uid": sid}))
+            try:
+                convert_dicom_series(d, sid, target)
+            except DatasetError as e:  # one unreadable series never stops the others
+                error = f"case {cid!r}: {e}"
+                logger.error(error)
+        cases.append(InputCase(cid, [target], "dicom", d, {"series_instance_uid": sid}, error=error))
     logger.info("Found %d DICOM series in %s", len(cases), folder)
     return sorted(cases, key=lambda c: c.case_id)
 

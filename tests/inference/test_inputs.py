@@ -123,3 +123,16 @@ def test_spurious_tumour_components_are_relabelled_as_organ():
     removed = NeoNetPredictor.remove_spurious_tumor(fake, seg, (2.0, 2.0, 2.0))
     assert removed == 4
     assert (seg == 3).sum() == 216 and seg[14, 14, 14] == 1
+
+
+def test_multiframe_dicom_is_read_as_one_3d_volume(tmp_path):
+    vol = (np.arange(5 * 12 * 10).reshape(5, 12, 10) % 200).astype(np.uint16)
+    img = sitk.GetImageFromArray(vol)
+    img.SetSpacing((0.8, 0.8, 2.5))
+    (tmp_path / "in" / "enhanced").mkdir(parents=True)
+    sitk.WriteImage(img, str(tmp_path / "in" / "enhanced" / "volume.dcm"))  # one multi-frame file
+    (case,) = discover_inputs(tmp_path / "in", work_folder=tmp_path / "work")
+    out = sitk.ReadImage(str(case.files[0]))
+    assert case.error is None and out.GetDimension() == 3
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), vol)
+    np.testing.assert_allclose(out.GetSpacing()[:2], (0.8, 0.8), atol=1e-4)
