@@ -36,6 +36,13 @@ logger = logging.getLogger(__name__)
 NEONET_PLANS_FILE = "neonet_plans.json"
 PAPER_CROP_XYZ = (96, 96, 48)
 STAGES = ("seg", "vae", "ldm", "controlnet", "cls")
+POSTPROCESSING = {
+    # predicted tumour components smaller than this fraction of the smallest training tumour are spurious
+    "spurious_tumor_fraction": 0.2,
+    # QC flags: spacing outside [min x lo, max x hi] of the training spacings; mean pairwise fold tumour Dice
+    # below; spread (max - min) of the fold probabilities above
+    "qc_spacing_tolerance": [0.8, 1.25], "qc_fold_dice_min": 0.5, "qc_fold_probability_spread_max": 0.5,
+}
 
 
 def crop_xyz_to_array_order(crop_xyz, transpose_forward) -> list[int]:
@@ -158,6 +165,9 @@ def build_neonet_plans(*, dataset_name: str, target: str, label_roles: dict, nnu
         },
         "latent": {"vae_downsampling": 2 ** n_vae_down, "latent_shape": latent, "ldm_levels": levels},
         "default_configuration": {"cpu": "cpu_small", "cuda": "gpu_full"},
+        # inference rules, stored with the plans the models were trained under (as nnU-Net stores its
+        # postprocessing choice) and recorded in neonet_predict's provenance
+        "postprocessing": dict(POSTPROCESSING),
         "configurations": {"gpu_full": _gpu_full(n_vae_down, levels), "cpu_small": _cpu_small(n_vae_down, levels)},
     }
     return plans

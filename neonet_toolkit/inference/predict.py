@@ -165,7 +165,13 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         gt_cases = load_json(gt_meta)["cases"].values() if gt_meta.is_file() else []
         # spurious-tumour rule: predicted tumour components smaller than this fraction of the smallest
         # training tumour (by volume) are relabelled as organ before anything else uses the mask
-        self.min_component_fraction = 0.2
+        post = self.nplans.plans.get("postprocessing")
+        if post is None:
+            raise DatasetError(f"neonet_plans.json of {self.dataset_name} has no 'postprocessing' rules (written by an "
+                               f"older NeoNet): run `neonet_plan_and_preprocess -d {self.dataset_name}` to add them "
+                               "(trained models and your settings are kept).")
+        self.postprocessing = dict(post)
+        self.min_component_fraction = float(post["spurious_tumor_fraction"])
         self.min_train_tumor_ml = min((r["tumor_volume_ml"] for r in gt_cases if not r["empty_tumor"]), default=0.0)
         self.min_train_tumor = (min((r["tumor_voxels"] for r in load_json(gt_meta)["cases"].values()
                                      if not r["empty_tumor"]), default=0) if gt_meta.is_file() else 0)
@@ -195,7 +201,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
             "spurious_tumor_rule": f"predicted tumour components smaller than {self.min_component_fraction:g} x the "
                                    f"smallest training tumour ({self.min_train_tumor_ml:.3f} ml) are relabelled as "
                                    "organ in the written mask and before TLCR",
-            "qc_flags": qc.QC_FLAGS,
+            "qc_flags": qc.QC_FLAGS, "postprocessing": self.postprocessing,
         }
 
     def _tick(self, key: str, t0: float) -> float:
@@ -305,12 +311,13 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         flags = []
         organ, tumor = self.roles.masks(seg)
         spacing = [float(s) for s in props["spacing"]]
-        if qc.spacing_flag(spacing, self.fingerprint["spacings"]):
+        post = self.postprocessing
+        if qc.spacing_flag(spacing, self.fingerprint["spacings"], tuple(post["qc_spacing_tolerance"])):
             flags.append("spacing_out_of_range")
         fp_ch = self.fingerprint["foreground_intensity_properties_per_channel"].get(str(self.image_channel))
         if fp_ch and qc.intensity_flag(data[self.image_channel], organ | tumor, fp_ch):
             flags.append("intensity_out_of_range")
-        dis, fold_dice = qc.fold_seg_disagreement(fold_tumors)
+        dis, fold_dice = qc.fold_seg_disagreement(fold_tumors, float(post["qc_fold_dice_min"]))
         if dis:
             flags.append("fold_disagreement_seg")
         rec = {"case_id": case.case_id, "input": [str(f) for f in case.files], "source": case.source,
@@ -330,7 +337,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
             probs = self.classify(img_p)
             thresholds = [float(i["threshold"]) for _, _, i in self.classifiers]
             p, decision, thr = ensemble_decision(probs, thresholds)
-            if qc.fold_cls_disagreement(probs):
+            if qc.fold_cls_disagreement(probs, float(self.postprocessing["qc_fold_probability_spread_max"])):
                 flags.append("fold_disagreement_cls")
             if any(i.get("crop_source", "gt") == "gt" for _, _, i in self.classifiers):
                 flags.append("gt_trained_classifier_on_predicted_mask")

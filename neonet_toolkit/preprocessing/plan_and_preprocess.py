@@ -125,6 +125,9 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
         for key in ("dataset_name", "nnunet_plans", "seg_configuration", "target", "label_roles", "spacing",
                     "transpose_forward", "transpose_backward", "class_counts"):
             plans[key] = fresh[key]
+        plans.setdefault("postprocessing", fresh["postprocessing"])
+        for k, v in fresh["postprocessing"].items():
+            plans["postprocessing"].setdefault(k, v)
         # settings added by a newer NeoNet: filled in, never overriding a value the user set
         for conf_name, conf in fresh["configurations"].items():
             mine = plans["configurations"].setdefault(conf_name, conf)
