@@ -71,7 +71,9 @@ def _gpu_full(n_vae_down: int, ldm_levels: int) -> dict:
     vae_channels = [32, 64, 64, 128][: n_vae_down + 1]
     ldm_channels = [64, 128, 256, 256][:ldm_levels]
     return {
-        "seg": {"architecture": "swinunetr", "feature_size": 48, "window_size": 7, "batch_size": 2, "epochs": 400,
+        "seg": {"architecture": "swinunetr", "feature_size": 48, "window_size": 7, "depths": [2, 2, 2, 2],
+                "num_heads": [3, 6, 12, 24], "segresnet_init_filters": 16, "unet_num_res_units": 2,
+                "batch_size": 2, "epochs": 400,
                 "iterations_per_epoch": 250, "val_iterations_per_epoch": 50,
                 "initial_lr": 1e-4, "weight_decay": 1e-5, "optimizer": "AdamW", "loss": "dice_ce"},
         "vae": {"channels": vae_channels, "latent_channels": 4, "num_res_blocks": 1, "norm_num_groups": 32,
@@ -101,6 +103,11 @@ def _gpu_full(n_vae_down: int, ldm_levels: int) -> dict:
                 "cache_latents": True, "threshold_method": "youden", "swin_feature_size": 24,
                 "resnet_conv1_stride": 2},
     }
+
+
+def paper_seg_settings() -> dict:
+    """The paper's NeoSeg settings (the ``gpu_full`` seg stage), for nnU-Net runs without a neonet_plans.json."""
+    return _gpu_full(2, 3)["seg"]
 
 
 def _cpu_small(n_vae_down: int, ldm_levels: int) -> dict:

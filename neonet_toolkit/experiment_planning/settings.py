@@ -21,6 +21,10 @@ class SegSettings:
     architecture: str
     feature_size: int
     window_size: int
+    depths: list
+    num_heads: list
+    segresnet_init_filters: int
+    unet_num_res_units: int
     batch_size: int
     epochs: int
     iterations_per_epoch: int

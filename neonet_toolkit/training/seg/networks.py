@@ -15,26 +15,9 @@ logger = logging.getLogger(__name__)
 
 SWIN_DIVISOR = 32
 
-# Paper settings (method section: SwinUNETR, AdamW, lr 1e-4, Dice+CE, batch 2, 400 epochs). Every key
-# may be overridden by the "seg" stage of neonet_plans.json; the network keys are frozen into the
-# trained model's plans.json ("neoseg" entry of the configuration) so inference rebuilds the same network.
-SEG_DEFAULTS: dict = {
-    "architecture": "swinunetr",
-    "feature_size": 48,
-    "window_size": 7,
-    "depths": [2, 2, 2, 2],
-    "num_heads": [3, 6, 12, 24],
-    "segresnet_init_filters": 16,
-    "unet_num_res_units": 2,
-    "batch_size": 2,
-    "epochs": 400,
-    "iterations_per_epoch": 250,
-    "val_iterations_per_epoch": 50,
-    "initial_lr": 1e-4,
-    "weight_decay": 1e-5,
-    "optimizer": "AdamW",
-    "loss": "dice_ce",
-}
+# The settings live in neonet_plans.json (the "seg" stage; the paper's values are the gpu_full preset in
+# experiment_planning/plans.py). The network keys are frozen into the trained model's plans.json ("neoseg"
+# entry of the configuration) so inference rebuilds the same network.
 NETWORK_KEYS = ("architecture", "feature_size", "window_size", "depths", "num_heads", "segresnet_init_filters",
                 "unet_num_res_units")
 ARCHITECTURES = ("swinunetr", "unet", "segresnet", "dynunet", "nnunet")

@@ -35,8 +35,8 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch._dynamo import OptimizedModule
 
-from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
-from neonet_toolkit.training.seg.networks import NETWORK_KEYS, SEG_DEFAULTS, build_network, check_architecture
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, paper_seg_settings
+from neonet_toolkit.training.seg.networks import NETWORK_KEYS, build_network, check_architecture
 from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME, SEG_CONFIGURATION, nnunet_model_folder
 from neonet_toolkit.utilities.io import load_json
 
@@ -53,7 +53,7 @@ def resolve_seg_settings(dataset_name: str, device: torch.device | str = "cpu",
                          configuration: str | None = None) -> dict:
     """The NeoSeg settings for a dataset: paper defaults < neonet_plans.json ``seg`` < environment."""
 
-    settings = copy.deepcopy(SEG_DEFAULTS)
+    settings = copy.deepcopy(paper_seg_settings())
     configuration = configuration or os.environ.get(ENV_CONFIGURATION) or None
     pp = os.environ.get("nnUNet_preprocessed")
     plans_file = Path(pp) / dataset_name / NEONET_PLANS_FILE if pp else None
@@ -154,7 +154,8 @@ class NeoSegTrainerBase(nnUNetTrainer):
         settings = configuration_manager.configuration.get(PLANS_KEY)
         if settings is None:  # plans without the frozen entry (e.g. building before __init__ ran)
             settings = {k: v for k, v in resolve_seg_settings(plans_manager.dataset_name).items() if k in NETWORK_KEYS}
-        settings = {**{k: SEG_DEFAULTS[k] for k in NETWORK_KEYS}, **settings, "architecture": cls.architecture}
+        paper = paper_seg_settings()
+        settings = {**{k: paper[k] for k in NETWORK_KEYS}, **settings, "architecture": cls.architecture}
         if cls.architecture == "nnunet":
             return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                             num_output_channels, enable_deep_supervision)
