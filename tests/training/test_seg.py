@@ -371,13 +371,17 @@ def test_seg_trainers_found_by_nnunet_ext_trainer_lookup(monkeypatch):
     from neonet_toolkit.training.seg import ensure_trainer_env, trainer_dir
     from neonet_toolkit.training.seg.trainers import TRAINERS
 
+    from neonet_toolkit import paths
+
     monkeypatch.setenv("nnUNet_extTrainer", "/nonexistent/other")
     value = ensure_trainer_env()
     assert value.split(os.pathsep) == ["/nonexistent/other", str(trainer_dir())]
     assert ensure_trainer_env() == value  # idempotent
-    for cls in TRAINERS.values():
-        found = recursive_find_trainer_class_by_name(cls.__name__)
-        assert found.__name__ == cls.__name__ and found.__module__ == "neonet_toolkit.training.seg.trainers"
+    with paths.nnunet_environment():  # NeoNet's nnU-Net calls run in this scope
+        for cls in TRAINERS.values():
+            found = recursive_find_trainer_class_by_name(cls.__name__)
+            assert found.__name__ == cls.__name__ and found.__module__ == "neonet_toolkit.training.seg.trainers"
+    assert os.environ["nnUNet_extTrainer"] == "/nonexistent/other"  # restored: no process-wide side effect
 
 
 @pytest.mark.parametrize("arch", ["swinunetr", "unet", "segresnet", "dynunet", "nnunet"])
