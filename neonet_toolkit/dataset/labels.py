@@ -96,3 +96,12 @@ def resolve_label_roles(dataset_json: dict, dataset_name: str = "dataset") -> La
     if 0 in roles.organ_ids or 0 in roles.tumor_ids:
         raise DatasetError(f"{dataset_name}: the organ/tumour labels must not include the background id 0.")
     return roles
+
+
+def remap_labels(seg: np.ndarray, label_map: dict[int, int], dtype=np.uint8) -> np.ndarray:
+    """Map label ids of ``seg`` through ``label_map`` (ids not in the map become 0, background), with one
+    look-up table: a model's label space onto the dataset's (NeoSeg reuse, OOF masks, prediction)."""
+    lut = np.zeros(max(max(label_map, default=0), int(seg.max()) if seg.size else 0) + 1, dtype=dtype)
+    for s, t in label_map.items():
+        lut[int(s)] = int(t)
+    return lut[np.asarray(seg).astype(np.int64)]

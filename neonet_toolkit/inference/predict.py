@@ -35,7 +35,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.case_ids import check_case_id
 from neonet_toolkit.dataset.errors import DatasetError
-from neonet_toolkit.dataset.labels import resolve_label_roles
+from neonet_toolkit.dataset.labels import remap_labels, resolve_label_roles
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.inference import qc
 from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard
@@ -234,10 +234,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
             total, self.seg.plans_manager, self.seg.configuration_manager, self.seg.label_manager, pprops)
         seg = np.asarray(seg)
         if any(k != v for k, v in self.label_map.items()):
-            lut = np.zeros(max(max(self.label_map), int(seg.max())) + 1, dtype=np.uint8)
-            for s, t in self.label_map.items():
-                lut[int(s)] = int(t)
-            seg = lut[seg.astype(np.int64)]
+            seg = remap_labels(seg, self.label_map)
         self._tick("segmentation", t0)
         return seg.astype(np.uint8), props, data, fold_tumors
 

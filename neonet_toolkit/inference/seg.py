@@ -12,9 +12,8 @@ import logging
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
-
 from neonet_toolkit import paths
+from neonet_toolkit.dataset.labels import remap_labels
 from neonet_toolkit.training.seg.masks import (
     check_model_folder,
     default_model_folder,
@@ -38,13 +37,9 @@ def _device(name: str):
 
 def relabel_files(files: Iterable[Path], label_map: dict[int, int], reader_writer) -> None:
     """Rewrite segmentation files with ``label_map`` applied (atomic per file)."""
-    lut_max = max(label_map) if label_map else 0
     for f in files:
         seg, props = reader_writer.read_seg(str(f))
-        lut = np.zeros(max(lut_max, int(seg.max())) + 1, dtype=np.uint8)
-        for s, t in label_map.items():
-            lut[int(s)] = int(t)
-        out = lut[seg[0].astype(np.int64)]
+        out = remap_labels(seg[0], label_map)
         suffix = "".join(Path(f).suffixes)
         with atomic_path(f, suffix=suffix) as tmp:
             reader_writer.write_seg(out, str(tmp), props)

@@ -24,6 +24,7 @@ import numpy as np
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.contract import NeoNetDataset
 from neonet_toolkit.dataset.errors import DatasetError
+from neonet_toolkit.dataset.labels import remap_labels
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.preprocessing.patches import METADATA_FILE, extract_patch_for_case, patch_folder, settings_hash
@@ -205,10 +206,7 @@ def pred_seg_on_preprocessed_grid(image_files: list[str], pred_file: str | Path,
         raise DatasetError(f"Prediction {pred_file} has shape {seg.shape[1:]} but the image has {data.shape[1:]}; "
                            "predict on the same images.")
     if label_map:
-        lut = np.zeros(int(max(max(label_map), int(seg.max()))) + 1, dtype=np.int16)
-        for s, t in label_map.items():
-            lut[int(s)] = int(t)
-        seg = lut[seg.astype(np.int64)]
+        seg = remap_labels(seg, label_map, np.int16)
     pre = configuration_manager.preprocessor_class(verbose=False)
     d, s, _ = pre.run_case_npy(data, seg, props, plans_manager, configuration_manager, dataset_json)
     return d, s

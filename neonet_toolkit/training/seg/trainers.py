@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from torch._dynamo import OptimizedModule
 
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, paper_seg_settings
 from neonet_toolkit.training.seg.networks import NETWORK_KEYS, build_network, check_architecture
+from neonet_toolkit.utilities.devices import unwrap
 from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME, SEG_CONFIGURATION, nnunet_model_folder
 from neonet_toolkit.utilities.io import load_json
 
@@ -77,14 +77,6 @@ def resolve_seg_settings(dataset_name: str, device: torch.device | str = "cpu",
             if settings[key] < (0 if key == "epochs" else 1):
                 raise ValueError(f"{env}={settings[key]} is out of range.")
     return settings
-
-
-def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
-    if isinstance(net, torch.nn.parallel.DistributedDataParallel):
-        net = net.module
-    if isinstance(net, OptimizedModule):
-        net = net._orig_mod
-    return net
 
 
 class NeoSegTrainerBase(nnUNetTrainer):
@@ -171,7 +163,7 @@ class NeoSegTrainerBase(nnUNetTrainer):
 
     def set_deep_supervision_enabled(self, enabled: bool):
         """nnU-Net's version touches ``network.decoder``; MONAI networks have no deep supervision to toggle."""
-        mod = _unwrap(self.network)
+        mod = unwrap(self.network)
         decoder = getattr(mod, "decoder", None)
         if decoder is not None and hasattr(decoder, "deep_supervision"):
             decoder.deep_supervision = enabled and self.enable_deep_supervision
