@@ -20,7 +20,6 @@ Outputs go to ``neonet_results/<ds>/cls_evaluation__<plans>/``.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import re
 from pathlib import Path
@@ -44,7 +43,7 @@ from neonet_toolkit.utilities.identifiers import (
     PROTOCOL_LABELS,
     dataset_folders,
 )
-from neonet_toolkit.utilities.io import atomic_path, save_figure, save_json, save_text
+from neonet_toolkit.utilities.io import save_csv, save_figure, save_json, save_text
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +114,8 @@ def cell(r: dict | None) -> str:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_path(path, suffix=".csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
+    if rows:
+        save_csv(rows, path)
 
 
 def tables(results: dict[str, dict], crop_source: str = "gt", early_stopping: str = "val",

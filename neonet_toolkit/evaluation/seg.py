@@ -13,15 +13,13 @@ Table 1, in ``neonet_results/DatasetXXX/evaluation/seg/``:
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from neonet_toolkit import paths
-from neonet_toolkit.utilities.io import load_json, save_json, save_text
+from neonet_toolkit.utilities.io import load_json, save_csv, save_json, save_text
 
 logger = logging.getLogger(__name__)
 
@@ -118,21 +116,13 @@ def evaluate_seg(dataset: int | str, folds=None, models=None, pooled: bool = Tru
     dice_cols = [f"dice_{n}" for n in label_names]
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def to_csv(rows, cols):
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: (";".join(map(str, r[c])) if isinstance(r.get(c), list) else r.get(c)) for c in cols})
-        return buf.getvalue()
-
-    save_text(to_csv(per_fold_rows, ["model", "architecture", "fold", "n_cases"] + dice_cols + ["mean_dice"]),
-              out_dir / "seg_dice_per_fold.csv")
+    save_csv(per_fold_rows, out_dir / "seg_dice_per_fold.csv",
+             ["model", "architecture", "fold", "n_cases"] + dice_cols + ["mean_dice"])
     scols = ["model", "architecture", "folds"]
     for c in dice_cols + ["mean_dice"]:
         scols += [c, c + "_sd"]
     scols += ["pooled_mean_dice"] + [f"pooled_{c}" for c in dice_cols] + ["paper_mean_dice"]
-    save_text(to_csv(summary_rows, scols), out_dir / "seg_dice.csv")
+    save_csv(summary_rows, out_dir / "seg_dice.csv", scols)
     lines = ["| Model | Folds | " + " | ".join(f"{n} Dice" for n in label_names)
              + " | Mean Dice | Pooled OOF mean Dice | Paper (Table 1) |",
              "|" + "---|" * (len(label_names) + 5)]
@@ -152,5 +142,5 @@ def evaluate_seg(dataset: int | str, folds=None, models=None, pooled: bool = Tru
     return report
 
 
-def evaluate_from_args(args) -> None:
-    evaluate_seg(args.dataset, folds=args.folds, models=args.models, pooled=args.pooled)
+def evaluate_from_args(args) -> dict:
+    return evaluate_seg(args.dataset, folds=args.folds, models=args.models, pooled=args.pooled)

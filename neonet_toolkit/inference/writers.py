@@ -1,11 +1,9 @@
 """neonet_predict's tables: ``predictions.csv`` and ``predictions.json`` rebuilt from the per-case records."""
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
-from neonet_toolkit.utilities.io import load_json, save_json, save_text
+from neonet_toolkit.utilities.io import load_json, save_csv, save_json
 
 CSV_FIELDS = ["case_id", "status", "error", "probability", "decision", "threshold", "fold_probabilities",
               "tumor_volume_ml",
@@ -16,12 +14,10 @@ def collect(out: str | Path, provenance: dict | None = None) -> list[dict]:
     """(Re)write predictions.csv / predictions.json from every case record in ``out/cases``."""
     out = Path(out)
     recs = [load_json(f) for f in sorted((out / "cases").glob("*.json"))] if (out / "cases").is_dir() else []
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    w.writeheader()
+    rows = []
     for r in recs:
         failed = r.get("status") == "failed"
-        w.writerow({
+        rows.append({
             "case_id": r["case_id"], "status": r.get("status", "ok"), "error": r.get("error", ""),
             "probability": "" if r.get("probability") is None else f"{r['probability']:.6f}",
             "decision": "" if r.get("decision") is None else r["decision"],
@@ -30,7 +26,7 @@ def collect(out: str | Path, provenance: dict | None = None) -> list[dict]:
             "tumor_volume_ml": "" if failed else f"{r['tumor_volume_ml']:.3f}",
             "qc_flags": ";".join(r.get("qc_flags", [])),
         })
-    save_text(buf.getvalue(), out / "predictions.csv")
+    save_csv(rows, out / "predictions.csv", CSV_FIELDS)
     prov_file = out / "predictions.json"
     if provenance is None and prov_file.is_file():
         provenance = load_json(prov_file).get("provenance", {})

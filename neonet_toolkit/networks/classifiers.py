@@ -39,12 +39,16 @@ PRETTY = {**{f"resnet{d}": f"ResNet-{d}" for d in RESNETS}, **{f"densenet{d}": f
           "radiomics": "Radiomics + logistic regression"}
 
 
+PAPER_N_DAB, PAPER_DAB_MODE = 2, "channel_spatial"  # what the name 'pattennet' means
+
+
 def parse_arch(arch: str, cfg: dict | None = None) -> dict:
     """Resolve an architecture name to {'family': ..., plus family options}. Raises ValueError on unknown names."""
     cfg = cfg or {}
     a = arch.lower().strip()
     if a.startswith("pattennet"):
-        n_dab, mode = int(cfg["n_dab"]), str(cfg["dab_mode"])
+        # without settings (naming, canonical_arch) the name means the paper's model: 2 DABs, channel+spatial
+        n_dab, mode = int(cfg.get("n_dab", PAPER_N_DAB)), str(cfg.get("dab_mode", PAPER_DAB_MODE))
         for tok in [t for t in a[len("pattennet"):].split("_") if t]:
             m = re.fullmatch(r"dab(\d)", tok)
             if m:

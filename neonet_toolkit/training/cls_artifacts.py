@@ -8,7 +8,7 @@ import csv
 from pathlib import Path
 
 from neonet_toolkit.preprocessing.patches import load_metadata, patch_folder
-from neonet_toolkit.utilities.io import atomic_path
+from neonet_toolkit.utilities.io import save_csv
 
 OOF_FILE = "oof_predictions.csv"
 TRAIN_PRED_FILE = "train_predictions.csv"
@@ -28,12 +28,7 @@ def case_labels(preprocessed: Path, crop_source: str) -> dict[str, int]:
 
 
 def write_predictions_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    with atomic_path(path, suffix=".csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items() if k in fields})
+    save_csv(rows, path, fields, float_format=".6f")
 
 
 def read_predictions_csv(path: Path) -> list[dict]:

@@ -5,6 +5,8 @@ or nothing (plus a stray ``.tmp`` that the next run overwrites).
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import sys
@@ -88,6 +90,22 @@ def save_npz(target: str | os.PathLike, **arrays: np.ndarray) -> None:
 def save_text(text: str, target: str | os.PathLike) -> None:
     with atomic_path(target) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
+
+
+def save_csv(rows: list[dict], target: str | os.PathLike, fields: list[str] | None = None,
+             float_format: str | None = None) -> Path:
+    """Write dict rows as CSV atomically (the one CSV writer). ``fields`` default: every key, in first-seen
+    order; keys not in ``fields`` are ignored; lists are joined with ";"; floats use ``float_format``."""
+    fields = list(fields) if fields is not None else list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (";".join(map(str, v)) if isinstance(v, list) else
+                        (format(v, float_format) if float_format and isinstance(v, float) else v))
+                    for k, v in r.items() if k in fields})
+    save_text(buf.getvalue(), target)
+    return Path(target)
 
 
 def save_figure(fig, target: str | os.PathLike, dpi: int = 100) -> Path:
