@@ -110,6 +110,11 @@ def paper_seg_settings() -> dict:
     return _gpu_full(2, 3)["seg"]
 
 
+def paper_cls_settings() -> dict:
+    """The paper's NeoCls settings (the ``gpu_full`` cls stage)."""
+    return _gpu_full(2, 3)["cls"]
+
+
 def _cpu_small(n_vae_down: int, ldm_levels: int) -> dict:
     """Small enough to run the whole pipeline on 2 CPU cores in minutes (learning rates raised to match)."""
     return {

@@ -21,6 +21,10 @@ from neonet_toolkit.networks.pattennet import DualAttentionBlock, FrozenVAEEncod
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (shared helpers)
 import test_cls_utils as U  # noqa: E402
 
+from neonet_toolkit.experiment_planning.plans import paper_cls_settings  # noqa: E402
+
+CLS = paper_cls_settings()  # every setting comes from the plans (the gpu_full preset)
+
 torch.set_num_threads(1)
 
 
@@ -109,7 +113,7 @@ def test_frozen_encoder_is_the_vaes_encoder_with_its_intensity_mapping():
 
 @pytest.mark.parametrize("n_dab", [0, 1, 3])
 def test_number_of_dabs(n_dab):
-    net = build_classifier(f"pattennet_dab{n_dab}", {"adapter_channels": 8}, vae_config=U.TINY_VAE)
+    net = build_classifier(f"pattennet_dab{n_dab}", {**CLS, "adapter_channels": 8}, vae_config=U.TINY_VAE)
     assert len(net.dabs) == n_dab
     assert net(torch.randn(1, 2, 16, 32, 32)).shape == (1, 1)
 
@@ -127,16 +131,16 @@ def test_baselines_forward_2ch_3d():
     torch.manual_seed(0)
     x = torch.randn(2, 2, 16, 32, 32)
     for arch in ("resnet50", "densenet121", "efficientnet_b0", "swin"):
-        net = build_classifier(arch, {"swin_feature_size": 12}).eval()
+        net = build_classifier(arch, {**CLS, "swin_feature_size": 12}).eval()
         with torch.no_grad():
             assert net(x).shape == (2, 1), arch
-    r = build_classifier("resnet50")
+    r = build_classifier("resnet50", CLS)
     assert r.conv1.stride == (2, 2, 2) and r.conv1.in_channels == 2
     # EfficientNet built with pretrained=False: two seeds give different (random) stems, as expected
     torch.manual_seed(1)
-    a = build_classifier("efficientnet_b0").net._conv_stem.weight.clone()
+    a = build_classifier("efficientnet_b0", CLS).net._conv_stem.weight.clone()
     torch.manual_seed(2)
-    assert not torch.equal(a, build_classifier("efficientnet_b0").net._conv_stem.weight)
+    assert not torch.equal(a, build_classifier("efficientnet_b0", CLS).net._conv_stem.weight)
 
 
 # ----------------------------------------------------------------------------- trainer on the phantom
