@@ -173,7 +173,7 @@ def test_two_parts_equal_one_run(trained, full_run, tmp_path):
 
 
 def test_dicom_series_input(trained, tmp_path):
-    from test_inference_inputs import write_dicom_series
+    from test_inputs import write_dicom_series
 
     raw = trained["raw"]
     cid = sorted(p.name[:-12] for p in (raw / "imagesTs").glob("*_0000.nii.gz"))[1]

@@ -213,18 +213,18 @@ def test_resume_continues_from_latest_and_refuses_silent_overwrite(neogen_run):
     assert ck["epoch"] == n + 1 and len(ck["history"]) == n + 2
     assert "resumed from checkpoint_latest.pth" in \
         (neogen_run["res"] / "ldm__NeoNetPlans/fold_0/training_log.txt").read_text(encoding="utf-8")
-    # the synthetic set now derives from a superseded LDM: regenerating needs --overwrite
+    # the ControlNet was trained on the LDM as it was: sampling from it now refuses and names the fix
     from neonet_toolkit.generation.generate import generate_synthetic_set
+    from neonet_toolkit.utilities.checkpoints import UpstreamMismatchError
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in neogen_run["env"].items():
             mp.setenv(k, v)
-        with pytest.raises(FileExistsError, match="overwrite"):
+        with pytest.raises(UpstreamMismatchError, match="neonet_train .* controlnet 0 --overwrite"):
             generate_synthetic_set(neogen_run["name"], 0, ratio=1.0, n_majority=2, device="cpu",
                                    configuration="gen_test")
     # an interrupted --overwrite never leaves the old final beside the new run: the old fold is moved aside first
     from neonet_toolkit.training.vae import VAETrainer
-    from neonet_toolkit.utilities.checkpoints import UpstreamMismatchError
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in neogen_run["env"].items():

@@ -97,15 +97,20 @@ def trained(planned_phantom, tmp_path_factory):
 
 def _val_dice(model: Path, cases, pp: Path, untrained_seed: int | None = None) -> dict:
     """Dice per label on the preprocessed grid (no mirroring) for the trained model, or an untrained twin."""
+    from neonet_toolkit import paths
+
+    with paths.nnunet_environment():  # nnU-Net finds NeoSegTrainer through nnUNet_extTrainer
+        return _val_dice_in_env(model, cases, pp, untrained_seed)
+
+
+def _val_dice_in_env(model: Path, cases, pp: Path, untrained_seed: int | None) -> dict:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from neonet_toolkit.training.seg import ensure_trainer_env
     from neonet_toolkit.training.seg.trainers import NeoSegTrainer
 
-    ensure_trainer_env()
     pred = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, perform_everything_on_device=False,
                            device=torch.device("cpu"), allow_tqdm=False)
     if untrained_seed is None:
