@@ -3,7 +3,6 @@ with ``build_vae`` + ``save_checkpoint`` (the contract of networks/generative.py
 sets in the manifest.py layout made from real training patches plus noise."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 

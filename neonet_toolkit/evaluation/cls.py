@@ -33,15 +33,18 @@ from neonet_toolkit.evaluation.cls_metrics import (
     evaluate_run,
     load_run,
     paired_test,
+    repeat_summary,
+    split_by_repeat,
 )
 from neonet_toolkit.evaluation.cls_shortcut import SHORTCUT_WARN_AUC, classifier_shortcut_check, load_shortcut_checks
-from neonet_toolkit.experiment_planning.splits import load_splits
+from neonet_toolkit.experiment_planning.splits import load_splits, split_layout
 from neonet_toolkit.networks.classifiers import PRETTY, TABLE2_ARCHS, TABLE5_ARCHS
 from neonet_toolkit.preprocessing.synthetic_sets import MANIFEST, synthetic_folder
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.identifiers import (
     PROTOCOL_LABELS,
     dataset_folders,
+    parse_cls_run_name,
 )
 from neonet_toolkit.utilities.io import save_csv, save_figure, save_json, save_text
 
@@ -192,7 +195,7 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
                  plans_name: str = "NeoNetPlans", output: Path | None = None) -> dict:
 
     name, pp, res_root = dataset_folders(dataset)
-    n_folds = len(load_splits(pp))
+    n_folds, n_repeats = split_layout(pp)  # K folds per repeat; repeat 0 gives the main numbers
     found = discover_runs(res_root, plans_name)
     if runs:
         missing = [r for r in runs if r not in found]
@@ -208,7 +211,14 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
     from tqdm import tqdm
 
     for rn in tqdm(sorted(found), desc="cls runs", disable=None):
-        results[rn] = evaluate_run(rn, load_run(found[rn]), n_folds, n_boot=n_boot, seed=seed)
+        by_repeat = split_by_repeat(load_run(found[rn]), n_folds)
+        if 0 not in by_repeat:
+            logger.warning("%s: no finished fold of repeat 0 (folds 0..%d); its later repeats are not reported "
+                           "alone.", rn, n_folds - 1)
+            continue
+        results[rn] = evaluate_run(rn, by_repeat[0], n_folds, n_boot=n_boot, seed=seed)
+        if n_repeats > 1 or len(by_repeat) > 1:
+            results[rn]["repeats"] = repeat_summary(rn, by_repeat, n_folds, n_boot=min(n_boot, 500), seed=seed)
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", rn)
         plot_roc([results[rn]], out / f"roc_{safe}.png", f"ROC {rn} (pooled OOF)")
         plot_calibration(results[rn], out / f"calibration_{safe}.png")
@@ -245,6 +255,19 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
         plot_roc([r for r in results.values() if r["crop_source"] == cs
                   and (r["early_stopping"] == es or r["arch"] == "radiomics")],
                  out / f"roc_all{sfx}.png", f"ROC, crop {cs}, early stopping {es}")
+    rep_rows = [(rn, r["repeats"]) for rn, r in sorted(results.items()) if r.get("repeats")]
+    if rep_rows:
+        report += [f"## Repeated stratified cross-validation ({n_repeats} repeat(s) of {n_folds} folds in "
+                   "splits_final.json)", "",
+                   "| run | complete repeats | pooled AUC per repeat: mean ± SD (min–max) | per-fold mean AUC: "
+                   "mean ± SD over repeats | repeat 0: fold mean (pooled [DeLong 95% CI]) |", "|---|---|---|---|---|"]
+        for rn, rp in rep_rows:
+            report.append(f"| {rn} | {len(rp['complete_repeats'])} | {_fmt(rp['pooled_auc_mean'])} ± "
+                          f"{_fmt(rp['pooled_auc_sd'])} ({_fmt(rp['pooled_auc_min'])}–{_fmt(rp['pooled_auc_max'])}) | "
+                          f"{_fmt(rp['fold_mean_mean'])} ± {_fmt(rp['fold_mean_sd'])} | {cell(results[rn])} |")
+        report += ["", "_Each repeat is a new stratified partition of the same cases (split seed + r); a case is "
+                   "pooled only within its repeat. The spread over repeats is the split-to-split variability that a "
+                   "single 5-fold run hides._", ""]
     report += ["## Operating point and calibration", "",
                "| run | sensitivity [95% CI] | specificity [95% CI] | threshold from | ECE (raw → recalibrated) | "
                "bootstrap 95% CI |", "|---|---|---|---|---|---|"]
@@ -289,7 +312,7 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
                                   f"{_fmt(r['mean_probability_real'])} |")
     save_text("\n".join(report) + "\n", out / "report.md")
     save_text(methods_summary(name, pp, results, tests, shortcuts, n_boot), out / "methods.md")
-    summary = {"dataset": name, "n_folds": n_folds,
+    summary = {"dataset": name, "n_folds": n_folds, "n_repeats": n_repeats,
                "runs": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()},
                "paired_tests": tests, "shortcut_checks": shortcuts, "classifier_shortcut_checks": clf_checks,
                "output": str(out)}
@@ -304,8 +327,10 @@ def classifier_shortcut_checks(name: str, found: dict[str, dict[int, Path]], pla
     for run, folds in sorted(found.items()):
         if run.startswith("cls_radiomics"):
             continue
+        rid = parse_cls_run_name(run)
+        source = rid.crop_source if rid is not None else "gt"
         for k in sorted(folds):
-            if (synthetic_folder(name, k, plans_name) / MANIFEST).is_file():
+            if (synthetic_folder(name, k, plans_name, source) / MANIFEST).is_file():
                 try:
                     out.append(classifier_shortcut_check(name, run, k, plans_name))
                 except (FileNotFoundError, ValueError, KeyError) as e:
@@ -316,12 +341,16 @@ def classifier_shortcut_checks(name: str, found: dict[str, dict[int, Path]], pla
 def methods_summary(name: str, pp: Path, results: dict, tests: list[dict], shortcuts: list[dict],
                     n_boot: int) -> str:
     """A short TRIPOD+AI-style methods paragraph built from what the runs actually recorded."""
-    splits = load_splits(pp)
+    k_rep, n_rep = split_layout(pp)
+    splits = load_splits(pp)[:k_rep]
     first = next(iter(results.values()))
     labels = {c: int(y) for r in results.values() for c, y in zip(r["case_ids"], r["_y"])}
+    rep_txt = "" if n_rep == 1 else (f", repeated {n_rep} times with new split seeds (repeat 0's folds give the "
+                                     "main numbers; the spread over repeats is reported separately)")
     lines = [f"# Methods summary ({name})", "",
              "**Data and folds.** Stratified (by target) patient-level cross-validation with "
-             f"{len(splits)} folds (nnU-Net splits_final.json). Per fold (training / validation cases, positives):"]
+             f"{len(splits)} folds (nnU-Net splits_final.json){rep_txt}. Per fold of repeat 0 (training / validation "
+             "cases, positives):"]
     for k, sp in enumerate(splits):
         tr_pos = sum(labels.get(c, 0) for c in sp["train"])
         va_pos = sum(labels.get(c, 0) for c in sp["val"])

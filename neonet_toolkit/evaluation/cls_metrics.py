@@ -102,6 +102,41 @@ def evaluate_run(name: str, run: dict, n_folds: int, n_boot: int = 2000, seed: i
     return res
 
 
+def split_by_repeat(run: dict, folds_per_repeat: int) -> dict[int, dict]:
+    """{repeat r: {fold: ...}} — repeat r is folds r*K .. r*K+K-1 of splits_final.json."""
+    out: dict[int, dict] = {}
+    for k, fr in sorted(run.items()):
+        out.setdefault(int(k) // int(folds_per_repeat), {})[k] = fr
+    return out
+
+
+def repeat_summary(name: str, by_repeat: dict[int, dict], folds_per_repeat: int, n_boot: int = 500,
+                   seed: int = 0) -> dict:
+    """Repeated stratified CV: per complete repeat the pooled out-of-fold AUC and the mean of its K per-fold
+    AUCs; their mean and spread over repeats. Incomplete repeats are listed, never averaged in. A case is
+    pooled only within its repeat (each repeat predicts every case once)."""
+    done, pooled, fold_means, incomplete = [], [], [], []
+    for r, folds in sorted(by_repeat.items()):
+        if len(folds) != folds_per_repeat:
+            incomplete.append({"repeat": r, "folds_done": sorted(folds)})
+            continue
+        e = evaluate_run(name, folds, folds_per_repeat, n_boot=n_boot, seed=seed)
+        done.append(r)
+        pooled.append(float(e["pooled_auc"]))
+        fold_means.append(float(e["fold_auc_mean"]))
+
+    def _ms(v):
+        v = [x for x in v if np.isfinite(x)]
+        return (float(np.mean(v)) if v else float("nan"), float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"),
+                float(min(v)) if v else float("nan"), float(max(v)) if v else float("nan"))
+
+    pm, psd, pmin, pmax = _ms(pooled)
+    fm, fsd, _, _ = _ms(fold_means)
+    return {"folds_per_repeat": int(folds_per_repeat), "complete_repeats": done, "incomplete_repeats": incomplete,
+            "pooled_auc_per_repeat": pooled, "pooled_auc_mean": pm, "pooled_auc_sd": psd, "pooled_auc_min": pmin,
+            "pooled_auc_max": pmax, "fold_mean_per_repeat": fold_means, "fold_mean_mean": fm, "fold_mean_sd": fsd}
+
+
 def paired_test(a: dict, b: dict) -> dict:
     """Paired DeLong test on the cases both runs predicted (pooled out-of-fold)."""
     pa = dict(zip(a["case_ids"], a["_p"]))

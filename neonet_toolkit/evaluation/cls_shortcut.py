@@ -59,7 +59,7 @@ def shortcut_check(dataset, fold: int, ratio: float = 1.0, crop_source: str = "g
     name, pp, res_root = dataset_folders(dataset)
     split = get_fold(load_splits(pp), fold)
     labels = case_labels(pp, crop_source)
-    folder = synthetic_folder(name, fold, plans_name)
+    folder = synthetic_folder(name, fold, plans_name, crop_source)
     manifest = load_manifest(folder)
     entries = select_for_ratio(manifest, ratio)
     n_maj = sum(e["role"] == "majority" for e in manifest["entries"])
@@ -139,7 +139,7 @@ def classifier_shortcut_check(dataset, run: str, fold: int, plans_name: str = PL
     name, pp, res_root = dataset_folders(dataset)
     folder = stage_fold_folder(name, run, fold, plans_name)
     summary = load_json(folder / SUMMARY_FILE)
-    syn_folder = synthetic_folder(name, fold, plans_name)
+    syn_folder = synthetic_folder(name, fold, plans_name, summary.get("crop_source", "gt"))
     manifest = load_manifest(syn_folder)
     used = set(summary.get("synthetic_ids", []))
     held = [e for e in manifest["entries"] if e["id"] not in used]

@@ -2,6 +2,12 @@
 
 nnU-Net and every NeoNet stage read the same file, so NeoSeg, NeoGen and NeoCls of fold *k*
 all train on exactly the same cases and never see fold *k*'s validation cases.
+
+**Repeated cross-validation.** ``add_repeats`` appends further stratified K-fold partitions made with
+new split seeds: repeat *r* is folds ``r*K .. r*K+K-1`` of the same ``splits_final.json`` (nnU-Net
+trains any fold index of that file, and every NeoNet stage is per fold, so "every stage per repeat"
+needs nothing else). Repeat 0 is always the original K folds, unchanged. ``neonet_repeats.json``
+beside it records K and the seed of every repeat; without it the file is one repeat.
 """
 from __future__ import annotations
 
@@ -11,11 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from neonet_toolkit.dataset.errors import DatasetError
-from neonet_toolkit.utilities.io import load_json, save_json
+from neonet_toolkit.utilities.io import load_json, move_aside, save_json
 
 logger = logging.getLogger(__name__)
 
 SPLITS_FILE = "splits_final.json"
+REPEATS_FILE = "neonet_repeats.json"
 
 
 def make_stratified_splits(case_labels: dict[str, int], n_folds: int = 5, seed: int = 12345) -> list[dict]:
@@ -38,8 +45,21 @@ def make_stratified_splits(case_labels: dict[str, int], n_folds: int = 5, seed: 
     return splits
 
 
-def check_splits(splits: list[dict], case_labels: dict[str, int]) -> None:
-    """Validate splits against the case labels: disjoint, complete, two classes per fold part."""
+def check_splits(splits: list[dict], case_labels: dict[str, int], folds_per_repeat: int | None = None) -> None:
+    """Validate splits against the case labels: disjoint, complete, two classes per fold part. With
+    ``folds_per_repeat`` K, every block of K folds (one repeat) must be such a partition on its own."""
+    k_rep = int(folds_per_repeat or len(splits))
+    if k_rep < 2 or len(splits) % k_rep:
+        raise DatasetError(f"splits_final.json: {len(splits)} folds is not a whole number of repeats of {k_rep} folds "
+                           f"({REPEATS_FILE}). Re-plan with --overwrite_splits.")
+    if k_rep < len(splits):
+        for r in range(len(splits) // k_rep):
+            try:
+                check_splits(splits[r * k_rep:(r + 1) * k_rep], case_labels)
+            except DatasetError as e:
+                raise DatasetError([f"repeat {r} (folds {r * k_rep}..{(r + 1) * k_rep - 1}): {m}"
+                                    for m in e.problems]) from None
+        return
     problems = []
     all_val: list[str] = []
     known = set(case_labels)
@@ -108,10 +128,11 @@ def write_or_reuse_splits(preprocessed_folder: Path, case_labels: dict[str, int]
       splits) is used as the source when no preprocessed one exists.
     """
     target = Path(preprocessed_folder) / SPLITS_FILE
+    k_rep = folds_per_repeat(preprocessed_folder)
     if target.is_file() and not overwrite:
         splits = load_json(target)
         try:
-            check_splits(splits, case_labels)
+            check_splits(splits, case_labels, k_rep)
         except DatasetError as e:
             raise DatasetError(
                 f"Existing {target} does not fit the current dataset ({e}). Run neonet_plan_and_preprocess "
@@ -125,14 +146,18 @@ def write_or_reuse_splits(preprocessed_folder: Path, case_labels: dict[str, int]
         backup = target.with_name(SPLITS_FILE + ".bak")
         target.replace(backup)
         logger.warning("Replaced %s; the old splits are in %s", target, backup)
-        if isinstance(old, list) and len(old) == n_folds:
-            try:
-                splits = extend_splits(old, case_labels, seed)
+        k_old = k_rep or (len(old) if isinstance(old, list) else 0)
+        if isinstance(old, list) and k_old == n_folds and len(old) % n_folds == 0:
+            try:  # every repeat keeps its assignments; new cases join each repeat stratified
+                splits = [sp for r in range(len(old) // n_folds)
+                          for sp in extend_splits(old[r * n_folds:(r + 1) * n_folds], case_labels, seed + r)]
                 save_json(splits, target)
                 return splits
             except DatasetError as e:
                 logger.warning("Could not keep the existing fold assignments (%s); making new stratified folds: "
                                "every case may move, retrain all folds.", e)
+    if (Path(preprocessed_folder) / REPEATS_FILE).is_file():  # new folds: one repeat again
+        move_aside(Path(preprocessed_folder) / REPEATS_FILE)
     raw_splits = Path(raw_folder) / SPLITS_FILE if raw_folder is not None else None
     if raw_splits is not None and raw_splits.is_file():
         splits = load_json(raw_splits)
@@ -142,6 +167,58 @@ def write_or_reuse_splits(preprocessed_folder: Path, case_labels: dict[str, int]
         splits = make_stratified_splits(case_labels, n_folds, seed)
     save_json(splits, target)
     return splits
+
+
+def folds_per_repeat(preprocessed_folder: Path) -> int | None:
+    """K of a repeated cross-validation (``neonet_repeats.json``), or None for a plain K-fold file."""
+    f = Path(preprocessed_folder) / REPEATS_FILE
+    return int(load_json(f)["folds_per_repeat"]) if f.is_file() else None
+
+
+def split_layout(preprocessed_folder: Path) -> tuple[int, int]:
+    """(folds per repeat K, number of complete repeats R) of the dataset's ``splits_final.json``."""
+    n = len(load_splits(preprocessed_folder))
+    k = folds_per_repeat(preprocessed_folder) or n
+    if n % k:
+        raise DatasetError(f"{Path(preprocessed_folder) / SPLITS_FILE} has {n} folds, not a whole number of repeats "
+                           f"of {k} ({REPEATS_FILE}); re-plan with --overwrite_splits.")
+    return k, n // k
+
+
+def repeat_folds(preprocessed_folder: Path, repeats: int | None = None) -> list[int]:
+    """Fold indices of repeats ``0 .. repeats-1`` (default: all repeats in the file)."""
+    k, r = split_layout(preprocessed_folder)
+    r = r if repeats is None else int(repeats)
+    return list(range(k * r))
+
+
+def add_repeats(preprocessed_folder: Path, case_labels: dict[str, int], repeats: int, seed: int = 12345) -> list[dict]:
+    """Make ``splits_final.json`` hold ``repeats`` stratified K-fold partitions (repeated CV).
+
+    Existing folds never change (trained models depend on them); repeat *r* is made with split seed
+    ``seed + r`` and appended. Returns the splits. Asking for fewer repeats than exist changes nothing."""
+    pp = Path(preprocessed_folder)
+    splits = load_splits(pp)
+    k, have = split_layout(pp)
+    if int(repeats) < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}.")
+    if int(repeats) <= have:
+        logger.info("%s already holds %d repeat(s) of %d folds", pp / SPLITS_FILE, have, k)
+        return splits
+    check_splits(splits, case_labels, k)
+    meta = load_json(pp / REPEATS_FILE) if (pp / REPEATS_FILE).is_file() else {"folds_per_repeat": k,
+                                                                                 "repeat_seeds": {"0": None}}
+    new = list(splits)
+    for r in range(have, int(repeats)):
+        new += make_stratified_splits(case_labels, k, seed + r)
+        meta["repeat_seeds"][str(r)] = seed + r
+    check_splits(new, case_labels, k)
+    # the layout file first: with it and the old splits, the old repeats still read correctly
+    save_json(meta, pp / REPEATS_FILE)
+    save_json(new, pp / SPLITS_FILE)
+    logger.info("%s: %d repeat(s) of %d stratified folds (folds %d..%d added, seeds %s)", pp / SPLITS_FILE,
+                int(repeats), k, len(splits), len(new) - 1, [seed + r for r in range(have, int(repeats))])
+    return new
 
 
 def load_splits(preprocessed_folder: Path) -> list[dict]:

@@ -159,11 +159,16 @@ def plan_entries(train_labels: dict[str, int], ratio: float, n_majority: int = 0
 
 def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: int = 0, steps: int | None = None,
                            seed: int = 0, eta: float = 0.0, device: str = "cpu", overwrite: bool = False,
-                           plans_name: str = "NeoNetPlans", configuration: str | None = None) -> Path:
-    """Generate (or extend) the fold's synthetic set; returns its folder. See the module docstring."""
+                           plans_name: str = "NeoNetPlans", configuration: str | None = None,
+                           crop_source: str = "gt") -> Path:
+    """Generate (or extend) the fold's synthetic set; returns its folder. See the module docstring.
+
+    ``crop_source="pred"`` conditions every patch on the source case's out-of-fold NeoSeg mask patch
+    (the end-to-end protocol) and writes the ``synthetic_pred`` set; ``gt`` uses the ground-truth masks."""
     from tqdm import tqdm
 
 
+    out = synthetic_folder(dataset, fold, plans_name, crop_source)  # validates crop_source first
     dev = get_device(device)
     name, pp, _ = dataset_folders(dataset)
     split = get_fold(load_splits(pp), fold)
@@ -173,8 +178,14 @@ def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: i
     ddim_timesteps(steps, int(models.alphas_cumprod.shape[0]))  # validates the step count before any work
     labels = case_labels(pp, train_ids)
     info, planned = plan_entries(labels, ratio, n_majority)
-
-    out = synthetic_folder(name, fold, plans_name)
+    src = patch_folder(pp, crop_source)
+    missing = sorted({e["source_case"] for e in planned if not (src / f"{e['source_case']}.npz").is_file()})
+    if missing:
+        fix = ("train NeoSeg on every fold (`neonet_train " + name + " seg F`; its out-of-fold masks become the pred "
+               "patches) or register a model with pred patches (neonet_toolkit.training.seg.masks.register_model)"
+               if crop_source == "pred" else f"re-run `neonet_plan_and_preprocess -d {name}`")
+        raise FileNotFoundError(f"fold {fold}: no {crop_source} TLCR mask patch for training case(s) {missing[:5]} in "
+                                f"{src}; {fix}.")
     settings = {"checkpoint": models.checkpoint, "checkpoint_sha1": file_sha1(models.checkpoint),
                 "upstream_sha1": {k: file_sha1(v) for k, v in models.upstream.items()}, "steps": steps, "seed": int(seed), "eta": float(eta),
                 "sampler": "ddim"}
@@ -206,16 +217,15 @@ def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: i
         entries.append(e)
         if key not in existing:
             todo.append(e)
-    src = patch_folder(pp, "gt")
-    logger.info("fold %d: %s, gap %d -> %d synthetic entries (%d to generate, %d steps)", fold, info["class_counts"],
-                info["gap"], len(entries), len(todo), steps)
+    logger.info("fold %d: %s, gap %d -> %d synthetic entries (%d to generate, %d steps, %s masks)", fold,
+                info["class_counts"], info["gap"], len(entries), len(todo), steps, crop_source)
     for e in tqdm(todo, desc=f"neonet_generate fold {fold}", disable=None):
         _, lab = load_patch(src, e["source_case"])
         img = generate_patch(models, lab, e["seed"], steps, class_label=e["label"], eta=eta)
         prov = {k: e[k] for k in ("id", "label", "role", "source_case", "seed", "steps", "checkpoint")}
         save_npz(out / "patches" / f"{e['id']}.npz", image=img, label=lab.astype(np.uint8),
                  provenance=np.array(json.dumps(prov)))
-    manifest = {"fold": int(fold), "dataset": name, "train_ids": sorted(train_ids),
+    manifest = {"fold": int(fold), "dataset": name, "crop_source": crop_source, "train_ids": sorted(train_ids),
                 "excluded_val_ids": sorted(val_ids), "ratio": float(ratio), "settings": settings, **info,
                 "entries": entries}
     save_json(manifest, out / MANIFEST)

@@ -20,7 +20,7 @@ from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.dataset.verification import verify_dataset
 from neonet_toolkit.experiment_planning.planner import NEONET_NNUNET_PLANS, NeoNetExperimentPlanner
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, build_neonet_plans
-from neonet_toolkit.experiment_planning.splits import write_or_reuse_splits
+from neonet_toolkit.experiment_planning.splits import add_repeats, write_or_reuse_splits
 from neonet_toolkit.preprocessing.patches import extract_gt_patches, settings_hash, tumor_report
 from neonet_toolkit.preprocessing.planning_report import nnunet_commands, write_planning_report
 from neonet_toolkit.utilities.io import load_json, save_json
@@ -53,8 +53,11 @@ def _write_preprocess_stamp(pp_dataset: Path, plans: dict, case_ids: list[str]) 
 @paths.with_nnunet_environment
 def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_dataset_integrity: bool = False,
                         clean: bool = False, overwrite_splits: bool = False, n_folds: int = 5, seed: int = 12345,
-                        crop_size_xyz=None) -> dict:
-    """Plan and preprocess one dataset. Returns a short report (timings, counts, warnings)."""
+                        crop_size_xyz=None, repeats: int | None = None) -> dict:
+    """Plan and preprocess one dataset. Returns a short report (timings, counts, warnings).
+
+    ``repeats`` R > 1 extends ``splits_final.json`` to R stratified partitions (repeated CV, seeds
+    ``seed + r``; the existing folds are kept)."""
     t0 = time.perf_counter()
     env = paths.ensure_environment()
     name = paths.find_dataset_name(dataset)
@@ -81,6 +84,8 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
 
     splits = write_or_reuse_splits(pp, ds.case_labels, n_folds=n_folds, seed=seed, overwrite=overwrite_splits,
                                    raw_folder=raw)
+    if repeats is not None and int(repeats) > 1:
+        splits = add_repeats(pp, ds.case_labels, int(repeats), seed)
     report["n_folds"] = len(splits)
 
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (

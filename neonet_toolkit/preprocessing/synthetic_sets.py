@@ -2,9 +2,14 @@
 
 Layout::
 
-    neonet_results/<ds>/synthetic__<plans>/fold_N/
+    neonet_results/<ds>/synthetic__<plans>/fold_N/        # conditioned on ground-truth label patches
+    neonet_results/<ds>/synthetic_pred__<plans>/fold_N/   # conditioned on out-of-fold NeoSeg masks
         patches/syn_00000.npz     # image float32 (2, *crop), label uint8 (2, *crop), TLCR format
         manifest.json
+
+A classifier trained with ``--crop-source pred`` reads the ``synthetic_pred`` set, so that its real and
+synthetic patches come from the same mask source (end-to-end protocol); a ``gt`` classifier reads
+``synthetic``. The manifest's ``crop_source`` says which masks conditioned the set.
 
 ``manifest.json``::
 
@@ -24,23 +29,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neonet_toolkit.utilities.identifiers import stage_fold_folder
+from neonet_toolkit.utilities.identifiers import CROP_SOURCES, stage_fold_folder
 from neonet_toolkit.utilities.io import load_json
 
 MANIFEST = "manifest.json"
 
 
-def synthetic_folder(dataset, fold: int, plans_name: str = "NeoNetPlans") -> Path:
+def synthetic_stage(crop_source: str = "gt") -> str:
+    """Result-folder stage key of the synthetic sets conditioned on ``crop_source`` masks."""
+    if crop_source not in CROP_SOURCES:
+        raise ValueError(f"crop source must be one of {CROP_SOURCES}, got {crop_source!r}.")
+    return "synthetic" if crop_source == "gt" else f"synthetic_{crop_source}"
 
-    return stage_fold_folder(dataset, "synthetic", fold, plans_name)
+
+def synthetic_folder(dataset, fold: int, plans_name: str = "NeoNetPlans", crop_source: str = "gt") -> Path:
+    return stage_fold_folder(dataset, synthetic_stage(crop_source), fold, plans_name)
+
+
+def manifest_crop_source(manifest: dict) -> str:
+    """The masks that conditioned a set (sets written before the field existed were gt-conditioned)."""
+    return str(manifest.get("crop_source", "gt"))
 
 
 def load_manifest(folder: str | Path) -> dict:
     f = Path(folder) / MANIFEST
     if not f.is_file():
         fold = Path(folder).name.replace("fold_", "")
-        raise FileNotFoundError(f"{f} not found: run `neonet_generate -d {Path(folder).parent.parent.name} -f {fold}` "
-                                "first.")
+        pred = " --crop-source pred" if Path(folder).parent.name.startswith("synthetic_pred") else ""
+        raise FileNotFoundError(f"{f} not found: run `neonet_generate -d {Path(folder).parent.parent.name} -f {fold}"
+                                f"{pred}` first.")
     return load_json(f)
 
 

@@ -5,7 +5,8 @@ Runs the NeoCls grid (architectures × real:synthetic ratios × folds), one fold
 * a fold whose run finished (``checkpoint_final.pth`` + ``oof_predictions.csv``) is skipped;
 * a fold with only ``checkpoint_latest.pth`` (interrupted) is resumed;
 * for every fold with a synthetic set, the real-vs-synthetic shortcut check is computed;
-* at the end ``neonet_evaluate DATASET cls`` writes the Table 2 / Table 5 shaped report.
+* at the end ``neonet_evaluate DATASET cls`` writes the Table 2 / Table 5 shaped report;
+* ``--repeats R`` runs repeated stratified CV (R partitions of the cases, new split seeds).
 
 A failing run is logged and the grid goes on; the exit status is non-zero if any failed.
 """
@@ -18,11 +19,12 @@ from pathlib import Path
 
 from neonet_toolkit.evaluation.cls import evaluate_cls
 from neonet_toolkit.evaluation.cls_shortcut import shortcut_check
-from neonet_toolkit.experiment_planning.splits import load_splits
+from neonet_toolkit.experiment_planning.splits import add_repeats, load_splits, repeat_folds
 from neonet_toolkit.networks.classifiers import canonical_arch
 from neonet_toolkit.preprocessing.synthetic_sets import synthetic_folder
 from neonet_toolkit.run.common import add_common, run_cli, setup_logging
 from neonet_toolkit.training.cls import ClsTrainer
+from neonet_toolkit.training.cls_artifacts import case_labels
 from neonet_toolkit.training.cls_data import check_ratio
 from neonet_toolkit.training.radiomics import RadiomicsUnavailable, run_radiomics_baseline
 from neonet_toolkit.utilities.identifiers import (
@@ -40,8 +42,13 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
                    device: str = "auto", configuration: str | None = None, epochs: int | None = None,
                    crop_source: str = "gt", early_stopping: str | None = None, evaluate: bool = True,
                    shortcut: bool = True, n_boot: int = 2000, plans_name: str = "NeoNetPlans",
-                   arms: list[str] | None = None) -> dict:
+                   arms: list[str] | None = None, repeats: int | None = None) -> dict:
     """Train every (arch, ratio, arm, fold) not yet finished, then evaluate. Returns a status dict.
+
+    ``repeats`` R: repeated stratified CV: ``splits_final.json`` is extended to R partitions (new split
+    seeds, existing folds unchanged, :func:`~neonet_toolkit.experiment_planning.splits.add_repeats`) and the
+    default folds are all R×K of them. Each fold's classifier needs that fold's VAE (PattenNet) and
+    synthetic set (ratio > 0): train them per fold as for repeat 0.
 
     ``arms`` (default ``["synthetic"]``, the paper's): the training-set arms run at every ratio > 0
     (``both``, ``oversample``, ``weighted`` are the controls; all arms of a ratio run equal steps)."""
@@ -49,8 +56,11 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
 
 
     name, pp, _ = dataset_folders(dataset)
+    if repeats is not None:
+        add_repeats(pp, case_labels(pp, "gt"), int(repeats))  # the labels planning recorded for every case
     n_folds = len(load_splits(pp))
-    folds = list(range(n_folds)) if folds is None else [int(f) for f in folds]
+    folds = (list(range(n_folds)) if repeats is None else repeat_folds(pp, repeats)) if folds is None \
+        else [int(f) for f in folds]
     want_radiomics = any(a.lower() == "radiomics" for a in archs)
     archs = [canonical_arch(a) for a in archs if a.lower() != "radiomics"]  # validates names before training
     ratios = [check_ratio(r) for r in ratios]
@@ -93,7 +103,7 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
     if shortcut and any(r > 0 for r in ratios):
 
         for fold in folds:
-            if not (synthetic_folder(name, fold, plans_name) / "manifest.json").is_file():
+            if not (synthetic_folder(name, fold, plans_name, crop_source) / "manifest.json").is_file():
                 continue
             try:
                 res = shortcut_check(name, fold, max(ratios), crop_source, plans_name=plans_name)
@@ -130,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", nargs="+", choices=ARMS, default=["synthetic"],
                    help="training-set arms at every ratio > 0: synthetic (paper) and the controls both, "
                         "oversample, weighted (equal optimizer steps)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="repeated stratified CV: extend splits_final.json to R partitions with new split seeds "
+                        "(existing folds unchanged) and run all R x K folds")
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
     p.add_argument("--no-shortcut", dest="shortcut", action="store_false")
     p.add_argument("--n-boot", dest="n_boot", type=int, default=2000)
@@ -145,7 +158,7 @@ def main(argv=None) -> int:
     def _run(a):
         result.update(run_experiment(a.dataset, a.archs, a.ratios, a.folds, a.device, a.configuration, a.epochs,
                                      a.crop_source, a.early_stopping, a.evaluate, a.shortcut, a.n_boot,
-                                     arms=a.arms))
+                                     arms=a.arms, repeats=a.repeats))
 
     rc = run_cli(_run, args)
     if rc == 0 and result.get("failed"):

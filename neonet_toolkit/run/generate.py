@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed; entry k uses seed + k")
     p.add_argument("-device", "--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--configuration", default=None, help="neonet_plans.json configuration for sampling settings")
+    p.add_argument("--crop-source", choices=("gt", "pred"), default="gt",
+                   help="masks that condition the patches: gt, or pred = out-of-fold NeoSeg masks (end-to-end "
+                        "protocol; read by classifiers trained with --crop-source pred)")
     p.add_argument("--overwrite", action="store_true", help="replace a set generated with other settings")
     add_common(p)
     return p
@@ -43,7 +46,7 @@ def main(argv=None) -> int:
         for fold in a.fold:
             out = generate_synthetic_set(a.dataset, fold, ratio=a.ratio, n_majority=a.n_majority, steps=a.steps,
                                          seed=a.seed, eta=a.eta, device=a.device, overwrite=a.overwrite,
-                                         configuration=a.configuration)
+                                         configuration=a.configuration, crop_source=a.crop_source)
             print(f"fold {fold}: synthetic set in {out}")
 
     return run_cli(_run, args)

@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an existing splits_final.json (the old one is kept as .bak)")
     p.add_argument("--n_folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=12345, help="seed of the stratified folds")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="repeated stratified CV: R partitions of --n_folds folds (repeat r = folds r*K..r*K+K-1, "
+                        "seed + r); existing folds are kept")
     p.add_argument("--crop_size", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="TLCR crop in voxels, x y z (default: dataset.json neonet.crop_size or 96 96 48)")
     add_common(p)
@@ -36,7 +39,7 @@ def _run(args) -> None:
         report = plan_and_preprocess(d, num_processes=args.num_processes,
                                      verify_dataset_integrity=args.verify_dataset_integrity, clean=args.clean,
                                      overwrite_splits=args.overwrite_splits, n_folds=args.n_folds, seed=args.seed,
-                                     crop_size_xyz=args.crop_size)
+                                     crop_size_xyz=args.crop_size, repeats=args.repeats)
         print(Path(report["planning_summary"]).read_text(encoding="utf-8"))
         print(f"crop montage: {report['planning_montage']}")
         print("plain nnU-Net on this dataset:\n  " + "\n  ".join(report["nnunet_commands"]))

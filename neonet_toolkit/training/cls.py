@@ -144,7 +144,7 @@ class ClsTrainer(NeoNetTrainer):
         if self.synthetic_ratio > 0 and self.arm in ("synthetic", "both"):
             entries, syn_folder = select_synthetic(self.dataset_name, self.fold, self.synthetic_ratio, self.train_ids,
                                                    self.val_ids, self.plans["plans_name"],
-                                                   both_classes=self.arm == "both")
+                                                   both_classes=self.arm == "both", crop_source=self.crop_source)
             dropped = [e["id"] for e in entries if e["source_case"] in set(inner_ids)]
             if dropped:
                 self.log("inner split: %d synthetic patch(es) derived from inner-validation cases not used",

@@ -9,7 +9,12 @@ import torch
 
 from neonet_toolkit.dataset.case_ids import safe_join
 from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, select_for_ratio, synthetic_folder
+from neonet_toolkit.preprocessing.synthetic_sets import (
+    load_manifest,
+    manifest_crop_source,
+    select_for_ratio,
+    synthetic_folder,
+)
 from neonet_toolkit.utilities.devices import autocast
 from neonet_toolkit.utilities.identifiers import (
     ARMS,
@@ -39,11 +44,17 @@ def load_real(preprocessed: Path, crop_source: str, ids: list[str]) -> np.ndarra
 
 
 def select_synthetic(dataset, fold: int, ratio: float, train_ids: list[str], val_ids: list[str],
-                     plans_name: str = PLANS_NAME, both_classes: bool = False) -> tuple[list[dict], Path]:
-    """Manifest entries for ``ratio``, checked: every ``source_case`` is a training case of this fold."""
+                     plans_name: str = PLANS_NAME, both_classes: bool = False,
+                     crop_source: str = "gt") -> tuple[list[dict], Path]:
+    """Manifest entries for ``ratio``, checked: every ``source_case`` is a training case of this fold, and the
+    set was conditioned on the same mask source (``crop_source``) as the run's real patches."""
 
-    folder = synthetic_folder(dataset, fold, plans_name)
+    folder = synthetic_folder(dataset, fold, plans_name, crop_source)
     manifest = load_manifest(folder)
+    if manifest_crop_source(manifest) != crop_source:
+        raise ValueError(f"{folder}/manifest.json was conditioned on {manifest_crop_source(manifest)} masks, but this "
+                         f"run's real patches use {crop_source} masks. Regenerate: `neonet_generate -d {dataset} -f "
+                         f"{fold} --crop-source {crop_source} --overwrite`.")
     if "fold" in manifest and int(manifest["fold"]) != int(fold):
         raise ValueError(f"{folder}/manifest.json belongs to fold {manifest['fold']}, not fold {fold}.")
     need = int(round(float(ratio) * int(manifest["gap"])))
@@ -51,7 +62,8 @@ def select_synthetic(dataset, fold: int, ratio: float, train_ids: list[str], val
         entries = select_for_ratio(manifest, ratio, n_majority=need if both_classes else 0)
     except ValueError as e:
         raise ValueError(f"fold {fold}: {e} For the both-classes arm generate majority patches too: "
-                         f"`neonet_generate -d {dataset} -f {fold} --ratio {ratio:g} --n-majority -1`.") from None
+                         f"`neonet_generate -d {dataset} -f {fold} --ratio {ratio:g} --n-majority -1"
+                         f"{' --crop-source pred' if crop_source == 'pred' else ''}`.") from None
     train, val = set(train_ids), set(val_ids)
     leaked = sorted({e["id"] for e in entries if e.get("source_case") in val})
     if leaked:

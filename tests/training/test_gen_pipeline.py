@@ -198,6 +198,52 @@ def test_generation_is_incremental_and_refuses_other_settings(neogen_run):
             generate_synthetic_set(neogen_run["name"], 0, ratio=1.0, steps=3, device="cpu")
 
 
+def test_pred_conditioned_set_follows_the_neoseg_masks(neogen_run):
+    """End-to-end protocol: with --crop-source pred every synthetic patch is conditioned on (and masked by) the
+    source case's predicted mask patch, lands in its own set, and only pred classifier runs read it."""
+    from neonet_toolkit.generation.generate import generate_synthetic_set
+    from neonet_toolkit.preprocessing.patches import load_patch
+    from neonet_toolkit.preprocessing.synthetic_sets import load_manifest
+    from neonet_toolkit.training.cls_data import select_synthetic
+
+    split = _split(neogen_run)
+    gt, pred = neogen_run["pp"] / "neonet_tlcr/gt", neogen_run["pp"] / "neonet_tlcr/pred"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in neogen_run["env"].items():
+            mp.setenv(k, v)
+        with pytest.raises(FileNotFoundError, match="pred TLCR mask patch.*neonet_train .* seg"):
+            generate_synthetic_set(neogen_run["name"], 0, ratio=1.0, device="cpu", configuration="gen_test",
+                                   crop_source="pred")
+        # stand-in NeoSeg masks: the ground truth shifted by 2 voxels, so pred and gt conditioning differ
+        shutil.copytree(gt, pred)
+        for f in pred.glob("*.npz"):
+            with np.load(f) as z:
+                arrays = dict(z)
+            arrays["label"] = np.roll(arrays["label"], 2, axis=1)
+            np.savez_compressed(f, **arrays)
+        out = generate_synthetic_set(neogen_run["name"], 0, ratio=1.0, device="cpu", configuration="gen_test",
+                                     crop_source="pred")
+        assert out == neogen_run["res"] / "synthetic_pred__NeoNetPlans/fold_0"
+        man = load_manifest(out)
+        assert man["crop_source"] == "pred" and man["entries"]
+        assert {e["source_case"] for e in man["entries"]} <= set(split["train"])
+        for e in man["entries"]:
+            with np.load(out / "patches" / f"{e['id']}.npz") as z:
+                img, lab = z["image"], z["label"]
+            _, lab_pred = load_patch(pred, e["source_case"])
+            _, lab_gt = load_patch(gt, e["source_case"])
+            assert np.array_equal(lab, lab_pred) and not np.array_equal(lab, lab_gt)
+            assert not img[0][lab_pred[0] == 0].any() and not img[1][lab_pred[1] == 0].any()
+        entries, folder = select_synthetic(neogen_run["name"], 0, 1.0, split["train"], split["val"],
+                                           crop_source="pred")
+        assert folder == out / "patches" and {e["id"] for e in entries} <= {e["id"] for e in man["entries"]}
+        # a pred run never silently reads a set conditioned on other masks
+        (out / "manifest.json").write_text(json.dumps({**man, "crop_source": "gt"}), encoding="utf-8")
+        with pytest.raises(ValueError, match="conditioned on gt masks.*--crop-source pred --overwrite"):
+            select_synthetic(neogen_run["name"], 0, 1.0, split["train"], split["val"], crop_source="pred")
+        (out / "manifest.json").write_text(json.dumps(man), encoding="utf-8")
+
+
 def test_resume_continues_from_latest_and_refuses_silent_overwrite(neogen_run):
     from neonet_toolkit.run.train import main as train_main
     from neonet_toolkit.utilities.checkpoints import load_checkpoint
