@@ -72,7 +72,7 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset:
         model_folder = default_model_folder(dataset, arch)
     model_folder = Path(model_folder)
     folds = list(folds) if folds is not None else None
-    check_model_folder(model_folder, folds, trust_checkpoints)
+    check_model_folder(model_folder, folds, trust_checkpoints, checkpoint_name=checkpoint_name)
     folds = folds if folds is not None else model_folds(model_folder)
     input_folder, output_folder = Path(input_folder), Path(output_folder)
     if not input_folder.is_dir():

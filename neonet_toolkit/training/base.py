@@ -36,6 +36,7 @@ from neonet_toolkit.utilities.identifiers import (
     LATEST_CHECKPOINT,
     dataset_folders,
     fold_folder_name,
+    fold_is_finished,
     stage_root,
 )
 from neonet_toolkit.utilities.io import move_aside, save_figure, save_json
@@ -181,8 +182,10 @@ class NeoNetTrainer:
         if self.continue_training:
             return
         if (final.exists() or latest.exists()) and not self.overwrite:
+            what = (f"a trained {self.stage} model ({FINAL_CHECKPOINT})" if fold_is_finished(self.output_folder)
+                    else f"an unfinished {self.stage} training ({LATEST_CHECKPOINT}, no {FINAL_CHECKPOINT})")
             raise FileExistsError(
-                f"{self.output_folder} already holds a trained {self.stage} model. Use --c to continue training "
+                f"{self.output_folder} already holds {what}. Use --c to continue training "
                 "or --overwrite to start again (the old fold folder is moved aside first)."
             )
         if self.overwrite and self.output_folder.is_dir() and self.dist.is_main:

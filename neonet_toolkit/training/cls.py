@@ -36,7 +36,8 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from neonet_toolkit.networks.classifiers import build_classifier, canonical_arch, needs_vae, parse_arch
-from neonet_toolkit.networks.generative import load_fold_vae, vae_checkpoint_path
+from neonet_toolkit.networks.generative import load_fold_vae, stage_checkpoint_path, vae_checkpoint_path
+from neonet_toolkit.preprocessing.synthetic_sets import MANIFEST
 from neonet_toolkit.training.base import NeoNetTrainer, batches
 from neonet_toolkit.training.cls_artifacts import (
     OOF_FILE,
@@ -63,7 +64,7 @@ from neonet_toolkit.training.cls_data import (
     sigmoid,
 )
 from neonet_toolkit.utilities import stats
-from neonet_toolkit.utilities.checkpoints import load_checkpoint, save_checkpoint
+from neonet_toolkit.utilities.checkpoints import check_synthetic_set, load_checkpoint, save_checkpoint
 from neonet_toolkit.utilities.devices import autocast, make_grad_scaler, unwrap
 from neonet_toolkit.utilities.identifiers import (
     ARMS,
@@ -128,6 +129,18 @@ class ClsTrainer(NeoNetTrainer):
         return PROTOCOL_LABELS[self.early_stopping]
 
     # -- data and model
+    def _check_synthetic_upstream(self, manifest_file: Path) -> None:
+        """Refuse a synthetic set made by a superseded VAE / LDM / ControlNet; record the manifest's hash."""
+        name, fold, plans = self.dataset_name, self.fold, self.plans["plans_name"]
+        check_synthetic_set(load_json(manifest_file), manifest_file,
+                            {"controlnet": stage_checkpoint_path(name, "controlnet", fold, plans),
+                             "vae": vae_checkpoint_path(name, fold, plans),
+                             "ldm": stage_checkpoint_path(name, "ldm", fold, plans)},
+                            f"NeoCls {self.stage_dir} fold {fold}",
+                            f"Regenerate it: `neonet_generate -d {name} -f {fold} --ratio {self.synthetic_ratio:g} "
+                            "--overwrite`.")
+        self.register_upstream(synthetic_manifest=manifest_file)
+
     def _load_data(self) -> None:
         labels = case_labels(self.preprocessed, self.crop_source)
         self.labels = labels
@@ -150,6 +163,7 @@ class ClsTrainer(NeoNetTrainer):
                 self.log("inner split: %d synthetic patch(es) derived from inner-validation cases not used",
                          len(dropped))
             entries = [e for e in entries if e["source_case"] not in set(inner_ids)]
+            self._check_synthetic_upstream(syn_folder.parent / MANIFEST)
             syn = load_synthetic(entries, syn_folder, crop)
         else:
             syn = np.zeros((0, 2, *crop), np.float32)

@@ -99,12 +99,16 @@ def verify_model_folder(folder: str | Path, folds=None, checkpoint_name: str = "
 
 
 # ----------------------------------------------------------------------------- upstream provenance
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    return file_digest(path, "sha256")
 
 
 class UpstreamMismatchError(ValueError):
@@ -128,3 +132,24 @@ def check_upstream(recorded: dict | None, current: dict[str, str | Path], what: 
             raise UpstreamMismatchError(
                 f"{what} was built on {name} checkpoint {rec['path']} (sha256 {rec['sha256'][:12]}), but {path} "
                 f"now has sha256 {now[:12]}: the {name} was retrained or replaced since. {fix}")
+
+
+def check_synthetic_set(manifest: dict, manifest_file: str | Path, current: dict[str, str | Path], what: str,
+                        fix: str) -> None:
+    """Refuse a synthetic set made by models that are not the ones on disk any more.
+
+    A generation manifest (``neonet_generate``) records the SHA-1 of the ControlNet checkpoint that made it
+    (``settings.checkpoint_sha1``) and of that ControlNet's upstream (``settings.upstream_sha1``: vae, ldm).
+    ``current`` maps those names (``controlnet``, ``vae``, ``ldm``) to the files now in use; a file that no
+    longer exists is not compared (models may be deleted once their set is generated)."""
+    settings = manifest.get("settings") or {}
+    recorded = {"controlnet": settings.get("checkpoint_sha1"), **(settings.get("upstream_sha1") or {})}
+    for name, path in current.items():
+        rec = recorded.get(name)
+        if rec is None or not Path(path).is_file():
+            continue
+        now = file_digest(path, "sha1")
+        if now != rec:
+            raise UpstreamMismatchError(
+                f"{what}: the synthetic set {manifest_file} was generated with a {name} checkpoint of sha1 "
+                f"{rec[:12]}, but {path} now has sha1 {now[:12]}: the {name} was retrained or replaced since. {fix}")

@@ -42,15 +42,18 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
-def move_aside(folder: str | os.PathLike) -> Path:
-    """Rename ``folder`` to ``<name>.replaced-<timestamp>`` next to it (``--overwrite``: the previous
-    results are kept, never half-replaced, and no stale file stays where the new run writes)."""
+def move_aside(folder: str | os.PathLike, prefix: str = "") -> Path:
+    """Rename ``folder`` to ``<prefix><name>.replaced-<timestamp>`` next to it (``--overwrite``: the previous
+    results are kept, never half-replaced, and no stale file stays where the new run writes).
+
+    ``prefix`` keeps the new name out of a tool's folder pattern: nnU-Net takes every ``fold_*`` folder
+    of a model for a fold (``int("0.replaced-…")`` fails), so nnU-Net folds are moved with ``"old-"``."""
     folder = Path(folder)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = folder.with_name(f"{folder.name}.replaced-{stamp}")
+    target = folder.with_name(f"{prefix}{folder.name}.replaced-{stamp}")
     n = 1
     while target.exists():
-        target = folder.with_name(f"{folder.name}.replaced-{stamp}-{n}")
+        target = folder.with_name(f"{prefix}{folder.name}.replaced-{stamp}-{n}")
         n += 1
     os.replace(folder, target)
     return target

@@ -24,13 +24,15 @@ from neonet_toolkit.training.seg.networks import ARCHITECTURES, check_architectu
 from neonet_toolkit.training.seg.trainers import trainer_name
 from neonet_toolkit.utilities.checkpoints import verify_checkpoint
 from neonet_toolkit.utilities.devices import get_device
-from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME, SEG_CONFIGURATION
+from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME, SEG_CONFIGURATION, fold_is_finished
 from neonet_toolkit.utilities.io import move_aside
 
 logger = logging.getLogger(__name__)
 
 NNUNET_PLANS = NNUNET_PLANS_NAME
 NNUNET_CONFIGURATION = SEG_CONFIGURATION
+# what nnU-Net's ``--c`` may load (nnUNetTrainer.maybe_load_checkpoint: final, else latest, else best)
+NNUNET_RESUME_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,15 +91,20 @@ def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, devi
         NeoNetPlans(pp / NEONET_PLANS_FILE).configuration(configuration)  # clear error for an unknown name
     tr = trainer_name(arch)
     fold_dir = env["nnUNet_results"] / name / f"{tr}__{NNUNET_PLANS}__{nnunet_configuration}" / f"fold_{fold}"
-    if (fold_dir / "checkpoint_final.pth").is_file() and not (continue_training or overwrite):
+    if fold_is_finished(fold_dir) and not (continue_training or overwrite):
         raise FileExistsError(f"{fold_dir} already holds a finished training; use --overwrite to retrain it or "
                               "--c to continue/re-validate.")
     if overwrite and not continue_training and fold_dir.is_dir():
-        logger.warning("--overwrite: previous fold moved to %s", move_aside(fold_dir))
-    if continue_training and not trust_checkpoints:  # nnU-Net resumes with torch.load(weights_only=False)
-        for ck in ("checkpoint_latest.pth", "checkpoint_final.pth"):
-            if (fold_dir / ck).is_file():
-                verify_checkpoint(fold_dir / ck)
+        # out of nnU-Net's fold_* pattern, which would take a fold_0.replaced-… folder for a fold
+        logger.warning("--overwrite: previous fold moved to %s", move_aside(fold_dir, prefix="old-"))
+    if continue_training:  # nnU-Net resumes from final, latest or best with torch.load(weights_only=False)
+        resumable = [fold_dir / ck for ck in NNUNET_RESUME_CHECKPOINTS if (fold_dir / ck).is_file()]
+        if trust_checkpoints:
+            logger.warning("--trust-checkpoints: %s resumed WITHOUT the checkpoint safety check (%s)", fold_dir,
+                           [f.name for f in resumable])
+        else:
+            for ck in resumable:
+                verify_checkpoint(ck)
     # the NeoSeg trainer reads these (and nnU-Net its folders + nnUNet_extTrainer) for this call only
     overrides = {"NEONET_SEG_CONFIGURATION": configuration, "NEONET_SEG_EPOCHS": epochs,
                  "NEONET_SEG_ITERATIONS": iterations, "NEONET_SEG_VAL_ITERATIONS": val_iterations,

@@ -30,7 +30,7 @@ from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.preprocessing.patches import METADATA_FILE, extract_patch_for_case, patch_folder, settings_hash
 from neonet_toolkit.training.seg.trainers import result_folder
 from neonet_toolkit.utilities.checkpoints import verify_model_folder
-from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME
+from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME, fold_is_finished
 from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
@@ -79,21 +79,22 @@ def label_map_by_name(source_labels: dict, target_labels: dict, extra: dict | No
 
 
 def model_folds(model_folder: str | Path) -> list[int | str]:
-    """Folds of an nnU-Net model folder that have a ``checkpoint_final.pth``."""
+    """Finished folds of an nnU-Net model folder (:func:`~neonet_toolkit.utilities.identifiers.fold_is_finished`:
+    ``checkpoint_final.pth`` exists); folders moved aside by ``--overwrite`` are not folds."""
     model_folder = Path(model_folder)
     out = []
     for d in sorted(model_folder.glob("fold_*")):
-        if (d / "checkpoint_final.pth").is_file():
+        if d.is_dir() and "." not in d.name and fold_is_finished(d):
             f = d.name[5:]
             out.append(int(f) if f.isdigit() else f)
     return out
 
 
 def check_model_folder(model_folder: str | Path, folds: Iterable | None = None,
-                       trust_checkpoints: bool = False) -> Path:
+                       trust_checkpoints: bool = False, checkpoint_name: str = "checkpoint_final.pth") -> Path:
     """Validate an nnU-Net model folder (``<Trainer>__<Plans>__<config>``); raise naming what is missing.
 
-    Every ``fold_N/checkpoint_final.pth`` that will be used is verified loadable with
+    Every ``fold_N/<checkpoint_name>`` that will be used is verified loadable with
     ``weights_only=True`` under an allow-list before nnU-Net (which loads with ``weights_only=False``)
     ever touches it (:func:`neonet_toolkit.utilities.checkpoints.verify_model_folder`);
     ``trust_checkpoints=True`` skips that check (logged)."""
@@ -114,7 +115,13 @@ def check_model_folder(model_folder: str | Path, folds: Iterable | None = None,
                 f"NeoSeg model {model_folder} lacks fold(s) {lacking} (trained folds: {have}). Train them "
                 f"(e.g. `neonet_train {model_folder.parent.name} seg {lacking[0]}`) or restrict to the trained "
                 "folds (--folds).")
-    verify_model_folder(model_folder, folds if folds is not None else have, trust=trust_checkpoints)
+    if checkpoint_name != "checkpoint_final.pth":
+        lacking = [f for f in (folds if folds is not None else have)
+                   if not (model_folder / f"fold_{f}" / checkpoint_name).is_file()]
+        if lacking:
+            raise FileNotFoundError(f"NeoSeg model {model_folder} has no {checkpoint_name} in fold(s) {lacking}.")
+    verify_model_folder(model_folder, folds if folds is not None else have, checkpoint_name=checkpoint_name,
+                        trust=trust_checkpoints)
     return model_folder
 
 
@@ -156,12 +163,15 @@ def register_model(dataset: int | str, model_folder: str | Path, folds: Iterable
                 "label_names={'<model label>': '<dataset label>'}.")
     rec = {"model_folder": str(model_folder), "label_names": label_names or {},
            "label_map": {str(k): v for k, v in mapping.items()}, "folds": model_folds(model_folder),
-           "registered": time.strftime("%Y-%m-%d %H:%M:%S")}
+           "registered": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "checkpoint_check": ("SKIPPED (--trust-checkpoints): the checkpoints were accepted unchecked"
+                                if trust_checkpoints else "verified loadable with weights_only=True and the "
+                                "nnU-Net allow-list")}
     save_json(rec, paths.neonet_results() / name / REGISTERED_MODEL_FILE)
     logger.info("NeoSeg for %s: using existing model %s (label map %s)", name, model_folder, mapping)
     if build_patches:
         build_pred_patches(name, model_folder, folds=list(folds) if folds is not None else None,
-                           label_names=label_names)
+                           label_names=label_names, trust_checkpoints=trust_checkpoints)
     return rec
 
 
@@ -214,7 +224,7 @@ def pred_seg_on_preprocessed_grid(image_files: list[str], pred_file: str | Path,
 
 def build_pred_patches(dataset: int | str, model_folder: str | Path | None = None, folds: Iterable[int] | None = None,
                        predictions: dict[str, str | Path] | None = None, label_names: dict | None = None,
-                       source_labels: dict | None = None) -> dict:
+                       source_labels: dict | None = None, trust_checkpoints: bool = False) -> dict:
     """TLCR patches from predicted masks, written to ``neonet_tlcr/pred/`` (same format as ``gt``).
 
     Args:
@@ -223,6 +233,7 @@ def build_pred_patches(dataset: int | str, model_folder: str | Path | None = Non
         predictions: explicit ``{case: mask file}`` in the raw image space (skips the model's OOF folders).
         source_labels: label names → ids of ``predictions`` files (default: the model's dataset.json, or
             the dataset's own labels).
+        trust_checkpoints: accept the model's checkpoints without the safety check (logged).
     Returns the metadata written (``metadata.json``).
     """
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -248,7 +259,7 @@ def build_pred_patches(dataset: int | str, model_folder: str | Path | None = Non
         for k in folds:
             get_fold(splits, k)
         # a model of this dataset must have the requested folds; an external one may hold them under other folds
-        check_model_folder(model_folder, folds if _own_model(model_folder, name) else None)
+        check_model_folder(model_folder, folds if _own_model(model_folder, name) else None, trust_checkpoints)
         file_ending = load_json(model_folder / "dataset.json")["file_ending"]
         found = collect_oof_predictions(model_folder, splits, folds, file_ending)
         items = {c: (fold_of.get(c), p) for c, (_, p) in found.items()}
