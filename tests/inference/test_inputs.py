@@ -55,6 +55,18 @@ def test_wrong_channel_naming_and_missing_channel(tmp_path):
         discover_inputs(tmp_path)
 
 
+def test_naming_advice_never_renames_onto_an_existing_file(tmp_path):
+    """A predicted mask CASE.nii.gz next to its scan CASE_0000.nii.gz (e.g. an earlier run wrote into the
+    input folder): the advice must not be to rename the mask onto the scan."""
+    _nifti(tmp_path / "p1_0000.nii.gz")
+    _nifti(tmp_path / "p1.nii.gz")
+    with pytest.raises(DatasetError) as err:
+        discover_inputs(tmp_path)
+    msg = str(err.value)
+    assert "p1_0000.nii.gz already exists" in msg and "move such files out of the input folder" in msg
+    assert "rename" not in msg.lower() and "->" not in msg
+
+
 def test_empty_and_unreadable(tmp_path):
     with pytest.raises(DatasetError, match="the folder is empty"):
         discover_inputs(tmp_path)

@@ -270,3 +270,46 @@ def test_predict_picks_the_only_trained_run_after_an_evaluation(trained, tmp_pat
     assert prov["cls_crop_source"] == ["gt"]
     assert all("gt_trained_classifier_on_predicted_mask" in r["qc_flags"] for r in res["cases"]
                if r.get("probability") is not None)
+
+
+class _Planted:
+    """What an attacker pickles into a shared model folder: unpickling it creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_checkpoint_is_refused_by_neonet_predict(trained, tmp_path, capsys):
+    """Issue #11.1: a pickle planted as fold_0/checkpoint_final.pth never runs; the file is named; the real
+    (tiny, nnU-Net-trained) model passes; --trust-checkpoints is logged and written to provenance."""
+    import torch
+
+    from neonet_toolkit.run.predict import main
+
+    src = trained["seg_model"]
+    evil = tmp_path / "shared_models" / src.name
+    (evil / "fold_0").mkdir(parents=True)
+    for f in ("plans.json", "dataset.json"):
+        shutil.copy(src / f, evil / f)
+    marker = tmp_path / "PWNED"
+    torch.save({"network_weights": _Planted(marker)}, evil / "fold_0" / "checkpoint_final.pth")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    f = sorted((trained["raw"] / "imagesTs").glob("*_0000.nii.gz"))[0]
+    shutil.copy(f, inp / f.name)
+    args = ["-i", str(inp), "-d", str(DS), "--cls-run", trained["cls_run"], "-f", "0", "-device", "cpu"]
+    assert main(args + ["-o", str(tmp_path / "out_evil"), "-m", str(evil)]) == 2
+    err = capsys.readouterr().err
+    assert f"{evil}/fold_0/checkpoint_final.pth references" in err and "open" in err  # the global it names
+    assert "--trust-checkpoints" in err
+    assert not marker.exists() and not (tmp_path / "out_evil" / "predictions.csv").exists()
+    # the genuine model: checked and used; with --trust-checkpoints: unchecked, and provenance says so
+    assert main(args + ["-o", str(tmp_path / "out_ok"), "-m", str(src)]) == 0
+    prov = json.loads((tmp_path / "out_ok" / "predictions.json").read_text(encoding="utf-8"))["provenance"]
+    assert prov["checkpoint_check"].startswith("NeoSeg checkpoints verified loadable with weights_only=True")
+    assert main(args + ["-o", str(tmp_path / "out_trusted"), "-m", str(src), "--trust-checkpoints"]) == 0
+    prov = json.loads((tmp_path / "out_trusted" / "predictions.json").read_text(encoding="utf-8"))["provenance"]
+    assert prov["checkpoint_check"].startswith("SKIPPED (--trust-checkpoints)")

@@ -179,6 +179,56 @@ def test_seg_continue_and_overwrite_rules(trained):
     from neonet_toolkit.utilities.checkpoints import verify_model_folder
 
     assert [p.name for p in verify_model_folder(trained["model"], [0])] == ["checkpoint_final.pth"]
+    # ... and the allow-list is what such a file needs: numpy scalars/dtypes from nnU-Net's training log,
+    # which a plain weights_only=True load refuses
+    import torch
+
+    from neonet_toolkit.utilities.checkpoints import NNUNET_CHECKPOINT_GLOBALS
+
+    ck = Path(trained["model"]) / "fold_0" / "checkpoint_final.pth"
+    found = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(ck)))
+    assert found and found <= {f"{g.__module__}.{g.__qualname__}" for g in NNUNET_CHECKPOINT_GLOBALS}
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(ck, map_location="cpu", weights_only=True)
+
+
+def test_seg_interrupted_overwrite_leaves_no_stale_final(planned_phantom, tmp_path, monkeypatch):
+    """`neonet_train DS seg 0 --overwrite` killed mid-run: the old checkpoint_final.pth is moved aside before
+    nnU-Net starts (never left beside the new checkpoint_latest.pth), the fold is unfinished for every
+    command, and nnU-Net's own fold detection is not confused by the moved folder."""
+    import nnunetv2.run.run_training as nnunet_run_training
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from neonet_toolkit.training.seg.api import train_seg
+    from neonet_toolkit.training.seg.masks import model_folds
+    from neonet_toolkit.utilities.identifiers import fold_is_finished
+
+    for k, v in planned_phantom["env"].items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    model = tmp_path / DATASET / "NeoSegTrainer_nnUNet__NeoNetPlans__3d_fullres"
+    fold = model / "fold_0"
+    fold.mkdir(parents=True)
+    torch.save({"network_weights": {"w": torch.ones(1)}}, fold / "checkpoint_final.pth")  # the old model
+    with pytest.raises(FileExistsError, match="already holds a finished training"):
+        train_seg(501, 0, arch="nnunet", device="cpu")
+
+    def killed(dataset, configuration, fold_, trainer, plans, **kw):
+        out = model / f"fold_{fold_}"
+        assert not (out / "checkpoint_final.pth").exists()  # moved aside BEFORE nnU-Net starts
+        out.mkdir(parents=True)
+        torch.save({"network_weights": {"w": torch.zeros(1)}}, out / "checkpoint_latest.pth")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nnunet_run_training, "run_training", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_seg(501, 0, arch="nnunet", device="cpu", overwrite=True)
+    assert sorted(p.name for p in fold.iterdir()) == ["checkpoint_latest.pth"]
+    assert not fold_is_finished(fold) and model_folds(model) == []
+    old = [p for p in model.iterdir() if p.name.startswith("old-fold_0.replaced-")]
+    assert len(old) == 1 and torch.load(old[0] / "checkpoint_final.pth")["network_weights"]["w"].item() == 1.0
+    assert nnUNetPredictor.auto_detect_available_folds(str(model), "checkpoint_final.pth") == []
 
 
 # ----------------------------------------------------------------------------- masks for the next stages

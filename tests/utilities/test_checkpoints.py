@@ -96,6 +96,29 @@ def test_upstream_hash_mismatch_is_refused(tmp_path):
         check_upstream(rec, {"vae": vae}, "LDM fold 0", "Retrain it.")
 
 
+def test_synthetic_set_from_a_superseded_model_is_refused(tmp_path):
+    """generation manifest -> NeoCls: the set records the SHA-1 of the ControlNet (and its VAE/LDM) that made
+    it; a retrained VAE is named with both files and the fix; a deleted model is not a mismatch."""
+    import hashlib
+
+    from neonet_toolkit.utilities.checkpoints import UpstreamMismatchError, check_synthetic_set
+
+    files = {k: tmp_path / f"{k}.pth" for k in ("controlnet", "vae", "ldm")}
+    for k, f in files.items():
+        torch.save({k: torch.ones(2)}, f)
+    sha1 = {k: hashlib.sha1(f.read_bytes()).hexdigest() for k, f in files.items()}
+    manifest = {"settings": {"checkpoint": str(files["controlnet"]), "checkpoint_sha1": sha1["controlnet"],
+                             "upstream_sha1": {"vae": sha1["vae"], "ldm": sha1["ldm"]}}}
+    check_synthetic_set(manifest, tmp_path / "manifest.json", files, "NeoCls run fold 0", "Regenerate it.")
+    torch.save({"vae": torch.zeros(2)}, files["vae"])  # the VAE was retrained after generation
+    with pytest.raises(UpstreamMismatchError, match=r"NeoCls run fold 0: the synthetic set .*manifest\.json was "
+                       r"generated with a vae checkpoint of sha1 " + sha1["vae"][:12] + r".*vae\.pth now has sha1 .*"
+                       r"Regenerate it\."):
+        check_synthetic_set(manifest, tmp_path / "manifest.json", files, "NeoCls run fold 0", "Regenerate it.")
+    files["vae"].unlink()  # models deleted once the set was made: nothing to compare, not refused
+    check_synthetic_set(manifest, tmp_path / "manifest.json", files, "NeoCls run fold 0", "Regenerate it.")
+
+
 def test_move_aside_keeps_previous_results(tmp_path):
     from neonet_toolkit.utilities.identifiers import fold_folders
     from neonet_toolkit.utilities.io import move_aside
@@ -106,6 +129,11 @@ def test_move_aside_keeps_previous_results(tmp_path):
     aside = move_aside(fold)
     assert not fold.exists() and (aside / "checkpoint_final.pth").read_bytes() == b"old"
     assert fold_folders(tmp_path / "vae__NeoNetPlans") == {}  # never taken for a fold
+    # nnU-Net model folds are moved out of nnU-Net's fold_* pattern (it would parse "0.replaced-…" as a fold)
+    seg_fold = tmp_path / "NeoSegTrainer__NeoNetPlans__3d_fullres" / "fold_0"
+    seg_fold.mkdir(parents=True)
+    aside = move_aside(seg_fold, prefix="old-")
+    assert aside.name.startswith("old-fold_0.replaced-") and not seg_fold.exists()
 
 
 def test_atomic_writes_follow_the_umask(tmp_path):
