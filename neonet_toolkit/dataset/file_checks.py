@@ -4,14 +4,17 @@ SimpleITK reads a truncated ``.nii.gz`` without complaint and fills the missing 
 so a label cut in half would silently move the tumour crop. Every NIfTI file is therefore checked
 end to end: the whole gzip stream is decompressed (which verifies its CRC and length) and the data
 size the header promises is compared with what the file holds. Other formats (``.mha``, ``.nrrd``,
-...) are read through SimpleITK's header reader. Failures raise :class:`FileIntegrityError` with a
-message that names the file and the fix; nothing is ever zero-filled.
+``.mhd`` + ``.raw``, ...) are read in full through SimpleITK, whose readers for these formats raise on
+missing data (checked for MetaImage and NRRD, plain and compressed). Failures raise
+:class:`FileIntegrityError` with a message that names the file and the fix; nothing is ever
+zero-filled.
 """
 from __future__ import annotations
 
 import gzip
 import zlib
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -41,7 +44,8 @@ def _gzip_length(path: Path) -> int:
 
 def verify_image_file(path: str | Path) -> dict:
     """Raise :class:`FileIntegrityError` unless ``path`` is a complete, readable image. Returns
-    ``{"shape": ..., "bytes": ...}`` for NIfTI files (``{}`` for other formats)."""
+    ``{"shape": ...}`` in the file's own axis order (x, y, z, ...), plus ``"bytes"`` (the voxel payload
+    with header) for NIfTI files."""
     path = Path(path)
     if not path.is_file():
         raise FileIntegrityError(f"{path} does not exist.")
@@ -52,13 +56,18 @@ def verify_image_file(path: str | Path) -> dict:
         return _verify_nifti(path, size)
     import SimpleITK as sitk
 
-    r = sitk.ImageFileReader()
-    r.SetFileName(str(path))
-    try:
-        r.ReadImageInformation()
+    try:  # a full read: a header read alone would pass a file whose voxel data is cut short
+        img = sitk.ReadImage(str(path))
     except RuntimeError as e:
-        raise FileIntegrityError(f"{path} cannot be read ({str(e).splitlines()[0][:160]}): {_fix(path)}.") from None
-    return {}
+        raise FileIntegrityError(f"{path} cannot be read in full ({_itk_reason(e)}): {_fix(path)}.") from None
+    return {"shape": tuple(int(s) for s in img.GetSize())}
+
+
+def _itk_reason(e: Exception) -> str:
+    """The informative line of an ITK exception (the first names ITK's own source file)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if "ITK ERROR" in ln or not ln.startswith(("Exception thrown", "/"))]
+    return (useful or lines or ["unknown reader error"])[0][:160]
 
 
 def _verify_nifti(path: Path, size: int) -> dict:
@@ -99,3 +108,74 @@ def file_problem(path: str | Path, case_id: str) -> str | None:
     except FileIntegrityError as e:
         return f"case {case_id!r}: {e}"
     return None
+
+
+# --- DICOM series -------------------------------------------------------------------------------
+# GDCM's series scanner silently leaves out a file it cannot parse (a slice cut short by even two
+# bytes, an empty file), and ITK's series reader then stacks the remaining slices with only a
+# console warning ("Non uniform sampling or missing slices detected"): the volume loses a slice and
+# its spacing is averaged. Both are therefore checked before a series is converted.
+
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+_NOT_IMAGES = ("DICOMDIR",)
+
+
+def looks_like_dicom(path: str | Path) -> bool:
+    """A DICOM file by name (``.dcm``, ``.dicom``, ``.ima``) or by its ``DICM`` magic at byte 128."""
+    path = Path(path)
+    if path.name.upper() in _NOT_IMAGES or not path.is_file():
+        return False
+    if path.name.lower().endswith(_DICOM_SUFFIXES):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return head[128:132] == b"DICM"
+
+
+def unreadable_dicom_files(folder: str | Path, series_files: Iterable[str | Path]) -> list[Path]:
+    """DICOM files directly inside ``folder`` that belong to none of its readable series (``series_files``)."""
+    folder = Path(folder)
+    known = {Path(f).resolve() for f in series_files}
+    return sorted(p for p in folder.iterdir() if p.resolve() not in known and looks_like_dicom(p))
+
+
+def dicom_orphans_problem(folder: str | Path, orphans: Sequence[Path]) -> str:
+    names = [p.name for p in orphans]
+    return (f"{len(names)} DICOM file(s) in {folder} cannot be read and would be left out of the series "
+            f"(e.g. {names[:3]}; truncated, empty or corrupt): copy the series again from its source, or move "
+            "the file(s) out of the folder if they are not part of the scan.")
+
+
+def verify_dicom_slices(files: Sequence[str | Path], what: str = "DICOM series", tolerance: float = 0.1) -> None:
+    """Raise :class:`FileIntegrityError` when the slice positions of a single-frame series are not evenly
+    spaced (a missing or duplicated slice). ``files`` are in GDCM's slice order."""
+    import SimpleITK as sitk
+
+    if len(files) < 3:
+        return
+    positions = []
+    for f in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(f))
+        try:
+            r.ReadImageInformation()
+        except RuntimeError as e:
+            raise FileIntegrityError(f"{what}: slice {Path(f).name} cannot be read ({_itk_reason(e)}): "
+                                     "copy the series again from its source.") from None
+        d = np.asarray(r.GetDirection(), dtype=float)
+        normal = d.reshape(3, 3)[:, 2] if d.size == 9 else np.array([0.0, 0.0, 1.0])
+        positions.append(float(np.dot(np.asarray(r.GetOrigin(), dtype=float)[:3], normal)))
+    pos = np.sort(np.asarray(positions))
+    gaps = np.diff(pos)
+    step = float(np.median(gaps))
+    if step <= 1e-6:
+        raise FileIntegrityError(f"{what}: the slices do not advance along the slice normal (duplicated slice "
+                                 "positions); export one series per folder.")
+    bad = np.flatnonzero(np.abs(gaps - step) > tolerance * step)
+    if bad.size:
+        i = int(bad[0])
+        kind = "missing" if gaps[i] > step else "duplicated or extra"
+        raise FileIntegrityError(
+            f"{what}: uneven slice spacing ({bad.size} gap(s); e.g. {gaps[i]:.3g} mm between positions "
+            f"{pos[i]:.4g} and {pos[i + 1]:.4g} where the others are {step:.3g} mm apart): a slice is {kind} or "
+            "unreadable. Copy the complete series again from its source.")

@@ -7,12 +7,9 @@ from typing import Iterable
 
 import numpy as np
 
+from neonet_toolkit.dataset.contract import NeoNetDataset
 from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.dataset.file_checks import file_problem
-
-logger = logging.getLogger(__name__)
-
-from neonet_toolkit.dataset.contract import NeoNetDataset
 
 logger = logging.getLogger(__name__)
 

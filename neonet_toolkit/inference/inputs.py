@@ -17,7 +17,12 @@ from pathlib import Path
 
 from neonet_toolkit.dataset.case_ids import check_case_id
 from neonet_toolkit.dataset.errors import DatasetError
-from neonet_toolkit.dataset.file_checks import file_problem
+from neonet_toolkit.dataset.file_checks import (
+    dicom_orphans_problem,
+    file_problem,
+    unreadable_dicom_files,
+    verify_dicom_slices,
+)
 from neonet_toolkit.utilities.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -39,7 +44,10 @@ def _strip_ending(name: str, file_ending: str) -> str | None:
     return name[: -len(file_ending)] if name.endswith(file_ending) else None
 
 
-def _dicom_series(folder: Path) -> list[tuple[Path, str]]:
+def _dicom_series(folder: Path) -> list[tuple[Path, str | None, str | None]]:
+    """``(folder, series id, problem)`` for every DICOM series below ``folder``. A folder whose DICOM files
+    cannot all be read gets ``problem`` (for each of its series, or once with series id ``None`` when no
+    series is left), so that a patient never silently drops out of the batch or loses a slice."""
     import SimpleITK as sitk
 
     out = []
@@ -48,7 +56,10 @@ def _dicom_series(folder: Path) -> list[tuple[Path, str]]:
             ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or ()
         except RuntimeError:
             ids = ()
-        out += [(d, sid) for sid in ids]
+        members = [f for sid in ids for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), sid)]
+        orphans = unreadable_dicom_files(d, members)
+        problem = dicom_orphans_problem(d, orphans) if orphans else None
+        out += [(d, sid, problem) for sid in ids] or ([(d, None, problem)] if problem else [])
     return out
 
 
@@ -63,6 +74,8 @@ def convert_dicom_series(folder: Path, series_id: str, target: Path) -> Path:
     reader = sitk.ImageSeriesReader()
     names = reader.GetGDCMSeriesFileNames(str(folder), series_id)
     reader.SetFileNames(names)
+    if len(names) > 1:  # ITK would stack the slices left with a warning only
+        verify_dicom_slices(names, f"DICOM series {series_id} in {folder}")
     try:
         # one file = a multi-frame (enhanced) DICOM: its frames are the slices, read it as one image
         # (the series reader would stack it into a 4D image of one "slice")
@@ -134,10 +147,10 @@ def discover_inputs(input_folder: str | Path, file_ending: str = ".nii.gz", n_ch
         raise DatasetError(f"DICOM input gives one channel per case; this model expects {n_channels}.")
     work = Path(work_folder) if work_folder is not None else folder / ".neonet_dicom"
     per_folder: dict[Path, int] = {}
-    for d, _ in series:
+    for d, _, _ in series:
         per_folder[d] = per_folder.get(d, 0) + 1
     cases, seen = [], {}
-    for d, sid in series:
+    for d, sid, problem in series:
         base = _sanitize(d.name if d != folder else folder.name)
         cid = base
         if per_folder[d] > 1:
@@ -146,13 +159,14 @@ def discover_inputs(input_folder: str | Path, file_ending: str = ".nii.gz", n_ch
         while any(c.case_id == cid for c in cases):
             cid += "_dup"
         target = work / f"{cid}_0000.nii.gz"
-        error = None
-        if not target.is_file():
+        error = f"case {cid!r}: {problem}" if problem else None
+        if error is None and not target.is_file():
             try:
                 convert_dicom_series(d, sid, target)
             except DatasetError as e:  # one unreadable series never stops the others
                 error = f"case {cid!r}: {e}"
-                logger.error(error)
+        if error:
+            logger.error(error)
         cases.append(InputCase(cid, [target], "dicom", d, {"series_instance_uid": sid}, error=error))
     logger.info("Found %d DICOM series in %s", len(cases), folder)
     return sorted(cases, key=lambda c: c.case_id)

@@ -148,3 +148,56 @@ def test_multiframe_dicom_is_read_as_one_3d_volume(tmp_path):
     assert case.error is None and out.GetDimension() == 3
     np.testing.assert_array_equal(sitk.GetArrayFromImage(out), vol)
     np.testing.assert_allclose(out.GetSpacing()[:2], (0.8, 0.8), atol=1e-4)
+
+
+@pytest.mark.parametrize("damage", ["truncate_2_bytes", "truncate_half", "empty", "removed"])
+def test_damaged_dicom_slice_fails_its_case_by_name_and_keeps_the_others(tmp_path, damage):
+    # GDCM leaves an unparsable slice out of the series and ITK stacks the rest with a console warning:
+    # the volume silently lost a slice (issue #11). The case must fail by name; the other patient is read.
+    vol = (np.arange(6 * 12 * 10).reshape(6, 12, 10) % 300 + 1).astype(np.int16)
+    write_dicom_series(vol, tmp_path / "in" / "good")
+    write_dicom_series(vol, tmp_path / "in" / "bad")
+    victim = tmp_path / "in" / "bad" / "slice_003.dcm"
+    data = victim.read_bytes()
+    if damage == "removed":
+        victim.unlink()
+    else:
+        victim.write_bytes({"truncate_2_bytes": data[:-2], "truncate_half": data[: len(data) // 2],
+                            "empty": b""}[damage])
+    cases = {c.case_id: c for c in discover_inputs(tmp_path / "in", work_folder=tmp_path / "work")}
+    assert sorted(cases) == ["bad", "good"]
+    assert cases["good"].error is None
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(cases["good"].files[0]))), vol)
+    err = cases["bad"].error
+    assert err and err.startswith("case 'bad': ")
+    if damage == "removed":
+        assert "uneven slice spacing" in err and "missing" in err and "5 mm" in err
+    else:
+        assert "slice_003.dcm" in err and "cannot be read" in err
+    assert not cases["bad"].files[0].exists()  # nothing was converted from the damaged series
+
+
+def test_patient_whose_only_dicom_file_is_unreadable_is_not_dropped(tmp_path):
+    vol = (np.arange(5 * 12 * 10).reshape(5, 12, 10) % 200 + 1).astype(np.uint16)
+    (tmp_path / "in" / "enhanced").mkdir(parents=True)
+    sitk.WriteImage(sitk.GetImageFromArray(vol), str(tmp_path / "in" / "enhanced" / "volume.dcm"))
+    write_dicom_series(vol.astype(np.int16), tmp_path / "in" / "other")
+    f = tmp_path / "in" / "enhanced" / "volume.dcm"
+    f.write_bytes(f.read_bytes()[:-100])  # a truncated multi-frame file: GDCM finds no series in the folder
+    cases = {c.case_id: c for c in discover_inputs(tmp_path / "in", work_folder=tmp_path / "work")}
+    assert sorted(cases) == ["enhanced", "other"]
+    assert cases["other"].error is None
+    assert cases["enhanced"].error.startswith("case 'enhanced': ") and "volume.dcm" in cases["enhanced"].error
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nrrd"])
+def test_truncated_non_nifti_input_is_named(tmp_path, ending):
+    # a header read alone passes these files; the full read fails, so the case gets its named error
+    for c in ("a", "b"):
+        img = sitk.GetImageFromArray(np.arange(6 * 8 * 10, dtype=np.float32).reshape(6, 8, 10))
+        sitk.WriteImage(img, str(tmp_path / f"{c}_0000{ending}"), useCompression=True)
+    f = tmp_path / f"b_0000{ending}"
+    f.write_bytes(f.read_bytes()[: int(f.stat().st_size * 0.7)])
+    cases = {c.case_id: c for c in discover_inputs(tmp_path, file_ending=ending)}
+    assert cases["a"].error is None
+    assert cases["b"].error.startswith("case 'b': ") and f"b_0000{ending} cannot be read in full" in cases["b"].error
