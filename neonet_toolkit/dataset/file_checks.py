@@ -83,21 +83,22 @@ def _verify_nifti(path: Path, size: int) -> dict:
     else:
         payload = size
     try:
-        hdr = nib.load(str(path)).header
-        shape = tuple(int(s) for s in hdr.get_data_shape())
-        itemsize = np.dtype(hdr.get_data_dtype()).itemsize
-        offset = int(hdr.get_data_offset())
+        # the array proxy holds the file's own layout (a loaded image's ``header`` has its offset reset to 0)
+        proxy = nib.load(str(path)).dataobj
+        shape = tuple(int(s) for s in proxy.shape)
+        dtype = np.dtype(proxy.dtype)
+        offset = int(proxy.offset)
     except Exception as e:  # nibabel raises many kinds on a bad header
         raise FileIntegrityError(f"{path}: the NIfTI header cannot be read ({type(e).__name__}: {e}): "
                                  f"{_fix(path)}.") from None
     if not shape or any(d <= 0 for d in shape):
         raise FileIntegrityError(f"{path}: the NIfTI header declares an invalid shape {shape} (corrupt header): "
                                  f"{_fix(path)}.")
-    expected = offset + int(np.prod(shape, dtype=np.int64)) * itemsize
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if payload < expected:
         raise FileIntegrityError(
             f"{path} is truncated: its header promises {expected} bytes of voxel data (shape {shape}, "
-            f"{hdr.get_data_dtype()}) but the file holds {payload}: {_fix(path)}.")
+            f"{dtype}, data from byte {offset}) but the file holds {payload}: {_fix(path)}.")
     return {"shape": shape, "bytes": payload}
 
 

@@ -160,7 +160,8 @@ def discover_inputs(input_folder: str | Path, file_ending: str = ".nii.gz", n_ch
             cid += "_dup"
         target = work / f"{cid}_0000.nii.gz"
         error = f"case {cid!r}: {problem}" if problem else None
-        if error is None and not target.is_file():
+        # converted once; a cached conversion that is no longer intact is converted again from the series
+        if error is None and (not target.is_file() or file_problem(target, cid) is not None):
             try:
                 convert_dicom_series(d, sid, target)
             except DatasetError as e:  # one unreadable series never stops the others

@@ -201,3 +201,26 @@ def test_truncated_non_nifti_input_is_named(tmp_path, ending):
     cases = {c.case_id: c for c in discover_inputs(tmp_path, file_ending=ending)}
     assert cases["a"].error is None
     assert cases["b"].error.startswith("case 'b': ") and f"b_0000{ending} cannot be read in full" in cases["b"].error
+
+
+def test_uncompressed_nifti_short_by_less_than_its_header_is_named(tmp_path):
+    # the size check once took the data offset from a loaded image's header (always 0), so a .nii missing
+    # fewer than 352 bytes passed and SimpleITK zero-filled the last voxels
+    for c in ("a", "b"):
+        _nifti(tmp_path / f"{c}_0000.nii", value=3.0)
+    f = tmp_path / "b_0000.nii"
+    f.write_bytes(f.read_bytes()[:-200])
+    cases = {c.case_id: c for c in discover_inputs(tmp_path, file_ending=".nii")}
+    assert cases["a"].error is None
+    assert cases["b"].error.startswith("case 'b': ") and "b_0000.nii is truncated" in cases["b"].error
+
+
+def test_damaged_cached_dicom_conversion_is_converted_again(tmp_path):
+    vol = (np.arange(5 * 12 * 10).reshape(5, 12, 10) % 300 + 1).astype(np.int16)
+    write_dicom_series(vol, tmp_path / "in" / "p1")
+    (case,) = discover_inputs(tmp_path / "in", work_folder=tmp_path / "work")
+    cached = case.files[0]
+    cached.write_bytes(cached.read_bytes()[:-50])  # e.g. a disk that filled up after the first run
+    (case,) = discover_inputs(tmp_path / "in", work_folder=tmp_path / "work")
+    assert case.error is None
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(case.files[0]))), vol)
