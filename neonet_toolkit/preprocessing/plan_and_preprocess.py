@@ -29,25 +29,45 @@ logger = logging.getLogger(__name__)
 
 SEG_CONFIGURATION = "3d_fullres"
 PREPROCESS_STAMP = "neonet_preprocess_stamp.json"
+FINGERPRINT_STAMP = "neonet_fingerprint_stamp.json"
 
 
-def _preprocessing_is_current(pp_dataset: Path, plans: dict, case_ids: list[str]) -> bool:
+def _raw_files_hash(ds: NeoNetDataset) -> str:
+    """Hash of the case ids and of every image/label file's name, size and modification time: changes when a
+    case is added, removed, swapped for another or re-exported."""
+    entries = []
+    for cid in ds.case_ids:
+        for f in [*ds.cases[cid]["images"], ds.cases[cid]["label"]]:
+            st = Path(f).stat()
+            entries.append((cid, Path(f).name, st.st_size, st.st_mtime_ns))
+    return settings_hash(entries)
+
+
+def _fingerprint_is_current(pp_dataset: Path, ds: NeoNetDataset) -> bool:
+    """nnU-Net's ``dataset_fingerprint.json`` was computed from exactly the current raw files."""
+    stamp = pp_dataset / FINGERPRINT_STAMP
+    if not (pp_dataset / "dataset_fingerprint.json").is_file() or not stamp.is_file():
+        return False
+    return load_json(stamp).get("raw_files") == _raw_files_hash(ds)
+
+
+def _preprocess_hash(plans: dict, ds: NeoNetDataset) -> str:
+    cfg = plans["configurations"][SEG_CONFIGURATION]
+    return settings_hash(cfg["spacing"], cfg["normalization_schemes"], cfg["use_mask_for_norm"],
+                         plans["transpose_forward"], ds.case_ids, _raw_files_hash(ds))
+
+
+def _preprocessing_is_current(pp_dataset: Path, plans: dict, ds: NeoNetDataset) -> bool:
+    """nnU-Net's preprocessed data was made with these settings from exactly the current raw files."""
     stamp_file = pp_dataset / PREPROCESS_STAMP
-    if not stamp_file.is_file():
+    if not stamp_file.is_file() or load_json(stamp_file).get("hash") != _preprocess_hash(plans, ds):
         return False
-    cfg = plans["configurations"][SEG_CONFIGURATION]
-    want = settings_hash(cfg["spacing"], cfg["normalization_schemes"], cfg["use_mask_for_norm"],
-                         plans["transpose_forward"], case_ids)
-    if load_json(stamp_file).get("hash") != want:
-        return False
-    data = pp_dataset / cfg["data_identifier"]
-    return data.is_dir() and all(any(data.glob(f"{c}.*")) for c in case_ids)
+    data = pp_dataset / plans["configurations"][SEG_CONFIGURATION]["data_identifier"]
+    return data.is_dir() and all(any(data.glob(f"{c}.*")) for c in ds.case_ids)
 
 
-def _write_preprocess_stamp(pp_dataset: Path, plans: dict, case_ids: list[str]) -> None:
-    cfg = plans["configurations"][SEG_CONFIGURATION]
-    save_json({"hash": settings_hash(cfg["spacing"], cfg["normalization_schemes"], cfg["use_mask_for_norm"],
-                                     plans["transpose_forward"], case_ids)}, pp_dataset / PREPROCESS_STAMP)
+def _write_preprocess_stamp(pp_dataset: Path, plans: dict, ds: NeoNetDataset) -> None:
+    save_json({"hash": _preprocess_hash(plans, ds)}, pp_dataset / PREPROCESS_STAMP)
 
 
 @paths.with_nnunet_environment
@@ -95,13 +115,14 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
     )
 
     t = time.perf_counter()
-    fingerprint_file = pp / "dataset_fingerprint.json"
-    stale = (not fingerprint_file.is_file()
-             or len(load_json(fingerprint_file).get("shapes_after_crop", [])) != len(ds.case_ids))
-    if stale and fingerprint_file.is_file():
-        logger.info("The dataset's cases changed since the fingerprint was computed: recomputing it.")
+    stale = not _fingerprint_is_current(pp, ds)
+    if stale and (pp / "dataset_fingerprint.json").is_file() and not clean:
+        logger.info("The raw cases changed since the dataset fingerprint was computed (or it predates this check): "
+                    "recomputing it.")
     extract_fingerprint_dataset(dataset_id, num_processes=num_processes, check_dataset_integrity=False,
                                 clean=clean or stale, verbose=False)
+    if clean or stale:
+        save_json({"raw_files": _raw_files_hash(ds)}, pp / FINGERPRINT_STAMP)
     report["timings_s"]["fingerprint"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -112,9 +133,10 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
     report["timings_s"]["plan"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if clean or not _preprocessing_is_current(pp, nn_plans, ds.case_ids):
+    repreprocessed = clean or not _preprocessing_is_current(pp, nn_plans, ds)
+    if repreprocessed:
         preprocess_dataset(dataset_id, NEONET_NNUNET_PLANS, (SEG_CONFIGURATION,), [num_processes])
-        _write_preprocess_stamp(pp, nn_plans, ds.case_ids)
+        _write_preprocess_stamp(pp, nn_plans, ds)
     else:
         logger.info("nnU-Net preprocessing is up to date; skipped (use --clean to redo).")
     report["timings_s"]["preprocess"] = time.perf_counter() - t
@@ -150,7 +172,7 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
     crop = plans["tlcr"]["crop_size"]
     meta = extract_gt_patches(pp, nn_plans["configurations"][SEG_CONFIGURATION]["data_identifier"],
                               ds.case_labels, ds.roles, crop, plans["spacing"], ds.image_channel,
-                              num_processes=num_processes, overwrite=clean)
+                              num_processes=num_processes, overwrite=repreprocessed)  # new data, new patches
     report["timings_s"]["tlcr"] = time.perf_counter() - t
     tr = tumor_report(meta)
     plans["tlcr"]["report"] = tr

@@ -191,3 +191,32 @@ def test_first_look_summary_montage_and_nnunet_commands(planned_phantom):
     cmds = nnunet_commands(planned_phantom["dataset_name"], "/x/nnunet_ext")
     assert cmds[1] == "nnUNetv2_train 501 3d_fullres 0 -p NeoNetPlans -tr NeoSegTrainer"
     assert "-d 501 -c 3d_fullres -p NeoNetPlans -tr NeoSegTrainer" in cmds[2]
+
+
+@pytest.mark.slow
+def test_replaced_case_refreshes_fingerprint_preprocessing_and_patch(isolated_env):
+    """A case swapped for another scan under the same id (same case count) must not keep its old fingerprint,
+    preprocessed data or TLCR patch (issue #11: the old rule only compared the number of cases)."""
+    import shutil
+
+    from neonet_toolkit.demo.phantom import make_phantom_dataset
+    from neonet_toolkit.preprocessing.plan_and_preprocess import FINGERPRINT_STAMP, plan_and_preprocess
+
+    raw = make_phantom_dataset(isolated_env / "nnUNet_raw", 512, "Swap", n_train=6, n_test=0,
+                               shape_xyz=(32, 32, 16), shape_jitter=0, seed=5, positive_fraction=0.5,
+                               neonet_options={"crop_size": [16, 16, 8]})
+    plan_and_preprocess(512, num_processes=1, n_folds=2)
+    pp = isolated_env / "nnUNet_preprocessed" / raw.name
+    stamp_before = (pp / FINGERPRINT_STAMP).read_text()
+    ids = sorted(p.name[: -len("_0000.nii.gz")] for p in (raw / "imagesTr").glob("*_0000.nii.gz"))
+    a, b = ids[0], ids[1]
+    img_b, lab_b = load_patch(patch_folder(pp, "gt"), b)
+    assert not np.array_equal(load_patch(patch_folder(pp, "gt"), a)[0], img_b)
+    # case a is re-exported: it now holds the scan of case b (same size on disk is possible; mtime changes)
+    shutil.copyfile(raw / "imagesTr" / f"{b}_0000.nii.gz", raw / "imagesTr" / f"{a}_0000.nii.gz")
+    shutil.copyfile(raw / "labelsTr" / f"{b}.nii.gz", raw / "labelsTr" / f"{a}.nii.gz")
+    plan_and_preprocess(512, num_processes=1, n_folds=2)
+    assert (pp / FINGERPRINT_STAMP).read_text() != stamp_before
+    img_a, lab_a = load_patch(patch_folder(pp, "gt"), a)
+    np.testing.assert_array_equal(img_a, img_b)
+    np.testing.assert_array_equal(lab_a, lab_b)
