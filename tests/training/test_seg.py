@@ -499,3 +499,22 @@ def test_seg_trainer_refuses_missing_fold(planned_phantom, tmp_path, monkeypatch
     dj = json.loads((planned_phantom["preprocessed"] / "dataset.json").read_text(encoding="utf-8"))
     with pytest.raises(ValueError, match=r"Fold 9 does not exist.*folds 0\.\.4"):
         NeoSegTrainer(plans, "3d_fullres", 9, dj, torch.device("cpu"))
+
+
+def test_seg_truncated_predicted_mask_is_named_before_any_patch(planned_phantom, tmp_path):
+    """SimpleITK zero-fills a truncated mask, which would move the crop (issue #11): the pred patches refuse it
+    by name, before any patch is written."""
+    from neonet_toolkit.dataset.errors import DatasetError
+    from neonet_toolkit.preprocessing.patches import patch_folder
+    from neonet_toolkit.training.seg.masks import build_pred_patches
+
+    env = _copy_planned(planned_phantom, tmp_path)
+    raw = Path(env["nnUNet_raw"]) / DATASET
+    good, bad = "neonetphantom_000", "neonetphantom_007"
+    cut = tmp_path / f"{bad}.nii.gz"
+    data = (raw / "labelsTr" / f"{bad}.nii.gz").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with _Env(env):
+        with pytest.raises(DatasetError, match=rf"case '{bad}': .*{bad}.nii.gz.*truncated"):
+            build_pred_patches(501, predictions={good: raw / "labelsTr" / f"{good}.nii.gz", bad: cut})
+    assert not list(patch_folder(Path(env["nnUNet_preprocessed"]) / DATASET, "pred").glob("*.npz"))

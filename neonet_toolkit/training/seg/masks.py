@@ -24,6 +24,7 @@ import numpy as np
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.contract import NeoNetDataset
 from neonet_toolkit.dataset.errors import DatasetError
+from neonet_toolkit.dataset.file_checks import file_problem
 from neonet_toolkit.dataset.labels import remap_labels
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
@@ -290,6 +291,11 @@ def build_pred_patches(dataset: int | str, model_folder: str | Path | None = Non
 
     data_folder = pp / cfg.data_identifier
     ds_cls = infer_dataset_class(str(data_folder))
+    # full-read integrity first: SimpleITK would zero-fill a truncated mask or image and the crop would move
+    broken = [m for cid in sorted(items) if cid in ds.cases
+              for m in (file_problem(f, cid) for f in [*ds.cases[cid]["images"], items[cid][1]]) if m]
+    if broken:
+        raise DatasetError(broken)
     for cid in tqdm(sorted(items), desc="TLCR pred", disable=None):
         fold, pred_file = items[cid]
         if cid not in ds.cases:
