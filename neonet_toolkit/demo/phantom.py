@@ -34,6 +34,18 @@ from neonet_toolkit.utilities.io import save_json
 logger = logging.getLogger(__name__)
 
 DEFAULT_LABELS = {"background": 0, "liver": 1, "tumor": 2}
+CUE_KINDS = ("halo", "tube")
+PHANTOM_FILE = "phantom.json"
+
+
+def check_cue(cue_kind: str, cue_width: float | None, label_noise: float = 0.0) -> None:
+    if cue_kind not in CUE_KINDS:
+        raise ValueError(f"Unknown cue kind {cue_kind!r}; choose one of {CUE_KINDS} (--cue-kind).")
+    if cue_width is not None and not 0.5 <= float(cue_width) <= 20:
+        raise ValueError(f"--cue-width must be between 0.5 and 20 voxels, got {cue_width}.")
+    if not 0.0 <= float(label_noise) < 0.5:
+        raise ValueError(f"--label-noise must be in [0, 0.5) (probability of flipping a recorded label), "
+                         f"got {label_noise}.")
 
 
 def _coords(shape_xyz, spacing):
@@ -51,8 +63,15 @@ def _smooth_noise(rng, shape_zyx, scale_vox: float) -> np.ndarray:
 
 
 def make_case(rng: np.random.Generator, shape_xyz, spacing, positive: bool, with_vessel: bool,
-              cue_strength: float = 0.2, halo_width: tuple[float, float] = (0.8, 1.2)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Return image (z, y, x) float32 and boolean masks {'liver', 'tumor', 'vessel'}."""
+              cue_strength: float = 0.2, halo_width: tuple[float, float] = (0.8, 1.2), cue_kind: str = "halo",
+              cue_width: float | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Return image (z, y, x) float32 and boolean masks {'liver', 'tumor', 'vessel'}.
+
+    ``cue_kind`` ``"halo"`` (default): peritumoral shell + 1-2 strands; ``"tube"``: 1-2 thin tubes
+    touching the tumour, no shell. ``cue_width`` (in-plane voxels) fixes the shell thickness and the
+    strand/tube diameter; ``None`` keeps the default law (shell of ``halo_width`` tumour radii, strands
+    of radius 1.2 voxels), so the default output is unchanged."""
+    check_cue(cue_kind, cue_width)
     x, y, z = _coords(shape_xyz, spacing)
     ext = np.array(shape_xyz) * np.array(spacing)
     c = ext / 2
@@ -86,12 +105,17 @@ def make_case(rng: np.random.Generator, shape_xyz, spacing, positive: bool, with
     # tumour: hypointense with mild internal texture
     img[tumor] = 0.45 + 0.05 * _smooth_noise(rng, zyx, 1.5)[tumor]
     if positive:
-        # irregular peritumoral halo: shell 1..1+w of the tumour radius, partial coverage
-        shell_w = rng.uniform(*halo_width)
-        cover = _smooth_noise(rng, zyx, 2.0) > -0.5  # ~70 % of the shell
-        halo = (r_t > 1.0) & (r_t <= 1.0 + shell_w) & liver & ~tumor & ~vessel & cover
-        img[halo] -= cue_strength
-        # one or two thin strands leaving the tumour (perineural spread)
+        vox = float(min(spacing))
+        if cue_kind == "halo":
+            # irregular peritumoral halo: shell 1..1+w of the tumour radius, partial coverage
+            shell_w = rng.uniform(*halo_width)
+            if cue_width is not None:  # a shell of ~cue_width in-plane voxels
+                shell_w = float(cue_width) * vox / float(np.mean(tr[:2]))
+            cover = _smooth_noise(rng, zyx, 2.0) > -0.5  # ~70 % of the shell
+            halo = (r_t > 1.0) & (r_t <= 1.0 + shell_w) & liver & ~tumor & ~vessel & cover
+            img[halo] -= cue_strength
+        # one or two thin strands (tubes) leaving the tumour (perineural spread)
+        radius = 1.2 * vox if cue_width is None else max(0.5, float(cue_width) / 2) * vox
         for _ in range(rng.integers(1, 3)):
             d = rng.normal(size=3)
             d[2] *= 0.3
@@ -99,7 +123,7 @@ def make_case(rng: np.random.Generator, shape_xyz, spacing, positive: bool, with
             p = np.stack([x - tc[0], y - tc[1], z - tc[2]], -1)
             along = p @ d
             perp = np.linalg.norm(p - along[..., None] * d, axis=-1)
-            strand = (perp <= 1.2 * min(spacing)) & (along > 0) & (along <= tr.max() * 2.2) & liver & ~tumor
+            strand = (perp <= radius) & (along > 0) & (along <= tr.max() * 2.2) & liver & ~tumor
             img[strand] -= cue_strength
     bias = 1.0 + 0.05 * _smooth_noise(rng, zyx, 10.0)
     img = img * bias
@@ -125,9 +149,16 @@ def make_phantom_dataset(raw_root: str | Path, dataset_id: int = 501, name: str 
                          with_vessel: bool | None = None, positive_fraction: float = 1 / 3,
                          shape_jitter: int = 3, seed: int = 0, target: str = "PNI",
                          neonet_options: dict | None = None, cue_strength: float = 0.2,
-                         halo_width: tuple[float, float] = (0.8, 1.2),
+                         halo_width: tuple[float, float] = (0.8, 1.2), cue_kind: str = "halo",
+                         cue_width: float | None = None, label_noise: float = 0.0,
                          overwrite: bool = False) -> Path:
-    """Write ``raw_root/DatasetXXX_name`` and return its path. Refuses to overwrite an existing dataset."""
+    """Write ``raw_root/DatasetXXX_name`` and return its path. Refuses to overwrite an existing dataset.
+
+    Hard benchmarks: ``cue_kind`` / ``cue_width`` (see :func:`make_case`) and ``label_noise`` (each
+    recorded training/test label flipped with this probability, drawn from a generator of its own so
+    the images are those of the noise-free dataset). The settings, the true labels and the flipped
+    cases are written to ``phantom.json`` beside ``dataset.json``."""
+    check_cue(cue_kind, cue_width, label_noise)
     labels = dict(labels or DEFAULT_LABELS)
     if with_vessel is None:
         with_vessel = "vessel" in labels
@@ -160,7 +191,7 @@ def make_phantom_dataset(raw_root: str | Path, dataset_id: int = 501, name: str 
         cid = f"{name.lower()}_{idx:03d}"
         shp = np.array(shape_xyz) + (rng.integers(-shape_jitter, shape_jitter + 1, 3) if shape_jitter else 0)
         img, masks = make_case(rng, tuple(int(s) for s in shp), spacing, bool(y), with_vessel, cue_strength,
-                                 tuple(halo_width))
+                               tuple(halo_width), cue_kind, cue_width)
         seg = np.zeros(img.shape, np.uint8)
         seg[masks["liver"]] = labels["liver"]
         if with_vessel:
@@ -182,9 +213,22 @@ def make_phantom_dataset(raw_root: str | Path, dataset_id: int = 501, name: str 
             for c, y in zip(ids, ys):
                 w.writerow([c, int(y)])
 
+    true_labels = {c: int(y) for c, y in zip(train_ids + test_ids, list(train_labels) + list(test_labels))}
+    flipped: list[str] = []
+    if label_noise > 0:
+        noise_rng = np.random.default_rng([int(seed), 1])  # own stream: the images do not depend on the noise
+        flip = noise_rng.random(len(true_labels)) < float(label_noise)
+        flipped = [c for c, f in zip(true_labels, flip) if f]
+        train_labels = np.array([1 - y if c in flipped else y for c, y in zip(train_ids, train_labels)])
+        test_labels = np.array([1 - y if c in flipped else y for c, y in zip(test_ids, test_labels)])
+        logger.info("label noise %.2f: %d of %d recorded labels flipped", label_noise, len(flipped), len(true_labels))
     write_csv(folder / "case_labels.csv", train_ids, train_labels)
     if n_test:
         write_csv(folder / "case_labels_Ts.csv", test_ids, test_labels)
+    save_json({"seed": int(seed), "cue_kind": cue_kind, "cue_width_voxels": cue_width,
+               "halo_width_radii": list(halo_width) if cue_width is None and cue_kind == "halo" else None,
+               "cue_strength": float(cue_strength), "label_noise": float(label_noise),
+               "true_labels": true_labels, "flipped": flipped}, folder / PHANTOM_FILE)
     dataset_json = {
         "channel_names": {"0": "T1_HBP"},
         "labels": labels,
@@ -196,5 +240,6 @@ def make_phantom_dataset(raw_root: str | Path, dataset_id: int = 501, name: str 
         "neonet": {"target": target, "organ_labels": ["liver"], "tumor_labels": ["tumor"], **(neonet_options or {})},
     }
     save_json(dataset_json, folder / "dataset.json")
-    logger.info("Wrote %s: %d train (%d positive), %d test", folder, n_train, n_pos, n_test)
+    logger.info("Wrote %s: %d train (%d positive), %d test; cue %s, width %s", folder, n_train,
+                int(np.sum(train_labels)), n_test, cue_kind, "default" if cue_width is None else f"{cue_width} voxels")
     return folder
