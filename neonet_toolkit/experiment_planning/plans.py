@@ -101,7 +101,7 @@ def _gpu_full(n_vae_down: int, ldm_levels: int) -> dict:
                 "optimizer": "AdamW", "early_stopping": "nested", "inner_folds": 3, "selection_window": 3,
                 "calibration": "auto", "isotonic_min_per_class": 50, "inner_val_fraction": 0.2, "augment": True,
                 "cache_latents": True, "threshold_method": "youden", "swin_feature_size": 24,
-                "resnet_conv1_stride": 2},
+                "resnet_conv1_stride": 2, "fine_channels": 16},
     }
 
 
@@ -134,7 +134,7 @@ def _cpu_small(n_vae_down: int, ldm_levels: int) -> dict:
         # measured on a 60-case phantom, 5 folds, real NeoGen VAEs (docs/neocls.md): 40 epochs with patience 10
         # "selected" epochs 0-4 on 12-case validation folds (pooled PattenNet AUC ~0.6); 60 / 20 / min 20: 0.79
         "cls": {"epochs": 60, "lr": 1e-3, "batch_size": 4, "patience": 20, "min_epochs": 20,
-                "swin_feature_size": 12},
+                "swin_feature_size": 12, "fine_channels": 8},
     }
 
 

@@ -118,6 +118,7 @@ class ClsSettings:
     threshold_method: str
     swin_feature_size: int
     resnet_conv1_stride: int
+    fine_channels: int
 
 
 STAGE_SETTINGS = {"seg": SegSettings, "vae": VAESettings, "ldm": LDMSettings, "controlnet": ControlNetSettings,

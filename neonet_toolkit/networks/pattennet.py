@@ -35,6 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from monai.networks.nets.autoencoderkl import AEKLDownsample
+
 from neonet_toolkit.networks.generative import build_vae, to_vae_input
 
 DAB_MODES = ("channel_spatial", "channel", "spatial")
@@ -122,6 +124,19 @@ class FrozenVAEEncoder(nn.Module):
                 x = to_vae_input(x, self.input_intensity)
             return self.quant_conv_mu(self.encoder(x)) * self.scale_factor
 
+    def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The latent (as :meth:`forward`) and the encoder's feature maps right after each of its
+        downsampling convolutions (×2, ×4, ...), before the latent projection; no autograd."""
+        with torch.no_grad():
+            if self.input_intensity is not None:
+                x = to_vae_input(x, self.input_intensity)
+            taps = []
+            for block in self.encoder.blocks:
+                x = block(x)
+                if isinstance(block, AEKLDownsample):
+                    taps.append(x)
+            return self.quant_conv_mu(x) * self.scale_factor, taps
+
 
 class PattenNet(nn.Module):
     """Frozen VAE encoder -> adapter -> ``n_dab`` DABs -> [avg; max] global pooling -> MLP -> 1 logit."""
@@ -184,6 +199,105 @@ class PattenNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_latents(self.encode(x))
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def _norm_act(channels: int) -> list[nn.Module]:
+    groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+    return [nn.GroupNorm(groups, channels), nn.GELU()]
+
+
+class FineBranch(nn.Module):
+    """Trainable convolutions at the crop's own resolution (no downsampling) on the 2-channel TLCR patch,
+    then [ROI-masked mean; global max] pooling: a thin cue that the ×4 latent grid averages away stays
+    a few voxels wide here. Output: ``2 * channels`` features."""
+
+    def __init__(self, channels: int = 8, in_channels: int = 2, depth: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for _ in range(int(depth)):
+            layers += [nn.Conv3d(c_in, channels, 3, padding=1), *_norm_act(channels)]
+            c_in = channels
+        self.convs = nn.Sequential(*layers)
+        self.out_features = 2 * channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.convs(x)
+        roi = (x[:, :1] != 0).to(f.dtype)  # organ ∪ tumour: TLCR is zero outside
+        mean = (f * roi).sum(dim=(2, 3, 4)) / roi.sum(dim=(2, 3, 4)).clamp_min(1.0)
+        return torch.cat([mean, f.amax(dim=(2, 3, 4))], dim=1)
+
+
+class FinePattenNet(nn.Module):
+    """PattenNet with a fine-detail path (issue "a classifier that sees what radiomics sees").
+
+    The paper's latent path (frozen encoder -> adapter -> DABs -> [avg; max] pooling) is kept as is
+    and concatenated, before a new head, with
+
+    * ``taps``: the frozen encoder's own feature maps at ×2 and ×4 (before the latent projection),
+      each through a trainable 1×1 adapter (``fine_channels``) and [avg; max] pooling;
+    * ``fine_branch``: a small trainable :class:`FineBranch` at the crop's resolution.
+
+    The encoder stays frozen (eval mode, no autograd). Not latent-cacheable (no ``encode`` /
+    ``forward_latents``): the trainer feeds images, which the trainable image branch needs anyway.
+    """
+
+    def __init__(self, encoder: FrozenVAEEncoder, taps: bool = False, fine_branch: bool = True,
+                 fine_channels: int = 8, n_dab: int = 2, dab_mode: str = "channel_spatial",
+                 input_mode: str = "shared", adapter_channels: int = 32, reduction: int = 4,
+                 spatial_kernel: int = 7, head_hidden: int = 64, dropout: float = 0.2, in_channels: int = 2):
+        super().__init__()
+        if not (taps or fine_branch):
+            raise ValueError("FinePattenNet needs taps and/or fine_branch; the plain model is PattenNet.")
+        self.latent_path = PattenNet(encoder, n_dab, dab_mode, input_mode, adapter_channels, reduction,
+                                     spatial_kernel, head_hidden, dropout, in_channels)
+        n_feat = self.latent_path.head[0].in_features
+        self.latent_path.head = nn.Identity()  # the latent path ends at its pooled features
+        self.taps = bool(taps)
+        self.tap_adapters = nn.ModuleList()
+        if taps:
+            widths = list(encoder.vae_config["channels"])[:-1]  # feature width after each downsampling
+            mult = 2 if input_mode == "shared" else 1
+            for w in widths:
+                self.tap_adapters.append(nn.Sequential(nn.Conv3d(mult * int(w), fine_channels, 1),
+                                                       *_norm_act(fine_channels)))
+                n_feat += 2 * fine_channels
+        self.fine = FineBranch(fine_channels, in_channels) if fine_branch else None
+        if self.fine is not None:
+            n_feat += self.fine.out_features
+        self.head = nn.Sequential(nn.Linear(n_feat, head_hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                  nn.Linear(head_hidden, 1))
+
+    @property
+    def frozen_encoder(self) -> FrozenVAEEncoder:
+        return self.latent_path.encoder
+
+    def _latent_and_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if not self.taps:
+            return self.latent_path.encode(x), []
+        if x.shape[1] != 2:
+            raise ValueError(f"PattenNet expects (B, 2, D, H, W) TLCR patches, got {tuple(x.shape)}.")
+        enc = self.frozen_encoder
+        if self.latent_path.input_mode == "shared":
+            b = x.shape[0]
+            z, taps = enc.forward_taps(torch.cat([x[:, :1], x[:, 1:2]], dim=0))
+            return torch.cat([z[:b], z[b:]], dim=1), [torch.cat([t[:b], t[b:]], dim=1) for t in taps]
+        z, taps = enc.forward_taps(x[:, :1])
+        mask = (x[:, 1:2] != 0).to(z.dtype)
+        return torch.cat([z, F.adaptive_avg_pool3d(mask, z.shape[2:])], dim=1), taps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z, taps = self._latent_and_taps(x)
+        parts = [self.latent_path.forward_latents(z)]
+        for t, adapter in zip(taps, self.tap_adapters):
+            f = adapter(t)
+            parts += [F.adaptive_avg_pool3d(f, 1).flatten(1), F.adaptive_max_pool3d(f, 1).flatten(1)]
+        if self.fine is not None:
+            parts.append(self.fine(x))
+        return self.head(torch.cat(parts, dim=1))
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]

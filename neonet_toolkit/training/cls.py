@@ -218,7 +218,7 @@ class ClsTrainer(NeoNetTrainer):
         self.network = self.dist.wrap(net)
         self.scaler = make_grad_scaler(self.device)
         n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        self.log("arch=%s (%s) trainable params=%d frozen=%d", self.arch, parse_arch(self.arch), n_train,
+        self.log("arch=%s (%s) trainable params=%d frozen=%d", self.arch, parse_arch(self.arch, self.config), n_train,
                  sum(p.numel() for p in net.parameters() if not p.requires_grad))
         self.z_train = None
         if self.config["cache_latents"] and encoder_is_frozen(net):
