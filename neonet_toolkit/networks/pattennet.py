@@ -34,7 +34,6 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from monai.networks.nets.autoencoderkl import AEKLDownsample
 
 from neonet_toolkit.networks.generative import build_vae, to_vae_input

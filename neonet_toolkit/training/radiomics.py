@@ -11,6 +11,11 @@ Same folds, same real training/validation cases, same output layout as the deep 
 (first order, shape, GLCM, GLRLM, GLSZM, GLDM, NGTDM) are extracted inside the tumour mask and inside
 the organ∪tumour ROI (the peritumoral liver is where PNI spreads), standardised, and fed to an
 L2 logistic regression fitted on the fold's real training cases only (no synthetic data: ratio 0).
+
+Late fusion (:func:`fuse_scores`, :func:`stacked_fusion`, :func:`run_late_fusion`) combines the
+radiomics model with a deep run on the same folds and writes an ordinary run folder
+(``cls_fusion_<deep arch>_<ratio>[_es<mode>]``), so it lands in the same tables. Neither needs
+pyradiomics itself: they read finished runs' predictions (or any feature matrix).
 """
 from __future__ import annotations
 
@@ -30,7 +35,14 @@ from neonet_toolkit.training.cls_artifacts import (
     write_predictions_csv,
 )
 from neonet_toolkit.utilities import stats
-from neonet_toolkit.utilities.identifiers import dataset_folders
+from neonet_toolkit.training.cls_artifacts import read_predictions_csv
+from neonet_toolkit.utilities.identifiers import (
+    cls_run_name,
+    dataset_folders,
+    fold_folders,
+    parse_cls_run_name,
+    stage_root,
+)
 from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
@@ -159,3 +171,99 @@ def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source:
         logger.info("radiomics fold %d: %d features, validation AUC %s", k, len(keys),
                     f"{stats.roc_auc(yva, pva):.3f}" if 0 < yva.sum() < yva.size else "n/a")
     return root
+
+
+# ----------------------------------------------------------------------------- late fusion
+def _logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    p = np.clip(np.asarray(p, float), eps, 1 - eps)
+    return np.log(p / (1 - p))
+
+
+def fuse_scores(*probabilities: np.ndarray) -> np.ndarray:
+    """Fit-free late fusion of several models' probabilities for one set of cases (one validation fold).
+
+    Each model's logits are standardised over the scored cases (no labels used), so no model dominates
+    by its scale; the fused score is ``sigmoid(mean of the standardised logits)``. A model whose scores
+    are constant on the set contributes 0. Ranks within the set follow the averaged standardised logits."""
+    if len(probabilities) < 2:
+        raise ValueError("late fusion needs the scores of at least two models.")
+    n = {len(p) for p in probabilities}
+    if len(n) != 1:
+        raise ValueError(f"late fusion: the models scored different numbers of cases {sorted(n)}.")
+    zs = []
+    for p in probabilities:
+        z = _logit(p)
+        sd = z.std()
+        zs.append((z - z.mean()) / sd if sd > 1e-12 else np.zeros_like(z))
+    return 1.0 / (1.0 + np.exp(-np.mean(zs, axis=0)))
+
+
+def stacked_fusion(x_train: np.ndarray, score_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                   score_val: np.ndarray, C: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Late fusion of a feature matrix (e.g. radiomics) with a deep model's probability: one L2 logistic
+    regression on [standardised features, logit(score)], fitted on the training cases.
+
+    ``score_train`` must be out-of-sample for the training cases (the nested protocol's inner
+    out-of-fold predictions), else the regression learns to trust an overfitted score. Returns
+    (validation probabilities, training probabilities)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xt = np.column_stack([np.asarray(x_train, float), _logit(score_train)])
+    xv = np.column_stack([np.asarray(x_val, float), _logit(score_val)])
+    if len(np.unique(y_train)) < 2:
+        raise ValueError("stacked fusion: the training cases hold a single class.")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
+    clf.fit(xt, np.asarray(y_train, int))
+    return clf.predict_proba(xv)[:, 1], clf.predict_proba(xt)[:, 1]
+
+
+def run_late_fusion(dataset, deep_run: str, radiomics_run: str = "cls_radiomics_0", folds: list[int] | None = None,
+                    plans_name: str = "NeoNetPlans") -> Path:
+    """Fuse two finished runs fold by fold with :func:`fuse_scores`; writes
+    ``cls_fusion_<deep arch>_<ratio>[_es<mode>]__<plans>/fold_N`` (oof_predictions.csv, cls_summary.json).
+
+    Both runs must hold the same validation cases per fold. The fused score is a ranking score (no
+    calibration); its threshold is 0.5 (the fused logit's mean over the fold)."""
+    name, _, res_root = dataset_folders(dataset)
+    deep_id = parse_cls_run_name(deep_run)
+    if deep_id is None:
+        raise ValueError(f"{deep_run!r} is not a classifier run name (e.g. cls_pattennet_fine_0_esnone).")
+    roots = {r: stage_root(res_root, r, plans_name) for r in (deep_run, radiomics_run)}
+    have = {r: {k: f for k, f in fold_folders(root).items() if (f / OOF_FILE).is_file()} for r, root in roots.items()}
+    common = sorted(set(have[deep_run]) & set(have[radiomics_run]))
+    folds = common if folds is None else [int(k) for k in folds]
+    missing = [k for k in folds if k not in common]
+    if missing or not folds:
+        raise FileNotFoundError(f"late fusion: fold(s) {missing or 'any'} not finished in both {deep_run} and "
+                                f"{radiomics_run} under {res_root}; train / run the radiomics baseline first.")
+    run = cls_run_name(f"fusion_{deep_id.arch}", deep_id.ratio, deep_id.crop_source, deep_id.early_stopping,
+                       deep_id.arm)
+    out_root = stage_root(res_root, run, plans_name)
+    for k in folds:
+        rows = {r: {row["case_id"]: row for row in read_predictions_csv(have[r][k] / OOF_FILE)} for r in roots}
+        ids = sorted(rows[deep_run])
+        if set(ids) != set(rows[radiomics_run]):
+            raise ValueError(f"late fusion fold {k}: {deep_run} and {radiomics_run} scored different cases; "
+                             "both must use the same splits_final.json.")
+        y = np.array([rows[deep_run][c]["label"] for c in ids])
+        fused = fuse_scores(*(np.array([rows[r][c]["probability"] for c in ids]) for r in roots))
+        out = out_root / f"fold_{k}"
+        write_predictions_csv(out / OOF_FILE, [{"case_id": c, "label": int(t), "probability": float(p),
+                                               "probability_raw": float(p)} for c, t, p in zip(ids, y, fused)],
+                              ["case_id", "label", "probability", "probability_raw"])
+        deep_summary = load_json(have[deep_run][k] / SUMMARY_FILE)
+        auc = stats.roc_auc(y, fused) if 0 < y.sum() < y.size else None
+        save_json({"dataset": name, "fold": k, "run": run, "arch": f"fusion_{deep_id.arch}",
+                   "fused_runs": [deep_run, radiomics_run], "fusion": "mean of per-fold standardised logits",
+                   "synthetic_ratio": deep_id.ratio, "crop_source": deep_id.crop_source,
+                   "early_stopping": deep_id.early_stopping, "selected_epoch": deep_summary.get("selected_epoch"),
+                   "val_ids": ids, "train_ids": deep_summary.get("train_ids", []),
+                   "n_train_real": deep_summary.get("n_train_real"),
+                   "n_train_synthetic": deep_summary.get("n_train_synthetic", 0), "threshold": 0.5,
+                   "threshold_source": "fused_logit_mean", "calibration": {"method": "none (fused ranking score)"},
+                   "val_auc": auc}, out / SUMMARY_FILE)
+        logger.info("late fusion fold %d (%s + %s): validation AUC %s", k, deep_run, radiomics_run,
+                    "n/a" if auc is None else f"{auc:.3f}")
+    return out_root

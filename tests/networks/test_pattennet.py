@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from neonet_toolkit.experiment_planning.plans import NeoNetPlans, build_neonet_plans
-from neonet_toolkit.networks.classifiers import FINE_ARCHS, build_classifier, canonical_arch, parse_arch
+from neonet_toolkit.networks.classifiers import (
+    FINE_ARCHS,
+    build_classifier,
+    canonical_arch,
+    parse_arch,
+)
 from neonet_toolkit.networks.generative import build_vae
 from neonet_toolkit.networks.pattennet import FinePattenNet, PattenNet
 
