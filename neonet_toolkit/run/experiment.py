@@ -26,7 +26,7 @@ from neonet_toolkit.run.common import add_common, run_cli, setup_logging
 from neonet_toolkit.training.cls import ClsTrainer
 from neonet_toolkit.training.cls_artifacts import case_labels
 from neonet_toolkit.training.cls_data import check_ratio
-from neonet_toolkit.training.radiomics import RadiomicsUnavailable, run_radiomics_baseline
+from neonet_toolkit.training.radiomics import RadiomicsUnavailable, run_late_fusion, run_radiomics_baseline
 from neonet_toolkit.utilities.identifiers import (
     ARMS,
     EARLY_STOPPING_MODES,
@@ -62,7 +62,10 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
     folds = (list(range(n_folds)) if repeats is None else repeat_folds(pp, repeats)) if folds is None \
         else [int(f) for f in folds]
     want_radiomics = any(a.lower() == "radiomics" for a in archs)
-    archs = [canonical_arch(a) for a in archs if a.lower() != "radiomics"]  # validates names before training
+    want_fusion = any(a.lower() == "fusion" for a in archs)  # radiomics + each deep run of the grid
+    # validates names before training
+    archs = [canonical_arch(a) for a in archs if a.lower() not in ("radiomics", "fusion")]
+    deep_runs: list[str] = []
     ratios = [check_ratio(r) for r in ratios]
     status = {"trained": [], "resumed": [], "skipped": [], "failed": [], "shortcut": []}
     arms = list(arms or ["synthetic"])
@@ -78,6 +81,8 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
                                early_stopping=early_stopping, configuration=configuration, device=device,
                                epochs=epochs, continue_training=True, arm=arm)
             out = probe.output_folder
+            if probe.stage_dir not in deep_runs:
+                deep_runs.append(probe.stage_dir)
             if fold_is_finished(out):
                 logger.info("skip %s: finished (%s)", tag, out)
                 status["skipped"].append(tag)
@@ -100,6 +105,18 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
         except Exception as e:
             logger.error("FAILED radiomics baseline: %s", e)
             status["failed"].append(f"radiomics: {e}")
+    if want_fusion:
+        radiomics_run = "cls_radiomics_0" + ("" if crop_source == "gt" else f"_{crop_source}")
+        for run in deep_runs:
+            try:
+                run_late_fusion(name, run, radiomics_run, folds, plans_name=plans_name)
+                status["trained"].append(f"fusion {run} + {radiomics_run} folds={folds}")
+            except FileNotFoundError as e:
+                logger.warning("fusion skipped: %s", e)
+                status["skipped"].append(f"fusion {run}: {e}")
+            except Exception as e:
+                logger.error("FAILED fusion %s: %s", run, e)
+                status["failed"].append(f"fusion {run}: {e}")
     if shortcut and any(r > 0 for r in ratios):
 
         for fold in folds:
@@ -127,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neonet_experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="dataset id or name, e.g. 501")
-    p.add_argument("--archs", nargs="+", default=["pattennet"], help="architectures (see neonet_train ... cls --help)")
+    p.add_argument("--archs", nargs="+", default=["pattennet"], help="architectures (see neonet_train ... cls --help), plus "
+                   "radiomics (optional extra) and fusion (late fusion of radiomics with each deep run)")
     p.add_argument("--ratios", nargs="+", type=float, default=[0.0, 1.0], help="synthetic ratios, e.g. 0 0.25 0.5 0.75 1.0")
     p.add_argument("--folds", nargs="+", type=int, default=None, help="folds (default: all)")
     p.add_argument("-device", "--device", default="auto")

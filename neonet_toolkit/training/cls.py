@@ -218,8 +218,8 @@ class ClsTrainer(NeoNetTrainer):
         self.network = self.dist.wrap(net)
         self.scaler = make_grad_scaler(self.device)
         n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        self.log("arch=%s (%s) trainable params=%d frozen=%d", self.arch, parse_arch(self.arch, self.config), n_train,
-                 sum(p.numel() for p in net.parameters() if not p.requires_grad))
+        self.log("arch=%s (%s) trainable params=%d frozen=%d", self.arch, parse_arch(self.arch, self.config),
+                 n_train, sum(p.numel() for p in net.parameters() if not p.requires_grad))
         self.z_train = None
         if self.config["cache_latents"] and encoder_is_frozen(net):
             if self.dist.world_size > 1:
@@ -508,7 +508,9 @@ class ClsTrainer(NeoNetTrainer):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("NeoCls")
     g.add_argument("--arch", default=None,
-                   help="pattennet (default; variants pattennet_dab{0..3}, pattennet_channel, pattennet_spatial), "
+                   help="pattennet (default; variants pattennet_dab{0..3}, pattennet_channel, pattennet_spatial; "
+                        "fine-detail variants pattennet_fine (recommended when the cue may be a few voxels thin), "
+                        "pattennet_ms, pattennet_fb, pattennet_ms_fb), "
                         "resnet50/101/152/200, densenet121/169/201/264, efficientnet_b0..b3, swin; "
                         "radiomics (optional extra: pyradiomics + logistic regression)")
     g.add_argument("--synthetic-ratio", dest="synthetic_ratio", type=float, default=0.0,

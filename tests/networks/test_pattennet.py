@@ -38,7 +38,8 @@ def test_variant_builds_and_frozen_encoder_stays_frozen(arch):
     net.train()
     assert not enc.training  # the encoder never leaves eval mode (GroupNorm statistics, dropout)
     x = torch.randn(3, 2, 16, 32, 32)
-    before = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith(("encoder.", "latent_path.encoder."))}
+    frozen_prefixes = ("encoder.", "latent_path.encoder.")
+    before = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith(frozen_prefixes)}
     loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x).reshape(-1), torch.tensor([0.0, 1.0, 1.0]))
     loss.backward()
     opt.step()

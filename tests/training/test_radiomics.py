@@ -67,7 +67,8 @@ def test_run_late_fusion_writes_a_run_in_the_same_layout(isolated_env):
     assert root.name == "cls_fusion_pattennet_fine_0_esnone__NeoNetPlans"
     rows = read_predictions_csv(root / "fold_1" / OOF_FILE)
     assert [r["case_id"] for r in rows] == ids[60:]
-    np.testing.assert_allclose([r["probability"] for r in rows], fuse_scores(a[60:], b[60:]), atol=2e-5)  # CSVs hold 6 decimals
+    fused = fuse_scores(a[60:], b[60:])
+    np.testing.assert_allclose([r["probability"] for r in rows], fused, atol=2e-5)  # CSVs hold 6 decimals
     summ = load_json(root / "fold_0" / SUMMARY_FILE)
     assert summ["fused_runs"] == ["cls_pattennet_fine_0_esnone", "cls_radiomics_0"]
     # a fold missing in one run is named
