@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from neonet_toolkit.experiment_planning.plans import NeoNetPlans, crop_xyz_to_array_order, max_unet_levels
 from neonet_toolkit.experiment_planning.planner import swin_compatible_patch
