@@ -8,6 +8,7 @@ import sys
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.utilities.checkpoints import UnsafeCheckpointError
+from neonet_toolkit.utilities.devices import apply_thread_rule
 from neonet_toolkit.utilities.package_checks import monai_generative_warning
 
 
@@ -15,6 +16,7 @@ def setup_logging(verbose: bool = False) -> None:
     """Logging for a console command; also gives the command's own process NeoNet's folder defaults (the
     process belongs to the command: child processes and nnU-Net then see the same folders)."""
     paths.apply_defaults_to_process()
+    apply_thread_rule()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

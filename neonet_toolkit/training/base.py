@@ -222,9 +222,9 @@ class NeoNetTrainer:
         self.build()
         if self.continue_training:
             self._resume()
-        self.log("stage=%s configuration=%s device=%s epochs=%d train=%d val=%d world=%d",
+        self.log("stage=%s configuration=%s device=%s epochs=%d train=%d val=%d world=%d threads=%d",
                  self.stage, self.configuration_name, self.device, self.num_epochs, len(self.train_ids),
-                 len(self.val_ids), self.dist.world_size)
+                 len(self.val_ids), self.dist.world_size, torch.get_num_threads())
         from tqdm import tqdm
 
         bar = tqdm(range(self.start_epoch, self.num_epochs), desc=f"{self.stage} fold {self.fold}",
@@ -237,6 +237,8 @@ class NeoNetTrainer:
             metrics.update(self.validate(epoch))
             metrics["epoch_time_s"] = time.perf_counter() - t0
             self.history.append(metrics)
+            if epoch - self.start_epoch in (0, 2):  # honest expectations, from this machine's first epochs
+                self.log(time_estimate(self.history, self.num_epochs - epoch - 1, self.stage))
             bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "epoch_time_s"})
             self.log(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
             stop = self.is_done(epoch, metrics)
@@ -254,6 +256,16 @@ class NeoNetTrainer:
             save_checkpoint(self.final_state(last), self.output_folder / FINAL_CHECKPOINT)
         self.dist.barrier()
         return self.output_folder
+
+
+def time_estimate(history: list[dict], remaining_epochs: int, stage: str) -> str:
+    """One line: this run's seconds per epoch so far and the time the remaining epochs will take at that pace
+    (from the latest epochs; the first one includes warm-up)."""
+    times = [float(h["epoch_time_s"]) for h in history if "epoch_time_s" in h]
+    per = float(np.median(times[-3:])) if times else float("nan")
+    total = per * max(0, int(remaining_epochs))
+    return (f"time estimate ({stage}): {per:.1f} s/epoch on this machine; {remaining_epochs} epoch(s) left ≈ "
+            f"{total / 60:.1f} min (early stopping may end sooner)")
 
 
 def batches(items: list, batch_size: int, rng: np.random.Generator | None = None, drop_last: bool = False

@@ -108,3 +108,54 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
 
 
+
+
+# ----------------------------------------------------------------------------- CPU thread rule
+JOBS_ENV = "NEONET_JOBS"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity / container limits), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_rule(environ: dict | None = None, cores: int | None = None) -> dict[str, int]:
+    """The one rule for CPU threads: ``threads = max(1, cores // jobs)``.
+
+    ``jobs`` is ``NEONET_JOBS`` (how many NeoNet / nnU-Net processes the user runs side by side; default
+    1). Intra-op threads = ``threads`` unless ``OMP_NUM_THREADS`` is set (the user's value wins);
+    nnU-Net's augmentation workers (``nnUNet_n_proc_DA``, its default is 12 whatever the machine) =
+    ``max(1, threads - 1)`` unless set, so that workers + the training process fit the share.
+    Returns ``{"cores", "jobs", "threads", "intra_op_threads", "nnunet_da_workers"}``."""
+    env = os.environ if environ is None else environ
+    cores = available_cores() if cores is None else int(cores)
+    try:
+        jobs = max(1, int(env.get(JOBS_ENV, "1")))
+    except ValueError:
+        raise ValueError(f"{JOBS_ENV}={env.get(JOBS_ENV)!r} is not a whole number of concurrent jobs.") from None
+    threads = max(1, cores // jobs)
+
+    def _user(name, default):
+        try:
+            return max(1, int(env[name])) if env.get(name) else default
+        except ValueError:
+            raise ValueError(f"{name}={env.get(name)!r} is not a whole number.") from None
+
+    return {"cores": cores, "jobs": jobs, "threads": threads,
+            "intra_op_threads": _user("OMP_NUM_THREADS", threads),
+            "nnunet_da_workers": _user("nnUNet_n_proc_DA", max(1, threads - 1))}
+
+
+def apply_thread_rule() -> dict[str, int]:
+    """For console entry points (they own their process): apply :func:`thread_rule` to torch and set
+    ``nnUNet_n_proc_DA`` (and ``OMP_NUM_THREADS`` for child processes) where the user has not."""
+    rule = thread_rule()
+    os.environ.setdefault("OMP_NUM_THREADS", str(rule["intra_op_threads"]))
+    os.environ.setdefault("nnUNet_n_proc_DA", str(rule["nnunet_da_workers"]))
+    if torch.get_num_threads() != rule["intra_op_threads"]:
+        torch.set_num_threads(rule["intra_op_threads"])
+    logger.debug("threads: %s", rule)
+    return rule
