@@ -48,8 +48,8 @@ def make_stratified_splits(case_labels: dict[str, int], n_folds: int = 5, seed: 
 def check_splits(splits: list[dict], case_labels: dict[str, int], folds_per_repeat: int | None = None) -> None:
     """Validate splits against the case labels: disjoint, complete, two classes per fold part. With
     ``folds_per_repeat`` K, every block of K folds (one repeat) must be such a partition on its own."""
-    k_rep = int(folds_per_repeat or len(splits))
-    if k_rep < 2 or len(splits) % k_rep:
+    k_rep = max(1, int(folds_per_repeat or len(splits)))
+    if len(splits) % k_rep:
         raise DatasetError(f"splits_final.json: {len(splits)} folds is not a whole number of repeats of {k_rep} folds "
                            f"({REPEATS_FILE}). Re-plan with --overwrite_splits.")
     if k_rep < len(splits):
