@@ -105,6 +105,12 @@ def _gpu_full(n_vae_down: int, ldm_levels: int) -> dict:
     }
 
 
+def gpu_full_settings(n_vae_down: int = 2, ldm_levels: int = 3) -> dict:
+    """The ``gpu_full`` preset for a crop planned with ``n_vae_down`` VAE downsamplings and ``ldm_levels``
+    diffusion levels (defaults: the paper's 96×96×48 crop)."""
+    return _gpu_full(n_vae_down, ldm_levels)
+
+
 def paper_seg_settings() -> dict:
     """The paper's NeoSeg settings (the ``gpu_full`` seg stage), for nnU-Net runs without a neonet_plans.json."""
     return _gpu_full(2, 3)["seg"]
