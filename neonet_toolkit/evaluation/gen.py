@@ -137,7 +137,7 @@ def generation_metrics(dataset, fold: int, fid_network: str = "pca", fid_weights
     name, pp, _ = dataset_folders(dataset)
     plans = NeoNetPlans(pp / NEONET_PLANS_FILE)
     split = get_fold(load_splits(pp), fold)
-    syn_folder = synthetic_folder(name, fold, plans_name, set_dir)
+    syn_folder = synthetic_folder(name, fold, plans_name, set_dir=set_dir)
     manifest = load_manifest(syn_folder)
     if not manifest["entries"]:
         raise ValueError(f"{syn_folder} has no synthetic entries; run neonet_generate with --ratio > 0.")
@@ -169,7 +169,7 @@ def save_montage(dataset, fold: int, path: Path, n: int = 4, plans_name: str = "
                  set_dir: str = "synthetic") -> Path:
     name, pp, _ = dataset_folders(dataset)
     axis = view_axes(NeoNetPlans(pp / NEONET_PLANS_FILE)["transpose_forward"])["axial"]
-    syn_folder = synthetic_folder(name, fold, plans_name, set_dir)
+    syn_folder = synthetic_folder(name, fold, plans_name, set_dir=set_dir)
     entries = load_manifest(syn_folder)["entries"]
     # alternate minority / majority examples when both exist
     by_role = {r: [e for e in entries if e["role"] == r] for r in ("minority", "majority")}
