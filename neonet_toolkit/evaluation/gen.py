@@ -1,13 +1,16 @@
 """``neonet_evaluate DATASET gen``: NeoGen quality report per fold (Tables 3-4 shape) and a montage.
 
-* Reconstruction (Table 3): the fold's VAE on the fold's **validation** patches (channel 0, in the
+* Reconstruction (Table 3): every trained autoencoder of the fold (the VAE, NeoGen; the VQ-VAE,
+  QNeoGen, with its codebook usage) on the fold's **validation** patches (channel 0, in the
   patches' z-scored intensity scale), SSIM (3D) and PSNR, next to a trivial baseline that predicts
   the mean training patch for every case. LPIPS (per view, averaged) only with ``--lpips-weights
   PATH`` (a local torchvision AlexNet/VGG/SqueezeNet ``state_dict``) and the optional ``lpips``
   package; otherwise reported as not computed.
 * Generation (Table 4): FID between the fold's real training patches (the set NeoGen imitates) and
-  the fold's synthetic set, on axial, sagittal and coronal slices (slices with ≥ 5 % ROI) and their
-  average; also real validation vs real training patches as a reference for the same extractor
+  each synthetic set of the fold (one row per generator variant that was generated: NeoGen, NeoGen DM,
+  QNeoGen, QNeoGen DM, mask-only, rectified flow; see ``neonet_generate --generator/--autoencoder/
+  --conditioning/--sampler``), on axial, sagittal and coronal slices (slices with ≥ 5 % ROI) and their
+  average, each with a 95 % percentile bootstrap CI over patches (``--n-boot``); also real validation vs real training patches as a reference for the same extractor
   (FID is biased upwards for small sets, so compare sets of similar size: the reference uses only the
   fold's few validation cases). Feature extractor: ``--fid-network pca`` (default, weight-free, in-domain; see
   :mod:`neonet_toolkit.evaluation.image_metrics`) or ``radimagenet`` / ``inception`` with
@@ -28,7 +31,7 @@ from matplotlib.figure import Figure
 from neonet_toolkit.evaluation.image_metrics import (
     VIEWS,
     LPIPSMetric,
-    fid_per_view,
+    fid_per_view_with_ci,
     lpips_per_view,
     make_feature_extractor,
     psnr,
@@ -38,11 +41,23 @@ from neonet_toolkit.evaluation.image_metrics import (
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.generation.generate import load_synthetic_patch
-from neonet_toolkit.networks.generative import from_vae_output, load_fold_vae, to_vae_input
+from neonet_toolkit.networks.generative import (
+    from_vae_output,
+    load_fold_autoencoder,
+    stage_checkpoint_path,
+    to_vae_input,
+)
 from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
 from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, synthetic_folder
 from neonet_toolkit.utilities.devices import get_device
-from neonet_toolkit.utilities.identifiers import dataset_folders
+from neonet_toolkit.utilities.checkpoints import load_checkpoint
+from neonet_toolkit.utilities.identifiers import (
+    AUTOENCODERS,
+    GenRunId,
+    dataset_folders,
+    list_synthetic_sets,
+    parse_gen_stage_dir,
+)
 from neonet_toolkit.utilities.io import save_figure, save_json, save_text
 
 logger = logging.getLogger(__name__)
@@ -53,50 +68,76 @@ def _stack_patches(folder, ids, loader):
     return np.stack(ims).astype(np.float32), np.stack(labs)
 
 
+AUTOENCODER_LABELS = {"vae": "NeoGen VAE", "vqvae": "QNeoGen VQ-VAE"}
+
+
 @torch.no_grad()
 def reconstruction_metrics(dataset, fold: int, device: str = "cpu", plans_name: str = "NeoNetPlans",
                            lpips_weights: str | None = None, lpips_net: str = "alex") -> dict:
-
+    """Table 3: every trained autoencoder of the fold (``vae``, ``vqvae``) on the validation patches, next to
+    the mean-training-patch baseline."""
     name, pp, _ = dataset_folders(dataset)
     split = get_fold(load_splits(pp), fold)
     src = patch_folder(pp, "gt")
     val, val_lab = _stack_patches(src, split["val"], load_patch)
     train, _ = _stack_patches(src, split["train"], load_patch)
-    vae, _, cfg = load_fold_vae(name, fold, device, plans_name)
+    kinds = [k for k in AUTOENCODERS if stage_checkpoint_path(name, k, fold, plans_name).is_file()]
+    if not kinds:
+        raise FileNotFoundError(f"No trained autoencoder for fold {fold}: run `neonet_train {name} vae {fold}` "
+                                f"(and/or vqvae) first.")
     x = torch.from_numpy(val[:, :1])
-    recs = []
-    for s in range(0, len(x), 4):
-        mu, _ = vae.encode(to_vae_input(x[s:s + 4], cfg).to(device))
-        recs.append(from_vae_output(vae.decode(mu).float().cpu(), cfg))
-    rec = torch.cat(recs)
     data_range = float(x.max() - x.min())
     mean_patch = torch.from_numpy(train[:, :1].mean(0, keepdims=True)).expand_as(x)
-    out = {"n_val_cases": len(split["val"]), "data_range": data_range,
-           "vae": {"ssim": float(ssim(rec, x, data_range).mean()), "psnr": float(psnr(rec, x, data_range).mean()),
-                   "lpips": None, "lpips_per_view": None},
+    out = {"n_val_cases": len(split["val"]), "data_range": data_range, "autoencoders": kinds,
            "mean_patch_baseline": {"ssim": float(ssim(mean_patch, x, data_range).mean()),
-                                   "psnr": float(psnr(mean_patch, x, data_range).mean())},
-           "per_case_psnr": dict(zip(split["val"], psnr(rec, x, data_range).tolist()))}
+                                   "psnr": float(psnr(mean_patch, x, data_range).mean())}}
+    metric, tf, roi = None, None, val_lab[:, 0] > 0
     if lpips_weights:
-
         tf = NeoNetPlans(pp / NEONET_PLANS_FILE)["transpose_forward"]
         metric = LPIPSMetric(lpips_weights, lpips_net, device=device)
-        roi = val_lab[:, 0] > 0
-        per_view = lpips_per_view(val[:, 0], rec[:, 0].numpy(), roi, tf, metric)
         base = lpips_per_view(val[:, 0], mean_patch[:, 0].numpy(), roi, tf, metric)
-        out["vae"].update(lpips=per_view["average"], lpips_per_view=per_view)
         out["mean_patch_baseline"].update(lpips=base["average"])
         out["lpips_network"], out["lpips_weights"] = lpips_net, str(lpips_weights)
+    for kind in kinds:
+        ae = load_fold_autoencoder(name, fold, kind, device, plans_name)
+        recs = []
+        for s in range(0, len(x), 4):
+            mu, _ = ae.encode_posterior(to_vae_input(x[s:s + 4], ae.config).to(device))
+            recs.append(from_vae_output(ae.decode(mu).float().cpu(), ae.config))
+        rec = torch.cat(recs)
+        row = {"ssim": float(ssim(rec, x, data_range).mean()), "psnr": float(psnr(rec, x, data_range).mean()),
+               "lpips": None, "lpips_per_view": None, "checkpoint": ae.checkpoint,
+               "per_case_psnr": dict(zip(split["val"], psnr(rec, x, data_range).tolist()))}
+        if kind == "vqvae":
+            row["codebook"] = load_checkpoint(ae.checkpoint).get("extra", {}).get("codebook", {})
+        if metric is not None:
+            per_view = lpips_per_view(val[:, 0], rec[:, 0].numpy(), roi, tf, metric)
+            row.update(lpips=per_view["average"], lpips_per_view=per_view)
+        out[kind] = row
+    if "vae" in out:  # written before the VQ-VAE existed: kept at the top level
+        out["per_case_psnr"] = out["vae"]["per_case_psnr"]
     return out
 
 
-def generation_metrics(dataset, fold: int, fid_network: str = "pca", fid_weights: str | None = None,
-                       device: str = "cpu", plans_name: str = "NeoNetPlans", pca_components: int = 8) -> dict:
+def set_label(rid: GenRunId) -> str:
+    """Table 4 row label of a synthetic set: the paper's names, with NeoNet's ablations in brackets."""
+    label = ("QNeoGen" if rid.autoencoder == "vqvae" else "NeoGen") + (" DM" if rid.generator == "dm" else "")
+    tags = []
+    if rid.generator == "controlnet":
+        tags.append("mask only" if rid.conditioning == "mask" else "mask + class")
+    tags.append("rectified flow" if rid.objective == "rflow" else "DDIM")
+    return f"{label} ({', '.join(tags)})"
 
+
+def generation_metrics(dataset, fold: int, fid_network: str = "pca", fid_weights: str | None = None,
+                       device: str = "cpu", plans_name: str = "NeoNetPlans", pca_components: int = 8,
+                       set_dir: str = "synthetic", n_boot: int = 200) -> dict:
+    """Table 4 row of one synthetic set: FID per view and averaged, with percentile bootstrap CIs over patches
+    (:func:`neonet_toolkit.evaluation.image_metrics.fid_per_view_with_ci`), and the real-validation reference."""
     name, pp, _ = dataset_folders(dataset)
     plans = NeoNetPlans(pp / NEONET_PLANS_FILE)
     split = get_fold(load_splits(pp), fold)
-    syn_folder = synthetic_folder(name, fold, plans_name)
+    syn_folder = synthetic_folder(name, fold, plans_name, set_dir=set_dir)
     manifest = load_manifest(syn_folder)
     if not manifest["entries"]:
         raise ValueError(f"{syn_folder} has no synthetic entries; run neonet_generate with --ratio > 0.")
@@ -110,23 +151,25 @@ def generation_metrics(dataset, fold: int, fid_network: str = "pca", fid_weights
     def factory():
         return make_feature_extractor(fid_network, fid_weights, device=device, **kw)
 
-    fid_syn = fid_per_view(real[:, 0], real_lab[:, 0] > 0, syn[:, 0], syn_lab[:, 0] > 0, tf, factory)
-    fid_val = fid_per_view(real[:, 0], real_lab[:, 0] > 0, val[:, 0], val_lab[:, 0] > 0, tf, factory)
+    fid_syn = fid_per_view_with_ci(real[:, 0], real_lab[:, 0] > 0, syn[:, 0], syn_lab[:, 0] > 0, tf, factory, n_boot)
+    fid_val = fid_per_view_with_ci(real[:, 0], real_lab[:, 0] > 0, val[:, 0], val_lab[:, 0] > 0, tf, factory, n_boot)
     roi_stats = {}
     for key, ims, labs in (("real_train", real, real_lab), ("synthetic", syn, syn_lab)):
         tum = labs[:, 1] > 0
         liv = (labs[:, 0] > 0) & ~tum
         roi_stats[key] = {"tumour_mean": float(ims[:, 0][tum].mean()), "organ_only_mean": float(ims[:, 0][liv].mean()),
                           "roi_std": float(ims[:, 0][labs[:, 0] > 0].std())}
-    return {"fid_network": fid_network, "fid_weights": fid_weights, "n_real": len(real), "n_synthetic": len(syn),
+    return {"set": set_dir, "label": set_label(parse_gen_stage_dir(set_dir) or GenRunId("synthetic")),
+            "fid_network": fid_network, "fid_weights": fid_weights, "n_real": len(real), "n_synthetic": len(syn),
             "fid_synthetic_vs_real_train": fid_syn, "fid_real_val_vs_real_train": fid_val,
             "intensity": roi_stats, "manifest_settings": manifest.get("settings", {})}
 
 
-def save_montage(dataset, fold: int, path: Path, n: int = 4, plans_name: str = "NeoNetPlans") -> Path:
+def save_montage(dataset, fold: int, path: Path, n: int = 4, plans_name: str = "NeoNetPlans",
+                 set_dir: str = "synthetic") -> Path:
     name, pp, _ = dataset_folders(dataset)
     axis = view_axes(NeoNetPlans(pp / NEONET_PLANS_FILE)["transpose_forward"])["axial"]
-    syn_folder = synthetic_folder(name, fold, plans_name)
+    syn_folder = synthetic_folder(name, fold, plans_name, set_dir=set_dir)
     entries = load_manifest(syn_folder)["entries"]
     # alternate minority / majority examples when both exist
     by_role = {r: [e for e in entries if e["role"] == r] for r in ("minority", "majority")}
@@ -157,33 +200,51 @@ def _fmt(v) -> str:
     return "n/a (no --lpips-weights)" if v is None else f"{v:.4f}"
 
 
+def _ci(f: dict, key: str) -> str:
+    ci = (f.get("ci") or {}).get(key)
+    return f"{f[key]:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def tables_markdown(report: dict) -> str:
     lines = []
     for fold, r in report["folds"].items():
         rec = r["reconstruction"]
-        lines += [f"## fold {fold}", "", "Table 3 shape (VAE reconstruction, validation patches):", "",
-                  "| Model | LPIPS ↓ | SSIM ↑ | PSNR ↑ |", "|---|---|---|---|",
-                  f"| NeoGen VAE | {_fmt(rec['vae'].get('lpips'))} | {rec['vae']['ssim']:.4f} | "
-                  f"{rec['vae']['psnr']:.4f} |",
-                  f"| mean-patch baseline | {_fmt(rec['mean_patch_baseline'].get('lpips'))} | "
-                  f"{rec['mean_patch_baseline']['ssim']:.4f} | "
-                  f"{rec['mean_patch_baseline']['psnr']:.4f} |", ""]
-        g = r.get("generation")
-        if g:
-            lines += [f"Table 4 shape (FID, feature extractor: {g['fid_network']}; not comparable to Inception FID "
-                      "unless inception weights were used):", "",
-                      "| Method | FID ↓ (A) | FID ↓ (S) | FID ↓ (C) | FID ↓ (Avg.) |", "|---|---|---|---|---|"]
-            for label, f in (("NeoGen (synthetic vs real train)", g["fid_synthetic_vs_real_train"]),
-                             ("real val vs real train (reference)", g["fid_real_val_vs_real_train"])):
-                lines.append(f"| {label} | " + " | ".join(f"{f[v]:.4f}" for v in VIEWS) + f" | {f['average']:.4f} |")
+        lines += [f"## fold {fold}", "", "Table 3 shape (autoencoder reconstruction, validation patches):", "",
+                  "| Model | LPIPS ↓ | SSIM ↑ | PSNR ↑ |", "|---|---|---|---|"]
+        for kind in rec.get("autoencoders", ["vae"]):
+            row = rec[kind]
+            lines.append(f"| {AUTOENCODER_LABELS[kind]} | {_fmt(row.get('lpips'))} | {row['ssim']:.4f} | "
+                         f"{row['psnr']:.4f} |")
+        lines += [f"| mean-patch baseline | {_fmt(rec['mean_patch_baseline'].get('lpips'))} | "
+                  f"{rec['mean_patch_baseline']['ssim']:.4f} | {rec['mean_patch_baseline']['psnr']:.4f} |", ""]
+        cb = (rec.get("vqvae") or {}).get("codebook")
+        if cb:
+            lines += [f"VQ-VAE codebook over the training patches: perplexity {cb['perplexity']:.2f} of "
+                      f"{cb['num_embeddings']} codes, {cb['dead_codes']} dead.", ""]
+        sets = r.get("generation_sets") or ({"synthetic": r["generation"]} if r.get("generation") else {})
+        if sets:
+            g = next(iter(sets.values()))
+            ref = g["fid_real_val_vs_real_train"]
+            lines += [f"Table 4 shape (FID vs the fold's real training patches, feature extractor: {g['fid_network']}; "
+                      "not comparable to Inception FID unless inception weights were used; [95% bootstrap CI over "
+                      f"patches, {ref.get('n_boot', 0)} replicates]):", "",
+                      "| Method | FID ↓ (A) | FID ↓ (S) | FID ↓ (C) | FID ↓ (Avg.) | n synthetic |",
+                      "|---|---|---|---|---|---|"]
+            for set_dir, gs in sets.items():
+                f = gs["fid_synthetic_vs_real_train"]
+                lines.append(f"| {gs.get('label', 'NeoGen')} | " + " | ".join(_ci(f, v) for v in VIEWS)
+                             + f" | {_ci(f, 'average')} | {gs['n_synthetic']} |")
+            lines.append("| real val vs real train (reference) | " + " | ".join(_ci(ref, v) for v in VIEWS)
+                         + f" | {_ci(ref, 'average')} | {r['reconstruction']['n_val_cases']} (real) |")
             lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def evaluate_gen(dataset, folds=(0,), fid_network: str = "pca", fid_weights: str | None = None, device: str = "cpu",
                  n_montage: int = 4, plans_name: str = "NeoNetPlans", skip_generation: bool = False,
-                 lpips_weights: str | None = None, lpips_net: str = "alex") -> dict:
-
+                 lpips_weights: str | None = None, lpips_net: str = "alex", n_boot: int = 200) -> dict:
+    """Tables 3 and 4 per fold: every trained autoencoder and every synthetic set of the fold (NeoGen, its DM,
+    VQ-VAE, mask-only and rectified-flow variants: whatever was generated)."""
     dev = str(get_device(device))
     name, _, res = dataset_folders(dataset)
     report = {"dataset": name, "folds": {}}
@@ -191,13 +252,23 @@ def evaluate_gen(dataset, folds=(0,), fid_network: str = "pca", fid_weights: str
         out = res / f"gen_evaluation__{plans_name}" / f"fold_{int(fold)}"
         r = {"reconstruction": reconstruction_metrics(name, fold, dev, plans_name, lpips_weights, lpips_net)}
         if not skip_generation:
-            r["generation"] = generation_metrics(name, fold, fid_network, fid_weights, dev, plans_name)
-            r["montage"] = str(save_montage(name, fold, out / "montage.png", n_montage, plans_name))
+            sets = list_synthetic_sets(res, fold, plans_name)
+            if not sets:  # names the command that makes the default set
+                load_manifest(synthetic_folder(name, fold, plans_name))
+            r["generation_sets"] = {d: generation_metrics(name, fold, fid_network, fid_weights, dev, plans_name,
+                                                          set_dir=d, n_boot=n_boot) for d in sets}
+            main_set = "synthetic" if "synthetic" in sets else next(iter(sets))
+            r["generation"] = r["generation_sets"][main_set]
+            r["montage"] = str(save_montage(name, fold, out / "montage.png", n_montage, plans_name, main_set))
         save_json(r, out / "gen_report.json")
         report["folds"][str(fold)] = r
-        logger.info("fold %s: VAE PSNR %.3f (mean-patch %.3f), SSIM %.4f%s", fold, r["reconstruction"]["vae"]["psnr"],
-                    r["reconstruction"]["mean_patch_baseline"]["psnr"], r["reconstruction"]["vae"]["ssim"],
-                    "" if skip_generation else f", FID avg {r['generation']['fid_synthetic_vs_real_train']['average']:.4f}")
+        rec = r["reconstruction"]
+        logger.info("fold %s: %s; mean-patch PSNR %.3f%s", fold,
+                    ", ".join(f"{k} PSNR {rec[k]['psnr']:.3f} SSIM {rec[k]['ssim']:.4f}" for k in rec["autoencoders"]),
+                    rec["mean_patch_baseline"]["psnr"],
+                    "" if skip_generation else "; FID avg " + ", ".join(
+                        f"{g['label']} {g['fid_synthetic_vs_real_train']['average']:.4f}"
+                        for g in r["generation_sets"].values()))
         save_text(tables_markdown({"folds": {str(fold): r}}), out / "tables.md")
     if len(report["folds"]) > 0:
         summary = res / f"gen_evaluation__{plans_name}" / "summary.json"
@@ -215,10 +286,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"])
     parser.add_argument("-device", "--device", default="auto")
     parser.add_argument("--n-montage", type=int, default=4)
-    parser.add_argument("--reconstruction-only", action="store_true", help="only the VAE table (no synthetic set needed)")
+    parser.add_argument("--reconstruction-only", action="store_true",
+                        help="only Table 3 (autoencoders; no synthetic set needed)")
+    parser.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for the Table 4 FID CIs")
 
 
 def evaluate_from_args(args):
     return evaluate_gen(args.dataset, args.folds, args.fid_network, args.fid_weights, args.device, args.n_montage,
                         skip_generation=args.reconstruction_only, lpips_weights=args.lpips_weights,
-                        lpips_net=args.lpips_net)
+                        lpips_net=args.lpips_net, n_boot=args.n_boot)

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 NEONET_PLANS_FILE = "neonet_plans.json"
 PAPER_CROP_XYZ = (96, 96, 48)
-STAGES = ("seg", "vae", "ldm", "controlnet", "cls")
+STAGES = ("seg", "vae", "vqvae", "ldm", "controlnet", "cls")
 POSTPROCESSING = {
     # predicted tumour components smaller than this fraction of the smallest training tumour are spurious
     "spurious_tumor_fraction": 0.2,
@@ -79,7 +79,16 @@ def _gpu_full(n_vae_down: int, ldm_levels: int) -> dict:
         "vae": {"channels": vae_channels, "latent_channels": 4, "num_res_blocks": 1, "norm_num_groups": 32,
                 "attention_levels": [False] * len(vae_channels), "kl_weight": 1e-7, "loss": "l1",
                 "epochs": 6000, "lr": 1e-6, "batch_size": 2, "weight_decay": 0.0, "val_every": 50},
-        "ldm": {"channels": ldm_channels, "num_res_blocks": 2, "norm_num_groups": 32,
+        # QNeoGen (Table 3): MONAI's VQVAE, one stride-2 level per VAE downsampling so its latents land on the same
+        # grid; embedding_dim = the VAE's latent_channels, so the same diffusion U-Net / ControlNet fit either
+        "vqvae": {"channels": [64, 128, 128][:n_vae_down], "num_res_layers": 2,
+                  "num_res_channels": [64, 128, 128][:n_vae_down], "num_embeddings": 256, "embedding_dim": 4,
+                  "commitment_cost": 0.25, "ema_decay": 0.99, "codebook_restart": True, "loss": "l1", "epochs": 6000, "lr": 1e-4,
+                  "batch_size": 2, "weight_decay": 0.0, "val_every": 50},
+        # autoencoder: whose latents (vae | vqvae); objective: eps (ε prediction, DDIM sampling) | rflow
+        # (rectified-flow velocity x0 - noise, MONAI RFlowScheduler, Euler sampling); rflow_sample_method: how
+        # training timesteps are drawn for rflow (uniform | logit-normal)
+        "ldm": {"autoencoder": "vae", "objective": "eps", "rflow_sample_method": "uniform","channels": ldm_channels, "num_res_blocks": 2, "norm_num_groups": 32,
                 "attention_levels": [False] + [True] * (ldm_levels - 1), "num_head_channels": 32,
                 "num_train_timesteps": 1000, "schedule": "scaled_linear_beta", "beta_start": 0.0015,
                 "beta_end": 0.0195, "loss": "l2", "epochs": 6000, "lr": 1e-5, "batch_size": 2, "weight_decay": 0.0,
@@ -131,6 +140,8 @@ def _cpu_small(n_vae_down: int, ldm_levels: int) -> dict:
         # tumour away and the ControlNet ignoring the mask
         "vae": {"channels": [8, 16, 16, 32][: n_vae_down + 1], "norm_num_groups": 8, "epochs": 60, "lr": 3e-3,
                 "batch_size": 2, "val_every": 10},
+        "vqvae": {"channels": [16, 32, 32][:n_vae_down], "num_res_layers": 1, "num_res_channels": [16, 32, 32][:n_vae_down],
+                  "num_embeddings": 64, "epochs": 60, "lr": 3e-3, "batch_size": 2, "val_every": 10},
         "ldm": {"channels": [16, 32, 32, 64][:ldm_levels], "num_res_blocks": 1, "norm_num_groups": 8,
                 "attention_levels": [False] * ldm_levels, "num_head_channels": 8, "epochs": 200, "lr": 2e-3,
                 "batch_size": 4, "val_every": 20},

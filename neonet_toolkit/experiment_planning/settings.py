@@ -52,7 +52,28 @@ class VAESettings:
 
 
 @dataclass(frozen=True)
+class VQVAESettings:
+    channels: list
+    num_res_layers: int
+    num_res_channels: list
+    num_embeddings: int
+    embedding_dim: int
+    commitment_cost: float
+    ema_decay: float
+    codebook_restart: bool
+    loss: str
+    epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float
+    val_every: int
+
+
+@dataclass(frozen=True)
 class LDMSettings:
+    autoencoder: str
+    objective: str
+    rflow_sample_method: str
     channels: list
     num_res_blocks: int
     norm_num_groups: int
@@ -121,7 +142,7 @@ class ClsSettings:
     fine_channels: int
 
 
-STAGE_SETTINGS = {"seg": SegSettings, "vae": VAESettings, "ldm": LDMSettings, "controlnet": ControlNetSettings,
+STAGE_SETTINGS = {"seg": SegSettings, "vae": VAESettings, "vqvae": VQVAESettings, "ldm": LDMSettings, "controlnet": ControlNetSettings,
                   "sampling": SamplingSettings, "cls": ClsSettings}
 _TYPES = {"int": int, "float": Num, "str": str, "bool": bool, "list": list}
 

@@ -12,7 +12,15 @@ patch (and, with a class-conditional ControlNet, the PNI label) of one *training
 A patch is ``[x * roi, x * tumour]`` (float32) with ``x`` the decoded channel-0 image and
 ``roi``/``tumour`` the masks of its conditioning label patch, plus that label patch (uint8) — the
 TLCR format the classifier reads with ``load_patch``. Provenance (source case, seed, steps,
-checkpoint) is in the manifest entry and in the patch file (``provenance``, a JSON string).
+checkpoint, sampler, generator, autoencoder, objective, conditioning) is in the manifest entry and in
+the patch file (``provenance``, a JSON string).
+
+Generator variants (Table 4 and the ablations; :func:`resolve_variant`): ``generator`` ``controlnet``
+(mask-conditioned NeoGen) or ``dm`` (the latent diffusion model alone, no mask control: the image is
+sampled unconditionally and only masked by the source case's label); ``autoencoder`` ``vae`` (NeoGen) or
+``vqvae`` (QNeoGen); ``objective`` ``eps`` (DDIM sampler) or ``rflow`` (rectified-flow sampler);
+``conditioning`` ``mask_class`` or ``mask`` (ControlNet only). Each variant has its own set folder
+(:func:`neonet_toolkit.utilities.identifiers.gen_stage_dir`); the default is ``synthetic``.
 """
 from __future__ import annotations
 
@@ -23,28 +31,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from neonet_toolkit.dataset.case_ids import safe_join
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-from neonet_toolkit.networks.diffusion import ddim_sample, ddim_timesteps, make_noise_scheduler
+from neonet_toolkit.networks.diffusion import DiffusionObjective, ddim_sample, ddim_timesteps, rflow_timesteps
 from neonet_toolkit.networks.generative import (
+    FoldAutoencoder,
     build_controlnet,
     build_unet,
     controlled_unet_output,
     freeze,
     from_vae_output,
     label_to_condition,
-    load_fold_vae,
+    load_fold_autoencoder,
     stage_checkpoint_path,
-    vae_checkpoint_path,
 )
 from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-from neonet_toolkit.preprocessing.synthetic_sets import MANIFEST, synthetic_folder
+from neonet_toolkit.preprocessing.synthetic_sets import MANIFEST, synthetic_folder, synthetic_stage
 from neonet_toolkit.training.gen_common import case_labels
 from neonet_toolkit.utilities.checkpoints import check_upstream, load_checkpoint
 from neonet_toolkit.utilities.devices import get_device
-from neonet_toolkit.utilities.identifiers import dataset_folders
+from neonet_toolkit.utilities.identifiers import SAMPLER_OF_OBJECTIVE, GenRunId, dataset_folders
 from neonet_toolkit.utilities.io import load_json, save_json, save_npz
 
 logger = logging.getLogger(__name__)
@@ -55,9 +64,9 @@ MAJORITY_ID_OFFSET = 50_000  # minority entries are syn_00000.., majority entrie
 
 @dataclass
 class NeoGenModels:
-    vae: torch.nn.Module
+    vae: torch.nn.Module            # the fold's autoencoder network (AutoencoderKL or VQVAE, see ``autoencoder``)
     unet: torch.nn.Module
-    controlnet: torch.nn.Module
+    controlnet: torch.nn.Module | None  # None: the latent diffusion model alone (Table 4's "DM" rows)
     alphas_cumprod: torch.Tensor
     scale_factor: float
     vae_config: dict
@@ -66,71 +75,168 @@ class NeoGenModels:
     checkpoint: str
     device: torch.device
     sampling: dict = field(default_factory=dict)
-    upstream: dict = field(default_factory=dict)  # {"vae": path, "ldm": path} the ControlNet was trained on
+    upstream: dict = field(default_factory=dict)  # {"vae"|"vqvae": path, "ldm": path} the model was trained on
+    autoencoder: str = "vae"
+    diffusion: DiffusionObjective | None = None  # None: ε objective with ``alphas_cumprod`` (DDIM)
+    run_id: GenRunId = field(default_factory=lambda: GenRunId("synthetic"))
+
+    @property
+    def objective(self) -> str:
+        return self.diffusion.objective if self.diffusion is not None else "eps"
+
+    @property
+    def sampler(self) -> str:
+        return SAMPLER_OF_OBJECTIVE[self.objective]
+
+
+def resolve_variant(plans: NeoNetPlans, configuration: str | None, device_type: str, generator: str = "controlnet",
+                    autoencoder: str | None = None, objective: str | None = None, conditioning: str | None = None,
+                    sampler: str | None = None) -> GenRunId:
+    """The synthetic-set id from the command line, with the plans' defaults for what is not given.
+
+    The sampler follows the objective (ddim for eps, rflow for rectified flow): ``--sampler rflow`` alone picks
+    the rectified-flow models, and an explicit mismatch is an error."""
+    conf = plans.configuration(configuration, device_type)["name"]
+    by_sampler = {v: k for k, v in SAMPLER_OF_OBJECTIVE.items()}
+    if sampler is not None and sampler not in by_sampler:
+        raise ValueError(f"Unknown sampler {sampler!r}; choose one of {sorted(by_sampler)}.")
+    if objective is None:
+        objective = by_sampler[sampler or str(plans.stage("sampling", conf, device_type)["sampler"])]
+    if sampler is not None and SAMPLER_OF_OBJECTIVE[objective] != sampler:
+        raise ValueError(f"--sampler {sampler} does not match --objective {objective}: a model trained with objective "
+                         f"{objective} is sampled with {SAMPLER_OF_OBJECTIVE[objective]}. Train the "
+                         f"{by_sampler[sampler]} variant (`neonet_train DATASET ldm|controlnet FOLD --objective "
+                         f"{by_sampler[sampler]}`) or drop one of the options.")
+    autoencoder = autoencoder or str(plans.stage("ldm", conf, device_type)["autoencoder"])
+    if generator == "dm":
+        conditioning = "mask_class"
+    elif conditioning is None:
+        conditioning = "mask_class" if plans.stage("controlnet", conf, device_type)["class_conditional"] else "mask"
+    return GenRunId("synthetic", autoencoder=autoencoder, objective=objective, conditioning=conditioning,
+                    generator=generator)
 
 
 def load_neogen_models(dataset, fold: int, device: str | torch.device = "cpu", plans_name: str = "NeoNetPlans",
-                       configuration: str | None = None) -> NeoGenModels:
-    """The fold's frozen VAE, diffusion U-Net and ControlNet (all from their checkpoint_final.pth)."""
+                       configuration: str | None = None, variant: GenRunId | None = None) -> NeoGenModels:
+    """The fold's frozen autoencoder, diffusion U-Net and (unless ``variant.generator == "dm"``) ControlNet,
+    all from their checkpoint_final.pth. ``variant`` (a synthetic-set :class:`GenRunId`) picks the
+    autoencoder, objective and conditioning; default: NeoGen (VAE, ε, mask + class)."""
 
     device = torch.device(device)
+    variant = variant or GenRunId("synthetic")
     name, pp, _ = dataset_folders(dataset)
-    vae, _, vae_cfg = load_fold_vae(name, fold, device, plans_name)
-    cn_path = stage_checkpoint_path(name, "controlnet", fold, plans_name)
-    cn = load_checkpoint(cn_path, device)
-    ex = cn["extra"]
-    check_upstream(cn.get("upstream"), {"vae": vae_checkpoint_path(name, fold, plans_name),
-                                        "ldm": ex["ldm_checkpoint"]}, f"ControlNet fold {fold} ({cn_path})",
-                   f"Retrain it: `neonet_train {name} controlnet {fold} --overwrite`.")
-    ldm = load_checkpoint(ex["ldm_checkpoint"], device)
+    ae = load_fold_autoencoder(name, fold, variant.autoencoder, device, plans_name)
+    if variant.generator == "controlnet":
+        cn_path = stage_checkpoint_path(name, variant.upstream("controlnet").name, fold, plans_name)
+        if not cn_path.is_file():
+            raise FileNotFoundError(
+                f"{cn_path} not found: train it with `neonet_train {name} controlnet {fold} --autoencoder "
+                f"{variant.autoencoder} --objective {variant.objective} --conditioning {variant.conditioning}`.")
+        cn = load_checkpoint(cn_path, device)
+        ex = cn["extra"]
+        check_upstream(cn.get("upstream"), {variant.autoencoder: ae.checkpoint, "ldm": ex["ldm_checkpoint"]},
+                       f"ControlNet fold {fold} ({cn_path})",
+                       f"Retrain it: `neonet_train {name} controlnet {fold} --autoencoder {variant.autoencoder} "
+                       f"--objective {variant.objective} --conditioning {variant.conditioning} --overwrite`.")
+        ldm_path, main_ckpt = Path(ex["ldm_checkpoint"]), cn
+    else:
+        ldm_path = stage_checkpoint_path(name, variant.upstream("ldm").name, fold, plans_name)
+        if not ldm_path.is_file():
+            raise FileNotFoundError(f"{ldm_path} not found: train it with `neonet_train {name} ldm {fold} "
+                                    f"--autoencoder {variant.autoencoder} --objective {variant.objective}`.")
+        main_ckpt = None
+    ldm = load_checkpoint(ldm_path, device)
+    if main_ckpt is None:
+        main_ckpt, ex = ldm, ldm["extra"]
+        check_upstream(ldm.get("upstream"), {variant.autoencoder: ae.checkpoint}, f"LDM fold {fold} ({ldm_path})",
+                       f"Retrain it: `neonet_train {name} ldm {fold} --autoencoder {variant.autoencoder} "
+                       f"--objective {variant.objective} --overwrite`.")
+    diffusion = DiffusionObjective(ldm["config"])  # checkpoints written before objectives existed are eps
+    if diffusion.objective != variant.objective:
+        raise ValueError(f"{ldm_path} was trained with objective {diffusion.objective}, not {variant.objective}.")
     latent_channels = int(ex["latent_channels"])
     unet = build_unet(ldm["config"], latent_channels)
     unet.load_state_dict(ldm["network"])
-    controlnet = build_controlnet(ldm["config"], cn["config"], latent_channels, int(ex["vae_downsampling"]),
-                                  num_class_embeds=2 if ex.get("class_conditional") else None)
-    controlnet.load_state_dict(cn["network"])
+    controlnet = None
+    class_conditional = False
+    if variant.generator == "controlnet":
+        class_conditional = bool(ex.get("class_conditional"))
+        controlnet = build_controlnet(ldm["config"], cn["config"], latent_channels, int(ex["vae_downsampling"]),
+                                      num_class_embeds=2 if class_conditional else None)
+        controlnet.load_state_dict(cn["network"])
+        controlnet = freeze(controlnet.to(device))
     plans = NeoNetPlans(pp / NEONET_PLANS_FILE)
-    conf_name = configuration or cn.get("configuration_name")
+    conf_name = configuration or main_ckpt.get("configuration_name")
     try:
         sampling = dict(plans.stage("sampling", conf_name, device.type))
     except KeyError:
         sampling = {}
-    sched = make_noise_scheduler(ldm["config"])
-    return NeoGenModels(vae=freeze(vae.to(device)), unet=freeze(unet.to(device)), controlnet=freeze(controlnet.to(device)),
-                        alphas_cumprod=sched.alphas_cumprod.clone(), scale_factor=float(ex["scale_factor"]),
-                        vae_config=vae_cfg, latent_shape=list(ex["latent_shape"]),
-                        class_conditional=bool(ex.get("class_conditional")), checkpoint=str(cn_path), device=device,
-                        sampling=sampling, upstream={"vae": str(ex["vae_checkpoint"]), "ldm": str(ex["ldm_checkpoint"])})
+    alphas = diffusion.scheduler.alphas_cumprod.clone() if diffusion.objective == "eps" else torch.empty(0)
+    checkpoint = str(cn_path if variant.generator == "controlnet" else ldm_path)
+    upstream = {variant.autoencoder: str(ae.checkpoint)}
+    if variant.generator == "controlnet":
+        upstream["ldm"] = str(ldm_path)
+    return NeoGenModels(vae=ae.network, unet=freeze(unet.to(device)), controlnet=controlnet,
+                        alphas_cumprod=alphas, scale_factor=float(ex["scale_factor"]),
+                        vae_config=ae.config, latent_shape=list(ex["latent_shape"]),
+                        class_conditional=class_conditional, checkpoint=checkpoint, device=device,
+                        sampling=sampling, upstream=upstream, autoencoder=variant.autoencoder, diffusion=diffusion,
+                        run_id=variant)
+
+
+def decode_latents(models: NeoGenModels, z: torch.Tensor) -> torch.Tensor:
+    """Scaled diffusion latents → channel-0 images in the patches' z-scored intensity scale."""
+    ae = FoldAutoencoder(models.autoencoder, models.vae, models.scale_factor, models.vae_config, models.checkpoint)
+    return from_vae_output(ae.decode(z / models.scale_factor).float(), models.vae_config)
 
 
 @torch.no_grad()
 def generate_patch(models: NeoGenModels, label: np.ndarray, seed: int, steps: int, class_label: int | None = None,
-                   eta: float = 0.0, progress: bool = False) -> np.ndarray:
+                   eta: float = 0.0, progress: bool = False, sampler: str | None = None) -> np.ndarray:
     """One synthetic TLCR image patch (2, *crop) float32 conditioned on ``label`` (2, *crop).
 
     Deterministic: the same (models, label, seed, steps, class_label, eta) gives the same bits on a
-    given device (noise drawn from a CPU ``torch.Generator`` seeded with ``seed``).
+    given device (noise drawn from a CPU ``torch.Generator`` seeded with ``seed``). ``steps`` is the number
+    of denoiser calls. Without a ControlNet (the "DM" generator) the image ignores the label, which then only
+    masks it into the TLCR format. ``sampler`` (ddim | rflow) must match the models' objective.
     """
+    if sampler is not None and sampler != models.sampler:
+        raise ValueError(f"sampler {sampler!r} does not match these models (objective {models.objective}, sampled "
+                         f"with {models.sampler}).")
     dev = models.device
     gen = torch.Generator().manual_seed(int(seed))
     lab = torch.from_numpy(np.asarray(label))[None]
-    cond = label_to_condition(lab).to(dev)
-    cls = None
-    if models.class_conditional:
-        if class_label is None:
-            raise ValueError("This ControlNet is class-conditional: pass the PNI class label (0/1).")
-        cls = torch.tensor([int(class_label)], dtype=torch.long, device=dev)
+    if models.controlnet is not None:
+        cond = label_to_condition(lab).to(dev)
+        cls = None
+        if models.class_conditional:
+            if class_label is None:
+                raise ValueError("This ControlNet is class-conditional: pass the PNI class label (0/1).")
+            cls = torch.tensor([int(class_label)], dtype=torch.long, device=dev)
 
-    def eps_fn(x, t):
-        return controlled_unet_output(models.unet, models.controlnet, x, t, cond, class_labels=cls)
+        def model_fn(x, t):
+            return controlled_unet_output(models.unet, models.controlnet, x, t, cond, class_labels=cls)
+    else:
+        def model_fn(x, t):
+            return models.unet(x=x, timesteps=t)
 
-    z = ddim_sample(eps_fn, (1, *models.latent_shape), models.alphas_cumprod, steps, gen, eta=eta, device=dev,
-                    progress=progress)
-    x = models.vae.decode(z / models.scale_factor).float()
-    x = from_vae_output(x, models.vae_config)[0, 0].cpu().numpy()
+    shape = (1, *models.latent_shape)
+    if models.diffusion is None:
+        z = ddim_sample(model_fn, shape, models.alphas_cumprod, steps, gen, eta=eta, device=dev, progress=progress)
+    else:
+        z = models.diffusion.sample(model_fn, shape, steps, gen, eta=eta, device=dev, progress=progress)
+    x = decode_latents(models, z)[0, 0].cpu().numpy()
     roi = (np.asarray(label[0]) > 0).astype(np.float32)
     tum = (np.asarray(label[1]) > 0).astype(np.float32)
     return np.stack([x * roi, x * tum]).astype(np.float32)
+
+
+def check_steps(models: NeoGenModels, steps: int) -> None:
+    """Validate a step count for the models' sampler before any work."""
+    if models.objective == "eps":
+        ddim_timesteps(steps, int(models.alphas_cumprod.shape[0]))
+    else:
+        rflow_timesteps(models.diffusion.scheduler, steps)
 
 
 def plan_entries(train_labels: dict[str, int], ratio: float, n_majority: int = 0) -> tuple[dict, list[dict]]:
@@ -160,22 +266,28 @@ def plan_entries(train_labels: dict[str, int], ratio: float, n_majority: int = 0
 def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: int = 0, steps: int | None = None,
                            seed: int = 0, eta: float = 0.0, device: str = "cpu", overwrite: bool = False,
                            plans_name: str = "NeoNetPlans", configuration: str | None = None,
-                           crop_source: str = "gt") -> Path:
+                           generator: str = "controlnet", autoencoder: str | None = None, objective: str | None = None,
+                           conditioning: str | None = None, sampler: str | None = None, crop_source: str = "gt") -> Path:
     """Generate (or extend) the fold's synthetic set; returns its folder. See the module docstring.
 
-    ``crop_source="pred"`` conditions every patch on the source case's out-of-fold NeoSeg mask patch
-    (the end-to-end protocol) and writes the ``synthetic_pred`` set; ``gt`` uses the ground-truth masks."""
-    from tqdm import tqdm
-
-
-    out = synthetic_folder(dataset, fold, plans_name, crop_source)  # validates crop_source first
+    ``generator`` / ``autoencoder`` / ``objective`` / ``conditioning`` / ``sampler`` pick the generator variant
+    (:func:`resolve_variant`; defaults from the plans = NeoGen); a variant other than the default writes its
+    own set, e.g. ``synthetic_dm_vqvae__<plans>`` (NeoCls reads only ``synthetic``). ``crop_source="pred"``
+    conditions every patch on the source case's out-of-fold NeoSeg mask patch (the end-to-end protocol) and
+    writes the ``..._pred`` set; ``gt`` uses the ground-truth masks."""
+    synthetic_stage(crop_source)  # validates crop_source before any work
     dev = get_device(device)
     name, pp, _ = dataset_folders(dataset)
+    plans = NeoNetPlans(pp / NEONET_PLANS_FILE)
+    variant = resolve_variant(plans, configuration, dev.type, generator, autoencoder, objective, conditioning,
+                              sampler)
     split = get_fold(load_splits(pp), fold)
     train_ids, val_ids = list(split["train"]), set(split["val"])
-    models = load_neogen_models(name, fold, dev, plans_name, configuration)
+    models = load_neogen_models(name, fold, dev, plans_name, configuration, variant)
     steps = int(steps or models.sampling.get("steps", 50))
-    ddim_timesteps(steps, int(models.alphas_cumprod.shape[0]))  # validates the step count before any work
+    check_steps(models, steps)  # validates the step count before any work
+    if eta and models.objective != "eps":
+        raise ValueError("--eta applies to DDIM only; the rectified-flow sampler is deterministic (use --eta 0).")
     labels = case_labels(pp, train_ids)
     info, planned = plan_entries(labels, ratio, n_majority)
     src = patch_folder(pp, crop_source)
@@ -186,13 +298,17 @@ def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: i
                if crop_source == "pred" else f"re-run `neonet_plan_and_preprocess -d {name}`")
         raise FileNotFoundError(f"fold {fold}: no {crop_source} TLCR mask patch for training case(s) {missing[:5]} in "
                                 f"{src}; {fix}.")
+
+    out = synthetic_folder(name, fold, plans_name, crop_source, variant.name)
     settings = {"checkpoint": models.checkpoint, "checkpoint_sha1": file_sha1(models.checkpoint),
-                "upstream_sha1": {k: file_sha1(v) for k, v in models.upstream.items()}, "steps": steps, "seed": int(seed), "eta": float(eta),
-                "sampler": "ddim"}
+                "upstream_sha1": {k: file_sha1(v) for k, v in models.upstream.items()}, "steps": steps,
+                "seed": int(seed), "eta": float(eta), "sampler": models.sampler, **variant_provenance(models)}
     existing = {}
     if (out / MANIFEST).is_file():
         old = load_json(out / MANIFEST)
-        if overwrite or old.get("settings") != settings or old.get("train_ids") != sorted(train_ids):
+        # sets written before the generator variants existed are NeoGen sets: same settings, fewer keys
+        old_settings = {**variant_provenance(models), **old.get("settings", {})}
+        if overwrite or old_settings != settings or old.get("train_ids") != sorted(train_ids):
             if not overwrite:
                 raise FileExistsError(
                     f"{out} holds a synthetic set made with other settings ({old.get('settings')}); use --overwrite to "
@@ -222,14 +338,23 @@ def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: i
     for e in tqdm(todo, desc=f"neonet_generate fold {fold}", disable=None):
         _, lab = load_patch(src, e["source_case"])
         img = generate_patch(models, lab, e["seed"], steps, class_label=e["label"], eta=eta)
-        prov = {k: e[k] for k in ("id", "label", "role", "source_case", "seed", "steps", "checkpoint")}
+        prov = {**{k: e[k] for k in ("id", "label", "role", "source_case", "seed", "steps", "checkpoint")},
+                "sampler": models.sampler, **variant_provenance(models)}
         save_npz(out / "patches" / f"{e['id']}.npz", image=img, label=lab.astype(np.uint8),
                  provenance=np.array(json.dumps(prov)))
-    manifest = {"fold": int(fold), "dataset": name, "crop_source": crop_source, "train_ids": sorted(train_ids),
+    manifest = {"fold": int(fold), "dataset": name, "set": variant.name, "crop_source": crop_source,
+                "train_ids": sorted(train_ids),
                 "excluded_val_ids": sorted(val_ids), "ratio": float(ratio), "settings": settings, **info,
                 "entries": entries}
     save_json(manifest, out / MANIFEST)
     return out
+
+
+def variant_provenance(models: NeoGenModels) -> dict:
+    """Which generator made a set: recorded in its manifest settings and every patch's provenance."""
+    rid = models.run_id
+    return {"generator": rid.generator, "autoencoder": rid.autoencoder, "objective": rid.objective,
+            "conditioning": rid.conditioning if rid.generator == "controlnet" else "none"}
 
 
 def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -17,6 +17,14 @@ loadable with ``weights_only=True``):
 "latent_shape": [c, d, h, w], "input_intensity": {...}}, ...}``. ``scale_factor`` multiplies the
 VAE posterior mean so that diffusion latents have unit standard deviation.
 
+VQ-VAE (QNeoGen, Table 3): MONAI's ``VQVAE`` with one stride-2 level per VAE downsampling, so its
+latents lie on the same grid; ``embedding_dim`` channels (the VAE's ``latent_channels`` in the presets).
+Its latents for the diffusion model are the quantised embeddings (``encode_stage_2_inputs``) and a
+diffusion sample is decoded with ``decode_stage_2_outputs`` (re-quantised to the nearest codes, then
+decoded). Same intensity mapping and checkpoint contract as the VAE (``vqvae__<plans>/fold_N``), plus
+``extra["codebook"]`` (perplexity, dead codes over the training patches). :class:`FoldAutoencoder`
+gives both one interface (posterior mean/σ — σ = 0 for the VQ-VAE — and decode).
+
 ControlNet conditioning: the full-resolution 2-channel label patch ``[roi, tumour]`` goes through
 MONAI's strided conditioning embedding, which has ``len(conditioning_embedding_num_channels) - 1``
 stride-2 convolutions; :func:`build_controlnet` requires ``2 ** that == vae_downsampling`` so the
@@ -28,10 +36,13 @@ import logging
 from typing import Sequence
 
 import torch
-from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet
+from dataclasses import dataclass
+
+from monai.networks.nets import VQVAE, AutoencoderKL, ControlNet, DiffusionModelUNet
+from monai.networks.utils import copy_model_state
 
 from neonet_toolkit.utilities.checkpoints import load_checkpoint
-from neonet_toolkit.utilities.identifiers import stage_fold_folder
+from neonet_toolkit.utilities.identifiers import AUTOENCODERS, stage_fold_folder
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +107,103 @@ def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     return kl.mean()
 
 
+# ----------------------------------------------------------------------------- VQ-VAE
+def build_vqvae(cfg: dict) -> VQVAE:
+    channels = tuple(int(c) for c in cfg["channels"])
+    res = tuple(int(c) for c in cfg["num_res_channels"])
+    if len(res) != len(channels):
+        raise ValueError(f"vqvae.num_res_channels {list(res)} must have one entry per level ({list(channels)}).")
+    return VQVAE(
+        spatial_dims=3,
+        in_channels=VAE_IN_CHANNELS,
+        out_channels=VAE_IN_CHANNELS,
+        channels=channels,
+        num_res_layers=int(cfg["num_res_layers"]),
+        num_res_channels=res,
+        # stride 2, kernel 4, padding 1: each level halves exactly (the transposed convolutions double back)
+        downsample_parameters=tuple((2, 4, 1, 1) for _ in channels),
+        upsample_parameters=tuple((2, 4, 1, 1, 0) for _ in channels),
+        num_embeddings=int(cfg["num_embeddings"]),
+        embedding_dim=int(cfg["embedding_dim"]),
+        commitment_cost=float(cfg["commitment_cost"]),
+        decay=float(cfg["ema_decay"]),
+    )
+
+
+def autoencoder_downsampling_factor(kind: str, cfg: dict) -> int:
+    """Spatial downsampling of the ``vae`` (levels - 1 halvings) or ``vqvae`` (one halving per level)."""
+    if kind == "vae":
+        return vae_downsampling_factor(cfg)
+    if kind == "vqvae":
+        return 2 ** len(cfg["channels"])
+    raise ValueError(f"Unknown autoencoder {kind!r}; choose one of {AUTOENCODERS}.")
+
+
+def latent_channels_of(kind: str, cfg: dict) -> int:
+    return int(cfg["latent_channels"] if kind == "vae" else cfg["embedding_dim"])
+
+
+@torch.no_grad()
+def codebook_usage(indices: torch.Tensor, num_embeddings: int) -> dict:
+    """Codebook use of a set of VQ indices: perplexity (exp of the code entropy; ``num_embeddings`` at uniform
+    use, 1 at collapse), the number of codes never used ("dead") and the used fraction."""
+    counts = torch.bincount(indices.reshape(-1).long().cpu(), minlength=int(num_embeddings)).double()
+    p = counts / counts.sum().clamp_min(1)
+    perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+    dead = int((counts == 0).sum())
+    return {"perplexity": perplexity, "dead_codes": dead, "used_fraction": 1.0 - dead / int(num_embeddings),
+            "num_embeddings": int(num_embeddings)}
+
+
+class VQVAETrainStep(torch.nn.Module):
+    """encode → quantise (EMA codebook update in train mode) → decode, as one forward (so DDP syncs it);
+    also returns the code indices for the usage statistics."""
+
+    def __init__(self, vqvae: VQVAE):
+        super().__init__()
+        self.vqvae = vqvae
+
+    def forward(self, x: torch.Tensor):
+        z = self.vqvae.encode(x)
+        quantized, q_loss = self.vqvae.quantize(z)
+        return self.vqvae.decode(quantized), q_loss
+
+
+@dataclass
+class FoldAutoencoder:
+    """A fold's frozen VAE or VQ-VAE behind one interface for the latent stages and generation."""
+
+    kind: str                 # "vae" | "vqvae"
+    network: torch.nn.Module
+    scale_factor: float       # multiplies the latents so that diffusion sees unit standard deviation
+    config: dict              # the stage config, with "input_intensity"
+    checkpoint: str
+
+    @property
+    def latent_channels(self) -> int:
+        return latent_channels_of(self.kind, self.config)
+
+    @property
+    def downsampling(self) -> int:
+        return autoencoder_downsampling_factor(self.kind, self.config)
+
+    @torch.no_grad()
+    def encode_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, σ) of the latent of VAE-input-range images; the VQ-VAE's latent is its quantised
+        embedding, with σ = 0."""
+        if self.kind == "vae":
+            return self.network.encode(x)
+        e = self.network.encode_stage_2_inputs(x)
+        return e, torch.zeros_like(e)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Unscaled latents → images in the VAE input range (the VQ-VAE re-quantises first)."""
+        if self.kind == "vae":
+            return self.network.decode(z)
+        return self.network.decode_stage_2_outputs(z)
+
+
 # ----------------------------------------------------------------------------- diffusion U-Net, ControlNet
 def _unet_kwargs(ldm_cfg: dict, latent_channels: int) -> dict:
     channels = tuple(int(c) for c in ldm_cfg["channels"])
@@ -136,8 +244,6 @@ def build_controlnet(ldm_cfg: dict, cn_cfg: dict, latent_channels: int, vae_down
 
 def init_controlnet_from_unet(controlnet: ControlNet, unet: DiffusionModelUNet) -> list[str]:
     """Copy every matching weight of the (frozen) U-Net into the ControlNet (zero convs stay zero)."""
-    from monai.networks.utils import copy_model_state
-
     _, updated, _ = copy_model_state(controlnet, unet.state_dict(), inplace=True)
     logger.debug("ControlNet: %d tensors copied from the diffusion U-Net", len(updated))
     return list(updated)
@@ -184,6 +290,27 @@ def load_fold_vae(dataset, fold: int, device: str | torch.device = "cpu", plans_
     if "input_intensity" not in config and "input_intensity" in extra:
         config["input_intensity"] = dict(extra["input_intensity"])
     return vae, float(extra.get("scale_factor", 1.0)), config
+
+
+def load_fold_autoencoder(dataset, fold: int, kind: str = "vae", device: str | torch.device = "cpu",
+                          plans_name: str = "NeoNetPlans") -> FoldAutoencoder:
+    """The fold's trained ``vae`` or ``vqvae`` (frozen, eval mode) with its scale factor and config."""
+    if kind == "vae":
+        vae, sf, cfg = load_fold_vae(dataset, fold, device, plans_name)
+        return FoldAutoencoder("vae", freeze(vae), sf, cfg, str(vae_checkpoint_path(dataset, fold, plans_name)))
+    if kind != "vqvae":
+        raise ValueError(f"Unknown autoencoder {kind!r}; choose one of {AUTOENCODERS}.")
+    path = stage_checkpoint_path(dataset, "vqvae", fold, plans_name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: train the fold's VQ-VAE first (`neonet_train {dataset} vqvae "
+                                f"{fold}`).")
+    ckpt = load_checkpoint(path, map_location=device)
+    net = build_vqvae(ckpt["config"])
+    net.load_state_dict(ckpt["network"])
+    extra = ckpt.get("extra", {})
+    config = dict(ckpt["config"])
+    config.setdefault("input_intensity", dict(extra["input_intensity"]))
+    return FoldAutoencoder("vqvae", freeze(net.to(device)), float(extra["scale_factor"]), config, str(path))
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

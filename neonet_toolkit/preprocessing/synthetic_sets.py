@@ -35,15 +35,19 @@ from neonet_toolkit.utilities.io import load_json
 MANIFEST = "manifest.json"
 
 
-def synthetic_stage(crop_source: str = "gt") -> str:
-    """Result-folder stage key of the synthetic sets conditioned on ``crop_source`` masks."""
+def synthetic_stage(crop_source: str = "gt", set_dir: str = "synthetic") -> str:
+    """Result-folder stage key of a synthetic set: the generator variant's ``set_dir`` (``synthetic`` = NeoGen,
+    e.g. ``synthetic_dm_vqvae``), with ``_pred`` when it was conditioned on out-of-fold NeoSeg masks."""
     if crop_source not in CROP_SOURCES:
         raise ValueError(f"crop source must be one of {CROP_SOURCES}, got {crop_source!r}.")
-    return "synthetic" if crop_source == "gt" else f"synthetic_{crop_source}"
+    return set_dir if crop_source == "gt" else f"{set_dir}_{crop_source}"
 
 
-def synthetic_folder(dataset, fold: int, plans_name: str = "NeoNetPlans", crop_source: str = "gt") -> Path:
-    return stage_fold_folder(dataset, synthetic_stage(crop_source), fold, plans_name)
+def synthetic_folder(dataset, fold: int, plans_name: str = "NeoNetPlans", crop_source: str = "gt",
+                     set_dir: str = "synthetic") -> Path:
+    """``neonet_results/<ds>/<stage>__<plans>/fold_N`` (:func:`synthetic_stage`); NeoCls reads the NeoGen set
+    (``set_dir`` ``synthetic``) of its own crop source."""
+    return stage_fold_folder(dataset, synthetic_stage(crop_source, set_dir), fold, plans_name)
 
 
 def manifest_crop_source(manifest: dict) -> str:

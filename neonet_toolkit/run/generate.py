@@ -1,4 +1,4 @@
-"""neonet_generate -d DATASET -f FOLD [--ratio R] [--n-majority N] [--steps S] [--seed K]
+"""neonet_generate -d DATASET -f FOLD [--ratio R] [--n-majority N] [--steps S] [--seed K] [--sampler ddim|rflow]
 
 Generate NeoGen synthetic TLCR patches for one fold (after `neonet_train DATASET vae|ldm|controlnet FOLD`).
 --ratio is the share of the class gap of the fold's training set that synthetic minority-class patches
@@ -6,6 +6,13 @@ fill (0.25, 0.5, 0.75, 1.0 = balanced 1:1, Table 2). --n-majority adds synthetic
 too (-1: as many as the minority ones), so that "synthetic" does not stand for "positive".
 Synthetic patches are conditioned on training cases only and written to
 neonet_results/<ds>/synthetic__NeoNetPlans/fold_N/ (patches/*.npz + manifest.json).
+
+Generator variants (Table 4 ablations; each writes its own set, e.g. synthetic_dm_vqvae_rflow__NeoNetPlans,
+which neonet_evaluate DATASET gen reports and NeoCls does not read): --generator dm (the latent diffusion
+model without ControlNet), --autoencoder vqvae (QNeoGen latents), --objective rflow or --sampler rflow
+(rectified flow; the sampler follows the objective the models were trained with), --conditioning mask
+(mask-only ControlNet, as in the paper). Defaults come from neonet_plans.json (NeoGen: vae, eps/ddim,
+mask + class).
 """
 from __future__ import annotations
 
@@ -24,8 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=1.0, help="share of the class gap to fill (default 1.0 = 1:1)")
     p.add_argument("--n-majority", type=int, default=0,
                    help="synthetic majority-class patches to add as well (-1: as many as minority ones)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM sampling steps (default: plans' sampling.steps)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps = denoiser calls (default: plans' sampling.steps)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic given the seed)")
+    p.add_argument("--sampler", choices=["ddim", "rflow"], default=None,
+                   help="ddim (eps-trained models) or rflow (rectified-flow-trained models); default: the objective's")
+    p.add_argument("--objective", choices=["eps", "rflow"], default=None,
+                   help="which trained models: eps or rflow (default: from --sampler, else the plans' sampling.sampler)")
+    p.add_argument("--generator", choices=["controlnet", "dm"], default="controlnet",
+                   help="controlnet (NeoGen, mask-conditioned) or dm (latent diffusion alone, Table 4 'DM' rows)")
+    p.add_argument("--autoencoder", choices=["vae", "vqvae"], default=None,
+                   help="vae (NeoGen) or vqvae (QNeoGen) latents (default: the plans' ldm.autoencoder)")
+    p.add_argument("--conditioning", choices=["mask_class", "mask"], default=None,
+                   help="ControlNet conditioning: mask + PNI label, or mask only (default: the plans')")
     p.add_argument("--seed", type=int, default=0, help="base seed; entry k uses seed + k")
     p.add_argument("-device", "--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--configuration", default=None, help="neonet_plans.json configuration for sampling settings")
@@ -46,7 +64,9 @@ def main(argv=None) -> int:
         for fold in a.fold:
             out = generate_synthetic_set(a.dataset, fold, ratio=a.ratio, n_majority=a.n_majority, steps=a.steps,
                                          seed=a.seed, eta=a.eta, device=a.device, overwrite=a.overwrite,
-                                         configuration=a.configuration, crop_source=a.crop_source)
+                                         configuration=a.configuration, generator=a.generator,
+                                         autoencoder=a.autoencoder, objective=a.objective,
+                                         conditioning=a.conditioning, sampler=a.sampler, crop_source=a.crop_source)
             print(f"fold {fold}: synthetic set in {out}")
 
     return run_cli(_run, args)

@@ -1,6 +1,7 @@
 """neonet_train DATASET STAGE FOLD [options]
 
-Stages: seg (NeoSeg, an nnU-Net trainer), vae, ldm, controlnet (NeoGen), cls (NeoCls).
+Stages: seg (NeoSeg, an nnU-Net trainer), vae, vqvae, ldm, controlnet (NeoGen; vqvae = QNeoGen's
+autoencoder, ldm/controlnet take --autoencoder vae|vqvae and --objective eps|rflow), cls (NeoCls).
 Every stage module exposes ``add_arguments(parser)`` for its own options and
 ``train_from_args(args)``; this entry point only parses and dispatches, strictly (a typo in an
 option is an error, never silently ignored).
@@ -16,6 +17,7 @@ from neonet_toolkit.run.common import add_common, dispatch_main
 STAGES = {
     "seg": "neonet_toolkit.training.seg.api",
     "vae": "neonet_toolkit.training.vae",
+    "vqvae": "neonet_toolkit.training.vqvae",
     "ldm": "neonet_toolkit.training.ldm",
     "controlnet": "neonet_toolkit.training.controlnet",
     "cls": "neonet_toolkit.run.train_cls",

@@ -24,16 +24,26 @@ class VAETrainer(GenTrainer):
     def setup(self) -> None:
         if "input_intensity" not in self.config:
             self.config["input_intensity"] = compute_input_intensity(self.train_images, self.train_labels)
-        self.log("VAE input intensity mapping: %s", self.config["input_intensity"])
-        self.network = build_vae(self.config).to(self.device)
-        self.step_module = VAETrainStep(self.network)
+        self.log("%s input intensity mapping: %s", self.stage, self.config["input_intensity"])
+        self.build_network()
         self.x_train = to_vae_input(self.train_images[:, :1], self.config)
         self.x_val = to_vae_input(self.val_images[:, :1], self.config)
         self.scale_factor = None
         self.latent_shape = None
 
+    def build_network(self) -> None:
+        self.network = build_vae(self.config).to(self.device)
+        self.step_module = VAETrainStep(self.network)
+
     def trainable(self) -> torch.nn.Module:
         return self.step_module
+
+    def latent_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent the diffusion stages see (before scaling): the posterior mean."""
+        return self.network.encode(x)[0]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.decode(self.latent_mean(x))
 
     def compute_loss(self, idx, gen, train):
         x = (self.x_train if train else self.x_val)[idx].to(self.device)
@@ -51,12 +61,11 @@ class VAETrainer(GenTrainer):
 
     @torch.no_grad()
     def compute_scale_factor(self) -> float:
-        vae = self.network.eval()
+        self.network.eval()
         sq, n, mean_acc = 0.0, 0, 0.0
         for s in range(0, len(self.my_items), 4):
             idx = torch.tensor(self.my_items[s:s + 4], dtype=torch.long)
-            z_mu, _ = vae.encode(self.x_train[idx].to(self.device))
-            z = z_mu.float()
+            z = self.latent_mean(self.x_train[idx].to(self.device)).float()
             sq += float((z ** 2).sum())
             mean_acc += float(z.sum())
             n += z.numel()
@@ -80,12 +89,10 @@ class VAETrainer(GenTrainer):
     @torch.no_grad()
     def _val_psnr(self) -> dict:
 
-        vae = self.network.eval()
+        self.network.eval()
         rec = []
         for s in range(0, len(self.val_ids), 4):
-            x = self.x_val[s:s + 4].to(self.device)
-            z_mu, _ = vae.encode(x)
-            rec.append(vae.decode(z_mu).float().cpu())
+            rec.append(self.reconstruct(self.x_val[s:s + 4].to(self.device)).float().cpu())
         rec = torch.cat(rec)
         rng = float(self.x_val.max() - self.x_val.min())
         return {"val_psnr": float(PSNRMetric(max_val=float(rng), reduction="none")(rec.float(), self.x_val.float()).mean())}

@@ -210,3 +210,95 @@ def list_cls_runs(results_root: Path, plans_name: str = PLANS_NAME, finished_onl
         if folds:
             out.append(run)
     return out
+
+
+# ----------------------------------------------------------------------------- NeoGen stage and synthetic-set names
+# Which autoencoder the latent stages use, the diffusion training objective (ε prediction or rectified-flow
+# velocity), and what the ControlNet is conditioned on ("mask_class": mask + PNI label, NeoNet's default;
+# "mask": the anatomical mask only, the paper). A synthetic set also records its generator ("controlnet":
+# the mask-conditioned NeoGen; "dm": the latent diffusion model alone, Table 4's "DM" rows).
+AUTOENCODERS = ("vae", "vqvae")
+OBJECTIVES = ("eps", "rflow")
+CONDITIONINGS = ("mask_class", "mask")
+GENERATORS = ("controlnet", "dm")
+SAMPLER_OF_OBJECTIVE = {"eps": "ddim", "rflow": "rflow"}
+_GEN_TAGS = (("generator", "dm", "_dm"), ("autoencoder", "vqvae", "_vqvae"), ("objective", "rflow", "_rflow"),
+             ("conditioning", "mask", "_maskonly"))
+_GEN_STAGE_RE = re.compile(r"^(?P<stage>ldm|controlnet|synthetic)(?P<dm>_dm)?(?P<vq>_vqvae)?(?P<rf>_rflow)?"
+                           r"(?P<mask>_maskonly)?$")
+
+
+@dataclass(frozen=True)
+class GenRunId:
+    """What a latent-diffusion stage folder (``ldm``, ``controlnet``) or a synthetic-set folder encodes.
+
+    The defaults (VAE latents, ε objective, mask + class ControlNet, ControlNet generator) give the names
+    written before these variants existed: ``ldm``, ``controlnet``, ``synthetic``."""
+
+    stage: str                      # "ldm" | "controlnet" | "synthetic"
+    autoencoder: str = "vae"
+    objective: str = "eps"
+    conditioning: str = "mask_class"  # ControlNet (and its synthetic sets) only
+    generator: str = "controlnet"     # synthetic sets only
+
+    def __post_init__(self):
+        if self.stage not in ("ldm", "controlnet", "synthetic"):
+            raise ValueError(f"stage must be ldm, controlnet or synthetic, got {self.stage!r}.")
+        for field_name, allowed in (("autoencoder", AUTOENCODERS), ("objective", OBJECTIVES),
+                                    ("conditioning", CONDITIONINGS), ("generator", GENERATORS)):
+            if getattr(self, field_name) not in allowed:
+                raise ValueError(f"{field_name} must be one of {allowed}, got {getattr(self, field_name)!r}.")
+        if self.stage != "synthetic" and self.generator != "controlnet":
+            raise ValueError("generator is a property of synthetic sets only.")
+        uses_conditioning = self.stage == "controlnet" or (self.stage == "synthetic" and self.generator == "controlnet")
+        if not uses_conditioning and self.conditioning != "mask_class":
+            raise ValueError(f"conditioning {self.conditioning!r} applies to ControlNet stages and sets only.")
+
+    @property
+    def name(self) -> str:
+        return self.stage + "".join(tag for field_name, value, tag in _GEN_TAGS if getattr(self, field_name) == value)
+
+    @property
+    def sampler(self) -> str:
+        """The sampler that matches the objective (DDIM for ε, Euler rectified flow for velocity)."""
+        return SAMPLER_OF_OBJECTIVE[self.objective]
+
+    def upstream(self, stage: str) -> "GenRunId":
+        """The id of the ``ldm`` / ``controlnet`` stage this run or set is built on (same latents, same objective)."""
+        return GenRunId(stage=stage, autoencoder=self.autoencoder, objective=self.objective,
+                        conditioning=self.conditioning if stage == "controlnet" else "mask_class")
+
+
+def gen_stage_dir(stage: str, autoencoder: str = "vae", objective: str = "eps", conditioning: str = "mask_class",
+                  generator: str = "controlnet") -> str:
+    """Folder prefix of a latent-diffusion stage or synthetic set, e.g. ``ldm_vqvae_rflow``,
+    ``controlnet_maskonly``, ``synthetic_dm_vqvae`` (defaults: ``ldm``, ``controlnet``, ``synthetic``)."""
+    return GenRunId(stage, autoencoder, objective, conditioning, generator).name
+
+
+def parse_gen_stage_dir(name: str) -> GenRunId | None:
+    """Inverse of :func:`gen_stage_dir`; ``None`` for any other folder prefix."""
+    m = _GEN_STAGE_RE.match(name)
+    if not m:
+        return None
+    try:
+        return GenRunId(stage=m.group("stage"), autoencoder="vqvae" if m.group("vq") else "vae",
+                        objective="rflow" if m.group("rf") else "eps",
+                        conditioning="mask" if m.group("mask") else "mask_class",
+                        generator="dm" if m.group("dm") else "controlnet")
+    except ValueError:
+        return None
+
+
+def list_synthetic_sets(results_root: Path, fold: int, plans_name: str = PLANS_NAME) -> dict[str, GenRunId]:
+    """{folder prefix: id} of every synthetic set of ``fold`` under ``neonet_results/<ds>`` that has a manifest."""
+    out = {}
+    for d in sorted(Path(results_root).glob(f"synthetic*__{plans_name}")):
+        try:
+            prefix, _ = parse_stage_folder_name(d.name)
+        except ValueError:
+            continue
+        rid = parse_gen_stage_dir(prefix)
+        if rid is not None and rid.stage == "synthetic" and (d / fold_folder_name(fold) / "manifest.json").is_file():
+            out[prefix] = rid
+    return out
