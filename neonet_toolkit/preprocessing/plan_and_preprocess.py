@@ -159,7 +159,9 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
         for conf_name, conf in fresh["configurations"].items():
             mine = plans["configurations"].setdefault(conf_name, conf)
             for stage, values in conf.items():
-                if isinstance(values, dict) and isinstance(mine.get(stage), dict):
+                if isinstance(values, dict) and stage not in mine:  # a stage added by a newer NeoNet (e.g. vqvae)
+                    mine[stage] = dict(values)
+                elif isinstance(values, dict) and isinstance(mine.get(stage), dict):
                     for k, v in values.items():
                         mine[stage].setdefault(k, v)
         logger.info("Keeping existing %s (delete it or use --clean to regenerate).", plans_file)
