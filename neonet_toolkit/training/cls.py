@@ -137,8 +137,9 @@ class ClsTrainer(NeoNetTrainer):
                              "vae": vae_checkpoint_path(name, fold, plans),
                              "ldm": stage_checkpoint_path(name, "ldm", fold, plans)},
                             f"NeoCls {self.stage_dir} fold {fold}",
-                            f"Regenerate it: `neonet_generate -d {name} -f {fold} --ratio {self.synthetic_ratio:g} "
-                            "--overwrite`.")
+                            f"Regenerate it: `neonet_generate -d {name} -f {fold} --ratio {self.synthetic_ratio:g}"
+                            f"{' --n-majority -1' if self.arm == 'both' else ''}"
+                            f"{' --crop-source pred' if self.crop_source == 'pred' else ''} --overwrite`.")
         self.register_upstream(synthetic_manifest=manifest_file)
 
     def _load_data(self) -> None:
