@@ -78,7 +78,10 @@ def parse_arch(arch: str, cfg: dict | None = None) -> dict:
             else:
                 raise ValueError(f"Unknown PattenNet variant {tok!r} in {arch!r}; use _dabN, _channel, _spatial, "
                                  "_ms (encoder taps), _fb (fine branch), or pattennet_fine.")
-        return {"family": "pattennet", "n_dab": n_dab, "dab_mode": mode, "taps": taps, "fine_branch": fine_branch}
+        out = {"family": "pattennet", "n_dab": n_dab, "dab_mode": mode}  # the paper's model: exactly these keys
+        if taps or fine_branch:
+            out.update(taps=taps, fine_branch=fine_branch)
+        return out
     m = re.fullmatch(r"resnet(\d+)", a)
     if m and int(m.group(1)) in RESNETS:
         return {"family": "resnet", "depth": int(m.group(1))}
@@ -114,8 +117,8 @@ def canonical_arch(arch: str) -> str:
             name += f"_dab{info['n_dab']}"
         if info["dab_mode"] != "channel_spatial":
             name += f"_{info['dab_mode']}"
-        name += "_ms" if info["taps"] else ""
-        return name + ("_fb" if info["fine_branch"] else "")
+        name += "_ms" if info.get("taps") else ""
+        return name + ("_fb" if info.get("fine_branch") else "")
     if fam == "resnet":
         return f"resnet{info['depth']}"
     if fam == "densenet":
@@ -185,8 +188,8 @@ def build_classifier(arch: str, cfg: dict | None = None, in_channels: int = 2, v
         if vae_config is None:
             raise ValueError("PattenNet needs the fold's VAE: train the VAE stage of this fold first.")
         enc = FrozenVAEEncoder(vae_config, scale_factor, vae=vae)
-        if info["taps"] or info["fine_branch"]:
-            return FinePattenNet(enc, taps=info["taps"], fine_branch=info["fine_branch"],
+        if info.get("taps") or info.get("fine_branch"):
+            return FinePattenNet(enc, taps=bool(info.get("taps")), fine_branch=bool(info.get("fine_branch")),
                                  fine_channels=int(cfg["fine_channels"]), n_dab=info["n_dab"],
                                  dab_mode=info["dab_mode"], input_mode=cfg["input_mode"],
                                  adapter_channels=int(cfg["adapter_channels"]), reduction=int(cfg["reduction"]),
