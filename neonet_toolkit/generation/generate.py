@@ -116,6 +116,15 @@ def resolve_variant(plans: NeoNetPlans, configuration: str | None, device_type: 
                     generator=generator)
 
 
+def _variant_flags(variant) -> str:
+    """The ``neonet_train`` options that select this variant's models (none for NeoGen's defaults)."""
+    flags = [(k, v) for k, v, default in (("--autoencoder", variant.autoencoder, "vae"),
+                                          ("--objective", variant.objective, "eps"),
+                                          ("--conditioning", variant.conditioning, "mask_class"))
+             if v != default]
+    return "".join(f" {k} {v}" for k, v in flags)
+
+
 def load_neogen_models(dataset, fold: int, device: str | torch.device = "cpu", plans_name: str = "NeoNetPlans",
                        configuration: str | None = None, variant: GenRunId | None = None) -> NeoGenModels:
     """The fold's frozen autoencoder, diffusion U-Net and (unless ``variant.generator == "dm"``) ControlNet,
@@ -130,14 +139,12 @@ def load_neogen_models(dataset, fold: int, device: str | torch.device = "cpu", p
         cn_path = stage_checkpoint_path(name, variant.upstream("controlnet").name, fold, plans_name)
         if not cn_path.is_file():
             raise FileNotFoundError(
-                f"{cn_path} not found: train it with `neonet_train {name} controlnet {fold} --autoencoder "
-                f"{variant.autoencoder} --objective {variant.objective} --conditioning {variant.conditioning}`.")
+                f"{cn_path} not found: train it with `neonet_train {name} controlnet {fold}{_variant_flags(variant)}`.")
         cn = load_checkpoint(cn_path, device)
         ex = cn["extra"]
         check_upstream(cn.get("upstream"), {variant.autoencoder: ae.checkpoint, "ldm": ex["ldm_checkpoint"]},
                        f"ControlNet fold {fold} ({cn_path})",
-                       f"Retrain it: `neonet_train {name} controlnet {fold} --autoencoder {variant.autoencoder} "
-                       f"--objective {variant.objective} --conditioning {variant.conditioning} --overwrite`.")
+                       f"Retrain it: `neonet_train {name} controlnet {fold}{_variant_flags(variant)} --overwrite`.")
         ldm_path, main_ckpt = Path(ex["ldm_checkpoint"]), cn
     else:
         ldm_path = stage_checkpoint_path(name, variant.upstream("ldm").name, fold, plans_name)
