@@ -22,14 +22,14 @@ import numpy as np
 import torch
 
 
-def run(dataset, fold, steps_list, n, devices, fid_network="pca", fid_weights=None):
-    from neonet_toolkit.evaluation.image_metrics import fid_per_view, make_feature_extractor
+def fold_real_patches(dataset, fold: int):
+    """The fold's real training patches, the FID reference of both generation benchmarks:
+    (dataset name, results folder, transpose_forward, train ids, labels, [(image, label)], images ch 0, ROIs)."""
     from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
     from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-    from neonet_toolkit.generation.generate import generate_patch, load_neogen_models
     from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-    from neonet_toolkit.utilities.identifiers import dataset_folders
     from neonet_toolkit.training.gen_common import case_labels
+    from neonet_toolkit.utilities.identifiers import dataset_folders
 
     name, pp, res = dataset_folders(dataset)
     tf = NeoNetPlans(pp / NEONET_PLANS_FILE)["transpose_forward"]
@@ -37,8 +37,15 @@ def run(dataset, fold, steps_list, n, devices, fid_network="pca", fid_weights=No
     labels = case_labels(pp, train)
     src = patch_folder(pp, "gt")
     real = [load_patch(src, c) for c in train]
-    real_img = np.stack([r[0][0] for r in real])
-    real_roi = np.stack([r[1][0] > 0 for r in real])
+    return (name, res, tf, train, labels, real, np.stack([r[0][0] for r in real]),
+            np.stack([r[1][0] > 0 for r in real]))
+
+
+def run(dataset, fold, steps_list, n, devices, fid_network="pca", fid_weights=None):
+    from neonet_toolkit.evaluation.image_metrics import fid_per_view, make_feature_extractor
+    from neonet_toolkit.generation.generate import generate_patch, load_neogen_models
+
+    name, res, tf, train, labels, real, real_img, real_roi = fold_real_patches(dataset, fold)
     rows = []
     for dev in devices:
         models = load_neogen_models(name, fold, dev)

@@ -26,14 +26,11 @@ import json
 import time
 
 import numpy as np
+from bench_gen import fold_real_patches  # benchmarks/ is on sys.path when run as a script
 
 from neonet_toolkit.evaluation.image_metrics import fid_per_view_with_ci, make_feature_extractor
-from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
-from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.generation.generate import generate_patch, load_neogen_models
-from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-from neonet_toolkit.training.gen_common import case_labels
-from neonet_toolkit.utilities.identifiers import GenRunId, dataset_folders
+from neonet_toolkit.utilities.identifiers import GenRunId
 
 VIEWS = ("axial", "sagittal", "coronal")
 
@@ -41,14 +38,7 @@ VIEWS = ("axial", "sagittal", "coronal")
 def run(dataset, fold: int, ddim_steps, rflow_steps, n: int, ddpm: bool = False, device: str = "cpu",
         autoencoder: str = "vae", conditioning: str = "mask_class", fid_network: str = "pca",
         fid_weights: str | None = None, n_boot: int = 200) -> tuple[list[dict], dict, object]:
-    name, pp, res = dataset_folders(dataset)
-    tf = NeoNetPlans(pp / NEONET_PLANS_FILE)["transpose_forward"]
-    train = get_fold(load_splits(pp), fold)["train"]
-    labels = case_labels(pp, train)
-    src = patch_folder(pp, "gt")
-    real = [load_patch(src, c) for c in train]
-    real_img = np.stack([r[0][0] for r in real])
-    real_roi = np.stack([r[1][0] > 0 for r in real])
+    name, res, tf, train, labels, real, real_img, real_roi = fold_real_patches(dataset, fold)
     settings = [("ddpm", 1000, 1.0)] if ddpm else []
     settings += [("ddim", s, 0.0) for s in ddim_steps] + [("rflow", s, 0.0) for s in rflow_steps]
     models = {}
