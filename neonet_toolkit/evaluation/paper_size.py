@@ -23,21 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neonet_toolkit.experiment_planning.planner import swin_compatible_patch
 from neonet_toolkit.experiment_planning.plans import gpu_full_settings
-from neonet_toolkit.networks.classifiers import build_classifier
-from neonet_toolkit.networks.generative import (
-    build_controlnet,
-    build_unet,
-    build_vae,
-    check_latent_divisible,
-    controlled_unet_output,
-    freeze,
-    vae_downsampling_factor,
-)
-from neonet_toolkit.training.seg.networks import build_network
+from neonet_toolkit.training.resources import build_stage, estimate_stage, latent_shape
 from neonet_toolkit.utilities.checkpoints import load_checkpoint, save_checkpoint
-from neonet_toolkit.utilities.devices import autocast, get_device
+from neonet_toolkit.utilities.devices import autocast, get_device, make_grad_scaler
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +39,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
 
 
-def _mask_batch(n: int, shape) -> torch.Tensor:
-    """(n, 2, *shape) {0,1}: an organ ellipsoid and a tumour ball inside it (channel 0 = organ ∪ tumour)."""
-    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    organ = (zz ** 2 + yy ** 2 / 0.8 + xx ** 2 / 0.9) < 0.8
-    tumour = (zz ** 2 + (yy - 0.1) ** 2 + xx ** 2) < 0.1
-    m = np.stack([organ | tumour, tumour]).astype(np.float32)
-    return torch.from_numpy(np.repeat(m[None], n, axis=0))
-
-
 def _round_trip(net: torch.nn.Module) -> None:
     with tempfile.TemporaryDirectory() as d:
         f = Path(d) / "checkpoint_final.pth"
@@ -69,118 +49,74 @@ def _round_trip(net: torch.nn.Module) -> None:
         raise AssertionError("checkpoint did not round-trip")
 
 
-def _step(net: torch.nn.Module, loss_fn, device: torch.device) -> float:
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    opt.zero_grad(set_to_none=True)
-    with autocast(device):
-        loss = loss_fn()
-    loss = loss.float()
-    if not torch.isfinite(loss):
-        raise AssertionError(f"non-finite loss {loss.item()}")
-    loss.backward()
-    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
-    if missing:
-        raise AssertionError(f"no gradient for {len(missing)} trainable tensor(s), e.g. {missing[:3]}")
-    opt.step()
-    return float(loss.item())
-
-
-def step_stage(stage: str, device: str = "cpu", seed: int = 0, batch: int | None = None) -> dict:
-    """One optimizer step of ``stage`` with the paper's network, batch and crop. See the module docstring.
+def step_stage(stage: str, device: str = "cpu", seed: int = 0, batch: int | None = None, steps: int = 1) -> dict:
+    """``steps`` optimizer steps of ``stage`` with the paper's network, batch and crop (AMP on CUDA), next to
+    the planner's estimate for the same network (:func:`estimate_stage`). See the module docstring.
 
     ``batch`` overrides the paper's batch size (e.g. NeoSeg at batch 1 on a CPU with little memory); the
-    result records the batch used."""
+    result records the batch used. ``step_s`` is the median of the steps after the first when
+    ``steps`` > 1 (the first pays cuDNN's algorithm search), else the single step."""
     if stage not in STAGES:
         raise ValueError(f"Unknown stage {stage!r}; choose from {STAGES}.")
     dev = get_device(device)
     torch.manual_seed(seed)
     cfg = gpu_full_settings()
-    crop = PAPER_CROP_ZYX
-    down = vae_downsampling_factor(cfg["vae"])
-    latent = [int(cfg["vae"]["latent_channels"])] + [s // down for s in crop]
-    out: dict = {"stage": stage, "device": str(dev), "crop_zyx": list(crop)}
+    seg_plan = {"patch_size": list(SEG_PATCH_ZYX)}
+    kind = "cls" if stage not in ("vae", "ldm", "controlnet", "seg") else stage
+    arch = stage if kind == "cls" else None
+    out: dict = {"stage": stage, "device": str(dev), "crop_zyx": list(PAPER_CROP_ZYX),
+                 "baseline_rss_mb": round(_peak_rss_mb(), 1)}  # the interpreter + imports, before the stage
     t0 = time.perf_counter()
-    if stage == "vae":
-        net = build_vae(cfg["vae"]).to(dev)
-        b = int(batch or cfg["vae"]["batch_size"])
-        x = torch.randn(b, 1, *crop, device=dev)
-
-        def loss_fn():
-            recon, mu, sigma = net(x)
-            if tuple(recon.shape) != tuple(x.shape) or list(mu.shape[1:]) != latent:
-                raise AssertionError(f"VAE shapes: recon {tuple(recon.shape)}, latent {tuple(mu.shape)}")
-            return (recon - x).abs().mean() + 1e-7 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2)) - 1).mean()
-        out["batch"] = b
-    elif stage in ("ldm", "controlnet"):
-        check_latent_divisible(latent[1:], len(cfg["ldm"]["channels"]))
-        unet = build_unet(cfg["ldm"], latent[0]).to(dev)
-        b = int(batch or cfg[stage]["batch_size"])
-        z = torch.randn(b, *latent, device=dev)
-        t = torch.randint(0, int(cfg["ldm"]["num_train_timesteps"]), (b,), device=dev)
-        if stage == "ldm":
-            net = unet
-
-            def loss_fn():
-                eps = net(x=z, timesteps=t)
-                if tuple(eps.shape) != tuple(z.shape):
-                    raise AssertionError(f"U-Net output {tuple(eps.shape)} != latent {tuple(z.shape)}")
-                return torch.nn.functional.mse_loss(eps.float(), torch.randn_like(z))
-        else:
-            freeze(unet)
-            net = build_controlnet(cfg["ldm"], cfg["controlnet"], latent[0], down,
-                                   num_class_embeds=2 if cfg["controlnet"]["class_conditional"] else None).to(dev)
-            cond = _mask_batch(b, crop).to(dev)
-            cls = torch.randint(0, 2, (b,), device=dev)
-
-            def loss_fn():
-                eps = controlled_unet_output(unet, net, z, t, cond, class_labels=cls)
-                return torch.nn.functional.mse_loss(eps.float(), torch.randn_like(z))
-        out["batch"] = b
-        out["latent_shape"] = latent
-    elif stage == "seg":
-        s = cfg["seg"]
-        patch = swin_compatible_patch(SEG_PATCH_ZYX, [[1, 1, 1]] + [[2, 2, 2]] * 4)
-        net = build_network(s, patch, [[1, 1, 1]] + [[2, 2, 2]] * 4, [[3, 3, 3]] * 5, [32, 64, 128, 256, 320],
-                            in_channels=1, out_channels=3).to(dev)
-        b = int(batch or s["batch_size"])
-        x = torch.randn(b, 1, *patch, device=dev)
-        y = torch.randint(0, 3, (b, *patch), device=dev)
-
-        def loss_fn():
-            logits = net(x)
-            if tuple(logits.shape) != (b, 3, *patch):
-                raise AssertionError(f"SwinUNETR output {tuple(logits.shape)}")
-            return torch.nn.functional.cross_entropy(logits.float(), y)
-        out["batch"], out["patch_zyx"] = b, patch
-    else:  # NeoCls: PattenNet on a frozen paper VAE, or a baseline
-        ccfg = dict(cfg["cls"])
-        vae = build_vae(cfg["vae"]) if stage == "pattennet" else None
-        net = build_classifier(stage, ccfg, in_channels=2, vae_config=cfg["vae"], vae=vae).to(dev)
-        b = int(batch or ccfg["batch_size"])
-        x = torch.randn(b, 2, *crop, device=dev)
-        y = torch.randint(0, 2, (b,), device=dev).float()
-
-        def loss_fn():
-            logit = net(x).reshape(-1)
-            if logit.shape[0] != b:
-                raise AssertionError(f"classifier output {tuple(logit.shape)} for batch {b}")
-            return torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), y)
-        out["batch"] = b
-        if vae is not None:
-            frozen = [n for n, p in net.named_parameters() if not p.requires_grad]
-            out["frozen_tensors"] = len(frozen)
-            if not frozen:
-                raise AssertionError("PattenNet's VAE encoder is not frozen")
+    build = build_stage(kind, cfg, PAPER_CROP_ZYX, seg_plan=seg_plan, arch=arch, batch=batch)
+    net = build.net.to(dev)
+    out["batch"] = build.batch_size
+    if stage in ("ldm", "controlnet"):
+        out["latent_shape"] = latent_shape(cfg, PAPER_CROP_ZYX)
+    if stage == "seg":
+        out["patch_zyx"] = build.input_shape[1:]
+    if stage == "pattennet":
+        frozen = [n for n, p in net.named_parameters() if not p.requires_grad]
+        out["frozen_tensors"] = len(frozen)
+        if not frozen:
+            raise AssertionError("PattenNet's VAE encoder is not frozen")
     out["build_s"] = round(time.perf_counter() - t0, 2)
-    out["trainable_params"] = int(sum(p.numel() for p in net.parameters() if p.requires_grad))
-    t1 = time.perf_counter()
-    out["loss"] = _step(net, loss_fn, dev)
+    params = [p for p in net.parameters() if p.requires_grad]
+    out["trainable_params"] = int(sum(p.numel() for p in params))
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    scaler = make_grad_scaler(dev)
+    inputs = build.make_batch(build.batch_size, dev)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    times, losses = [], []
+    for _ in range(max(1, int(steps))):
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with autocast(dev):
+            loss = build.loss_fn(net, inputs)
+        loss = loss.float()
+        if not torch.isfinite(loss):
+            raise AssertionError(f"{stage}: non-finite loss {loss.item()}")
+        scaler.scale(loss).backward()
+        missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+        if missing:
+            raise AssertionError(f"{stage}: no gradient for {len(missing)} trainable tensor(s), e.g. {missing[:3]}")
+        scaler.step(opt)
+        scaler.update()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - t1)
+        losses.append(float(loss.item()))
+    out["loss"] = losses[-1]
+    out["step_s"] = round(float(np.median(times[1:] if len(times) > 1 else times)), 4)
+    out["first_step_s"] = round(times[0], 4)
+    if dev.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2 ** 20, 1)
-    out["step_s"] = round(time.perf_counter() - t1, 2)
     _round_trip(net)
     out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    est = estimate_stage(kind, cfg, PAPER_CROP_ZYX, seg_plan=seg_plan, arch=arch, batch=build.batch_size,
+                         amp=dev.type == "cuda")
+    out["estimate"] = {k: est[k] for k in ("peak_gb", "seconds_per_step", "gflop_per_step",
+                                           "activation_gb_per_sample_fp32", "static_gb")}
     logger.info("%s: %s", stage, out)
     return out

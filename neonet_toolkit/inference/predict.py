@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,11 +39,19 @@ from neonet_toolkit.dataset.labels import remap_labels, resolve_label_roles
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.inference import qc
 from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard
-from neonet_toolkit.inference.postprocessing import check_output_folder, default_cls_run, ensemble_decision
+from neonet_toolkit.inference.postprocessing import (
+    check_output_folder,
+    default_cls_run,
+    ensemble_decision,
+)
 from neonet_toolkit.inference.report import crop_png
 from neonet_toolkit.inference.writers import collect
 from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
-from neonet_toolkit.training.cls_predict import decision_rule, load_fold_classifier, predict_proba
+from neonet_toolkit.training.cls_predict import (
+    decision_rule,
+    load_fold_classifier,
+    predict_proba,
+)
 from neonet_toolkit.training.seg.masks import (
     check_model_folder,
     default_model_folder,
@@ -52,7 +60,12 @@ from neonet_toolkit.training.seg.masks import (
     registered_model,
 )
 from neonet_toolkit.utilities.devices import get_device
-from neonet_toolkit.utilities.identifiers import PLANS_NAME, finished_folds, list_cls_runs, stage_root
+from neonet_toolkit.utilities.identifiers import (
+    PLANS_NAME,
+    finished_folds,
+    list_cls_runs,
+    stage_root,
+)
 from neonet_toolkit.utilities.io import atomic_path, load_json, save_json
 from neonet_toolkit.version import __version__
 
@@ -176,6 +189,23 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         self.min_train_tumor = (min((r["tumor_voxels"] for r in load_json(gt_meta)["cases"].values()
                                      if not r["empty_tumor"]), default=0) if gt_meta.is_file() else 0)
         self.timings: dict[str, float] = {}
+        self.reuse_preprocessing = self._same_preprocessing()
+        self._preprocessed = None  # (image, seg) on the preprocessed grid of the last segmented case
+        logger.info("TLCR input: %s", "NeoSeg's own preprocessing, reused (same nnU-Net plans and configuration)"
+                    if self.reuse_preprocessing else "the NeoNet plans' preprocessing of image + mask (NeoSeg "
+                    "model planned differently)")
+
+    def _same_preprocessing(self) -> bool:
+        """True when NeoSeg's preprocessing is exactly the NeoNet plans' (spacing, normalisation,
+        transposition, intensity properties): the classifier's grid is then NeoSeg's grid."""
+        a, b = self.seg.configuration_manager.configuration, self.neonet_cfg.configuration
+        keys = ("spacing", "normalization_schemes", "use_mask_for_norm", "resampling_fn_data",
+                "resampling_fn_data_kwargs", "resampling_fn_seg", "resampling_fn_seg_kwargs", "preprocessor_name")
+        pa, pb = self.seg.plans_manager.plans, self.neonet_pm.plans
+        return (all(a.get(k) == b.get(k) for k in keys)
+                and pa.get("transpose_forward") == pb.get("transpose_forward")
+                and pa.get("foreground_intensity_properties_per_channel")
+                == pb.get("foreground_intensity_properties_per_channel"))
 
     def provenance(self) -> dict:
         return {
@@ -198,6 +228,9 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
             "cls_protocol": sorted({str(i.get("protocol", i.get("early_stopping", "val")))
                                     for _, _, i in self.classifiers}),
             "crop_source_used": "pred (NeoSeg masks)",
+            "tlcr_grid": ("NeoSeg's preprocessed image and its segmentation on that grid (shared preprocessing)"
+                          if self.reuse_preprocessing else "NeoNet plans' preprocessing of the image and the "
+                          "exported segmentation"),
             "spurious_tumor_rule": f"predicted tumour components smaller than {self.min_component_fraction:g} x the "
                                    f"smallest training tumour ({self.min_train_tumor_ml:.3f} ml) are relabelled as "
                                    "organ in the written mask and before TLCR",
@@ -211,7 +244,9 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
 
     def segment(self, case: InputCase):
         """(raw-space segmentation in dataset label ids, properties, image data, per-fold tumour masks)."""
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        from nnunetv2.inference.export_prediction import (
+            convert_predicted_logits_to_segmentation_with_correct_shape,
+        )
 
         t0 = time.perf_counter()
         rw = self.seg.plans_manager.image_reader_writer_class()
@@ -230,6 +265,11 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
 
         with torch.inference_mode():
             total = self.seg.predict_logits_with_fold_hook(x, per_fold)
+        if self.reuse_preprocessing:  # the classifier's grid is this grid: keep image + argmax, no 2nd resampling
+            seg_p = self.seg.label_manager.convert_logits_to_segmentation(total.to("cpu")).numpy()
+            if any(k != v for k, v in self.label_map.items()):
+                seg_p = remap_labels(seg_p, self.label_map)
+            self._preprocessed = (pdata, seg_p.astype(np.int16))
         seg = convert_predicted_logits_to_segmentation_with_correct_shape(
             total, self.seg.plans_manager, self.seg.configuration_manager, self.seg.label_manager, pprops)
         seg = np.asarray(seg)
@@ -261,9 +301,15 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
     def crop(self, data: np.ndarray, seg: np.ndarray, props: dict):
 
         t0 = time.perf_counter()
-        pre = self.neonet_cfg.preprocessor_class(verbose=False)
-        d, s, _ = pre.run_case_npy(data, seg[None].astype(np.int16), dict(props), self.neonet_pm, self.neonet_cfg,
-                                   self.dataset_json)
+        if self.reuse_preprocessing and self._preprocessed is not None:
+            d, seg_p = self._preprocessed
+            self._preprocessed = None
+            self.remove_spurious_tumor(seg_p, self.neonet_cfg.spacing)  # the same rule, on this grid
+            s = seg_p[None]
+        else:
+            pre = self.neonet_cfg.preprocessor_class(verbose=False)
+            d, s, _ = pre.run_case_npy(data, seg[None].astype(np.int16), dict(props), self.neonet_pm,
+                                       self.neonet_cfg, self.dataset_json)
         img_p, lab_p, info = tlcr_from_segmentation(d[self.image_channel], s[0], self.roles, self.nplans.crop_size)
         self._tick("tlcr", t0)
         return img_p, lab_p, info

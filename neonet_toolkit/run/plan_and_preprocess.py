@@ -1,4 +1,4 @@
-"""neonet_plan_and_preprocess -d 501 [--verify_dataset_integrity] [-np N] [--clean]"""
+"""neonet_plan_and_preprocess -d 501 [--verify_dataset_integrity] [-np N] [--clean] [--gpu_memory_target_gb 40]"""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
 from neonet_toolkit.run.common import add_common, cli_main
+from neonet_toolkit.training.resources import DEFAULT_GPU_MEMORY_TARGET_GB, write_resource_estimates
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "seed + r); existing folds are kept")
     p.add_argument("--crop_size", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="TLCR crop in voxels, x y z (default: dataset.json neonet.crop_size or 96 96 48)")
+    p.add_argument("--gpu_memory_target_gb", type=float, default=DEFAULT_GPU_MEMORY_TARGET_GB,
+                   help="GPU memory each stage of the GPU configurations must fit (default %(default)s GB, an "
+                        "A100 40 GB): batch sizes whose estimated peak exceeds it are lowered in "
+                        "neonet_plans.json, with a warning. The estimates of every stage are written under "
+                        "'resource_estimates'. nnU-Net's own -gpu_memory_target for its U-Net is not changed.")
+    p.add_argument("--no_resource_estimates", action="store_true", help="skip the memory and time estimates")
     add_common(p)
     return p
 
@@ -40,6 +47,13 @@ def _run(args) -> None:
                                      verify_dataset_integrity=args.verify_dataset_integrity, clean=args.clean,
                                      overwrite_splits=args.overwrite_splits, n_folds=args.n_folds, seed=args.seed,
                                      crop_size_xyz=args.crop_size, repeats=args.repeats)
+        if not args.no_resource_estimates:
+            est = write_resource_estimates(d, gpu_memory_target_gb=args.gpu_memory_target_gb)
+            print(f"Estimated peak GPU memory (GB, AMP) and s/step at {est['reference_tflops']:g} TFLOP/s, "
+                  f"target {est['gpu_memory_target_gb']:g} GB:")
+            for conf, rows in est["configurations"].items():
+                print(f"  {conf}: " + ", ".join(f"{k} {v['peak_gb']:g} GB {v['seconds_per_step']:g} s (batch "
+                                                 f"{v['batch_size']})" for k, v in rows.items()))
         print(Path(report["planning_summary"]).read_text(encoding="utf-8"))
         print(f"crop montage: {report['planning_montage']}")
         print("plain nnU-Net on this dataset:\n  " + "\n  ".join(report["nnunet_commands"]))
