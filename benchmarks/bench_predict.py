@@ -33,9 +33,9 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from neonet_toolkit.inference.inputs import discover_inputs
 from neonet_toolkit.inference.predict import NeoNetPredictor
 from neonet_toolkit.inference.writers import collect
-from neonet_toolkit.training.seg import ensure_trainer_env
+from neonet_toolkit import paths
 from neonet_toolkit.utilities.devices import get_device
-a = json.loads(sys.argv[1]); ensure_trainer_env()
+a = json.loads(sys.argv[1]); paths.apply_defaults_to_process()  # this process is the benchmark's own
 dev = get_device(a["device"])
 nn = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                      perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,

@@ -23,6 +23,8 @@ LOG=$OUT/log.txt
 W=$(mktemp -d /tmp/neonet_gpu.XXXX)
 export nnUNet_raw=$W/raw nnUNet_preprocessed=$W/pp nnUNet_results=$W/res neonet_results=$W/nres
 export PYTHONUNBUFFERED=1
+# nnU-Net compiles the network on CUDA by default; the check times eager steps (set nnUNet_compile=t to include it)
+export nnUNet_compile=${nnUNet_compile:-f}
 DEV=${DEV:-cuda}
 BASE=${BASE:-gpu_full}
 SHAPE=${SHAPE:-160 144 64}
