@@ -32,6 +32,7 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from neonet_toolkit.inference.inputs import discover_inputs
 from neonet_toolkit.inference.predict import NeoNetPredictor
+from neonet_toolkit.inference.seg import initialize_predictor
 from neonet_toolkit.inference.writers import collect
 from neonet_toolkit import paths
 from neonet_toolkit.utilities.devices import get_device
@@ -40,7 +41,7 @@ dev = get_device(a["device"])
 nn = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                      perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                      verbose_preprocessing=False, allow_tqdm=False)
-nn.initialize_from_trained_model_folder(a["seg_model"], use_folds=tuple(a["folds"]), checkpoint_name="checkpoint_final.pth")
+initialize_predictor(nn, a["seg_model"], a["folds"])  # nnU-Net's own loader, minus its trainer search (README)
 neo = NeoNetPredictor(a["dataset"], seg_model=a["seg_model"], cls_run=a["cls_run"], folds=a["folds"], device=a["device"])
 shared = neo.reuse_preprocessing
 cases = discover_inputs(a["input"], neo.file_ending, neo.n_channels)

@@ -45,6 +45,7 @@ from neonet_toolkit.inference.postprocessing import (
     ensemble_decision,
 )
 from neonet_toolkit.inference.report import crop_png
+from neonet_toolkit.inference.seg import initialize_predictor
 from neonet_toolkit.inference.writers import collect
 from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
 from neonet_toolkit.training.cls_predict import (
@@ -133,8 +134,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         self.seg = FoldLogitsPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                    perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                    verbose_preprocessing=False, allow_tqdm=False)
-        self.seg.initialize_from_trained_model_folder(str(self.seg_model), use_folds=tuple(self.seg_folds),
-                                                      checkpoint_name="checkpoint_final.pth")
+        initialize_predictor(self.seg, self.seg_model, self.seg_folds, "checkpoint_final.pth", trust_checkpoints)
         model_json = load_json(self.seg_model / "dataset.json")
         self.file_ending = model_json["file_ending"]
         self.n_channels = len(model_json["channel_names"])

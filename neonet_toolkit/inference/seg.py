@@ -8,6 +8,7 @@ by name into the dataset's label ids.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,6 +22,14 @@ from neonet_toolkit.training.seg.masks import (
     model_folds,
     registered_model,
 )
+from neonet_toolkit.training.seg.trainers import (
+    NeoSegTrainer,
+    NeoSegTrainer_DynUNet,
+    NeoSegTrainer_nnUNet,
+    NeoSegTrainer_SegResNet,
+    NeoSegTrainer_UNet,
+)
+from neonet_toolkit.utilities.checkpoints import load_verified_checkpoint
 from neonet_toolkit.utilities.devices import get_device
 from neonet_toolkit.utilities.io import atomic_path, load_json
 
@@ -33,6 +42,51 @@ def _device(name: str):
 
     dev = get_device(name)
     return torch.device("cuda", dev.index or 0) if dev.type == "cuda" else dev
+
+
+NEOSEG_TRAINERS = {c.__name__: c for c in (NeoSegTrainer, NeoSegTrainer_DynUNet, NeoSegTrainer_nnUNet,
+                                            NeoSegTrainer_SegResNet, NeoSegTrainer_UNet)}
+
+
+def initialize_predictor(predictor, model_folder: str | Path, folds: Sequence[int | str],
+                         checkpoint_name: str = "checkpoint_final.pth", trust_checkpoints: bool = False) -> None:
+    """Initialise an ``nnUNetPredictor`` from a model folder, as ``initialize_from_trained_model_folder`` does,
+    but loading every checkpoint with ``weights_only=True`` under the allow-list and taking NeoSeg's trainers
+    from NeoNet itself (nnU-Net's trainer search by name is used only for other trainers: in nnU-Net 2.8.1 it
+    iterates ``sys.modules`` while module attribute access may import, which fails on some installations with
+    "dictionary changed size during iteration"). ``trust_checkpoints`` hands the folder to nnU-Net's own
+    loader unchanged (``weights_only=False``)."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.label_handling.label_handling import (
+        determine_num_input_channels,
+    )
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    model_folder = Path(model_folder)
+    if trust_checkpoints:
+        predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
+                                                       checkpoint_name=checkpoint_name)
+        return
+    dataset_json = load_json(model_folder / "dataset.json")
+    plans_manager = PlansManager(load_json(model_folder / "plans.json"))
+    checkpoints = [load_verified_checkpoint(model_folder / f"fold_{f}" / checkpoint_name) for f in folds]
+    first = checkpoints[0]
+    trainer_name = first["trainer_name"]
+    configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
+    trainer_class = NEOSEG_TRAINERS.get(trainer_name) or recursive_find_trainer_class_by_name(trainer_name)
+    if "plans_manager" not in inspect.signature(trainer_class.build_network_architecture).parameters:
+        # a trainer with nnU-Net's old build signature: nnU-Net's own loader knows both (checked files above)
+        predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
+                                                       checkpoint_name=checkpoint_name)
+        return
+    network = trainer_class.build_network_architecture(
+        plans_manager, configuration_manager,
+        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+    parameters = [c["network_weights"] for c in checkpoints]
+    network.load_state_dict(parameters[0])
+    predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
+                                    trainer_name, first.get("inference_allowed_mirroring_axes"))
 
 
 def relabel_files(files: Iterable[Path], label_map: dict[int, int], reader_writer) -> None:
@@ -81,8 +135,7 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset:
     predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                 perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=True)
-    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
-                                                   checkpoint_name=checkpoint_name)
+    initialize_predictor(predictor, model_folder, folds, checkpoint_name, trust_checkpoints)
     output_folder.mkdir(parents=True, exist_ok=True)
     logger.info("NeoSeg: predicting %s with %s folds %s on %s", input_folder, model_folder, folds, dev)
     if num_processes > 0:

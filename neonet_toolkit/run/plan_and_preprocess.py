@@ -49,10 +49,10 @@ def _run(args) -> None:
                                      crop_size_xyz=args.crop_size, repeats=args.repeats)
         if not args.no_resource_estimates:
             est = write_resource_estimates(d, gpu_memory_target_gb=args.gpu_memory_target_gb)
-            print(f"Estimated peak GPU memory (GB, AMP) and s/step at {est['reference_tflops']:g} TFLOP/s, "
-                  f"target {est['gpu_memory_target_gb']:g} GB:")
+            print(f"Estimated peak GPU memory (GB, AMP; target {est['gpu_memory_target_gb']:g} GB) and seconds "
+                  "per optimizer step (H200-calibrated) of each stage:")
             for conf, rows in est["configurations"].items():
-                print(f"  {conf}: " + ", ".join(f"{k} {v['peak_gb']:g} GB {v['seconds_per_step']:g} s (batch "
+                print(f"  {conf}: " + ", ".join(f"{k} {v['peak_gb']:g} GB {v['seconds_per_step']:.3g} s (batch "
                                                  f"{v['batch_size']})" for k, v in rows.items()))
         print(Path(report["planning_summary"]).read_text(encoding="utf-8"))
         print(f"crop montage: {report['planning_montage']}")

@@ -16,13 +16,14 @@ serves two callers:
       + CUDA_CONTEXT_GB,
 
   and the time per step as 3 × forward FLOPs × batch / ``reference_tflops`` (forward + backward ≈ 3×
-  forward). Both are validated against measured figures in ``benchmarks/bench_paper_size.py``
+  forward) + forward operations × ``PER_OP_SECONDS`` (launch-bound small networks). Both are validated against measured figures in ``benchmarks/bench_paper_size.py``
   (CPU peak RSS in fp32, ``torch.cuda.max_memory_allocated`` with AMP), and the README records the ratio.
 * ``neonet_toolkit.evaluation.paper_size`` runs one real step of the same builds at the paper's size.
 
 :func:`plan_resources` writes the estimates into ``neonet_plans.json`` (``resource_estimates``) and, for
 GPU configurations, lowers a stage's batch size until the estimate fits ``gpu_memory_target_gb``
-(default: an A100 40 GB), logging each change, never silently.
+(default: an A100 40 GB), logging each change, never silently. The time constants were fitted on an H200
+(docs/results/gpu_h200): treat the seconds as that GPU's, the memory as any GPU's.
 """
 from __future__ import annotations
 
@@ -65,7 +66,11 @@ logger = logging.getLogger(__name__)
 AMP_ACTIVATION_FACTOR = 0.6
 CUDA_CONTEXT_GB = 0.6  # CUDA context, cuDNN workspaces, allocator rounding
 DEFAULT_GPU_MEMORY_TARGET_GB = 40.0  # an A100 40 GB, as nnU-Net plans for a VRAM target
-DEFAULT_REFERENCE_TFLOPS = 40.0  # effective mixed-precision 3D-conv throughput of an A100 (an estimate)
+# time per step = 3 x forward FLOPs / throughput + forward operations x per-operation cost (kernel launches of
+# the forward, backward and optimizer): both fitted to the paper-size steps measured on one H200 with bf16 AMP
+# (docs/results/gpu_h200; within 0.6-1.6x of every stage there). Other GPUs: pass your own figures.
+DEFAULT_REFERENCE_TFLOPS = 100.0
+PER_OP_SECONDS = 90e-6
 SEG_DEFAULT_STRIDES = [[1, 1, 1]] + [[2, 2, 2]] * 4
 STAGES = ("seg", "vae", "vqvae", "ldm", "controlnet", "cls")
 
@@ -222,9 +227,11 @@ class _LargestOutput(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.largest = 0
+        self.ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        self.ops += 1
         if any(r.alias_info is not None for r in func._schema.returns):  # a view or in-place: allocates nothing
             return out
         for t in tree_leaves(out):
@@ -233,9 +240,9 @@ class _LargestOutput(TorchDispatchMode):
         return out
 
 
-def _count(build: StageBuild) -> tuple[int, int, float]:
-    """Per sample: bytes autograd saves for backward, the largest single operation output, and forward
-    FLOPs (meta device: nothing runs)."""
+def _count(build: StageBuild) -> tuple[int, int, float, int]:
+    """Per sample: bytes autograd saves for backward, the largest single operation output, forward
+    FLOPs, and the number of forward operations (meta device: nothing runs)."""
     total = [0]
 
     def pack(t):
@@ -245,7 +252,7 @@ def _count(build: StageBuild) -> tuple[int, int, float]:
     fc, big = FlopCounterMode(display=False), _LargestOutput()
     with fc, big, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         build.loss_fn(build.net, build.make_batch(1, torch.device("meta")))
-    return total[0], big.largest, float(fc.get_total_flops())
+    return total[0], big.largest, float(fc.get_total_flops()), big.ops
 
 
 def estimate_stage(stage: str, conf: dict, crop_zyx, seg_plan: dict | None = None, arch: str | None = None,
@@ -260,7 +267,7 @@ def estimate_stage(stage: str, conf: dict, crop_zyx, seg_plan: dict | None = Non
         build.net.to("meta")
     trainable = sum(p.numel() for p in build.net.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in build.net.parameters() if not p.requires_grad)
-    saved, largest, flops = _count(build)
+    saved, largest, flops, ops = _count(build)
     act = max(saved, 3 * largest)  # a frozen path keeps nothing, but one layer's input + output + workspace
     b = build.batch_size
     static = 16 * trainable + 4 * frozen
@@ -270,8 +277,8 @@ def estimate_stage(stage: str, conf: dict, crop_zyx, seg_plan: dict | None = Non
             "activation_gb_per_sample_fp32": round(act / 2 ** 30, 3),
             "static_gb": round(static / 2 ** 30, 3),
             "peak_gb": round((static + act_b) / 2 ** 30 + (CUDA_CONTEXT_GB if amp else 0.0), 2),
-            "gflop_per_step": round(3 * flops * b / 1e9, 1),
-            "seconds_per_step": round(3 * flops * b / (reference_tflops * 1e12), 3),
+            "gflop_per_step": round(3 * flops * b / 1e9, 1), "forward_ops": int(ops),
+            "seconds_per_step": round(3 * flops * b / (reference_tflops * 1e12) + ops * PER_OP_SECONDS, 4),
             "assumptions": {"amp": amp, "reference_tflops": reference_tflops}}
 
 
@@ -298,6 +305,7 @@ def plan_resources(plans: dict, resolve: Callable[[str], dict], crop_zyx, seg_pl
     memory is host RAM; the estimate is still written)."""
     plans = copy.deepcopy(plans)
     out: dict = {"gpu_memory_target_gb": gpu_memory_target_gb, "reference_tflops": reference_tflops,
+                 "per_op_seconds": PER_OP_SECONDS,
                  "amp_activation_factor": AMP_ACTIVATION_FACTOR, "cuda_context_gb": CUDA_CONTEXT_GB,
                  "configurations": {}}
     for name in plans.get("configurations", {}):

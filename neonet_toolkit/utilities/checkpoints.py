@@ -82,6 +82,14 @@ def verify_checkpoint(path: str | Path, allowed=NNUNET_CHECKPOINT_GLOBALS) -> No
                                     "you trust it.") from None
 
 
+def load_verified_checkpoint(path: str | Path, allowed=NNUNET_CHECKPOINT_GLOBALS) -> dict:
+    """Load an nnU-Net checkpoint with ``weights_only=True`` and the allow-list (:func:`verify_checkpoint`),
+    on the CPU. Raises :class:`UnsafeCheckpointError` for anything else."""
+    verify_checkpoint(path, allowed)
+    with torch.serialization.safe_globals(list(allowed)):
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
 def verify_model_folder(folder: str | Path, folds=None, checkpoint_name: str = "checkpoint_final.pth",
                         trust: bool = False) -> list[Path]:
     """Check every ``fold_N/<checkpoint_name>`` (all folds, or ``folds``) of an nnU-Net model folder before

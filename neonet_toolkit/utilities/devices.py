@@ -46,13 +46,16 @@ def make_grad_scaler(device: torch.device):
 
 
 class Distributed:
-    """torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK). World size 1 when not under torchrun."""
+    """torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK). World size 1 when not under torchrun.
+
+    Under torchrun the process group and the DDP wrapper are used whatever the world size (also
+    ``--nproc_per_node=1``, which exercises the NCCL path on a single GPU); without torchrun, never."""
 
     def __init__(self, device: torch.device):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world_size > 1
+        self.enabled = self.world_size > 1 or ("TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ)
         self.device = device
         if self.enabled and device.type == "cuda":
             self.device = torch.device("cuda", self.local_rank)

@@ -24,10 +24,11 @@ def test_counts_are_exact_on_a_known_layer():
         lin = torch.nn.Linear(10, 20)
     b = StageBuild("lin", lin, lambda n, dev: (torch.randn(n, 10, device=dev),),
                    lambda m, inp: m(inp[0]).sum(), 1, [10])
-    saved, largest, flops = _count(b)
+    saved, largest, flops, ops = _count(b)
     assert saved == 10 * 4
-    assert largest == 20 * 4
+    assert largest == 20 * 4  # the weight's transpose is a view: no allocation
     assert flops == 2 * 10 * 20
+    assert ops == 4  # randn (the batch), t (view), addmm, sum
 
 
 def test_estimate_scales_with_batch_and_crop():

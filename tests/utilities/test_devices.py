@@ -36,3 +36,31 @@ def test_time_estimate_uses_the_latest_epochs():
     hist = [{"epoch_time_s": 9.0}, {"epoch_time_s": 1.0}, {"epoch_time_s": 1.2}, {"epoch_time_s": 0.8}]
     line = time_estimate(hist, 30, "vae")
     assert "1.0 s/epoch" in line and "30 epoch(s) left ≈ 0.5 min" in line
+
+
+def test_torchrun_with_one_process_still_runs_the_process_group(monkeypatch):
+    import torch
+
+    from neonet_toolkit.utilities.devices import Distributed
+
+    for k in ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert not Distributed(torch.device("cpu")).enabled  # plain python: no process group
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "t")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29533")
+    d = Distributed(torch.device("cpu"))
+    assert d.enabled
+    d.init()
+    try:
+        assert torch.distributed.is_initialized() and torch.distributed.get_backend() == "gloo"
+        net = d.wrap(torch.nn.Linear(3, 1))
+        assert isinstance(net, torch.nn.parallel.DistributedDataParallel)
+        net(torch.ones(2, 3)).sum().backward()
+        assert d.mean(3.0) == 3.0 and d.shard([1, 2, 3]) == [1, 2, 3]
+    finally:
+        d.close()
+    assert not torch.distributed.is_initialized()
