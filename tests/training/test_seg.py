@@ -152,6 +152,7 @@ def test_seg_neonet_train_writes_nnunet_result_folder_and_learns(trained):
     assert plans["configurations"]["3d_fullres"]["batch_size"] == 2
     log = "".join(p.read_text(encoding="utf-8") for p in fold.glob("training_log_*.txt"))
     assert "Epoch 7" in log and "Epoch 8" not in log  # 8 epochs from the tiny configuration
+    assert log.count("time estimate (seg):") == 1 and "epoch(s) left" in log  # told once, at the start
     import torch
 
     ck = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -518,3 +519,11 @@ def test_seg_truncated_predicted_mask_is_named_before_any_patch(planned_phantom,
         with pytest.raises(DatasetError, match=rf"case '{bad}': .*{bad}.nii.gz.*truncated"):
             build_pred_patches(501, predictions={good: raw / "labelsTr" / f"{good}.nii.gz", bad: cut})
     assert not list(patch_folder(Path(env["nnUNet_preprocessed"]) / DATASET, "pred").glob("*.npz"))
+
+
+def test_seg_time_estimate_from_the_first_iterations():
+    from neonet_toolkit.training.seg.trainers import seg_time_estimate
+
+    # start-up 5 s, then 2 s per iteration: 2 s x 250 = 500 s per epoch; x 400 epochs = 55.6 h
+    msg = seg_time_estimate([0.0, 5.0, 7.0, 9.0, 11.0], 250, 400)
+    assert "2.00 s/iteration" in msg and "8.3 min per epoch" in msg and "55.6 h for the 400 epoch(s)" in msg

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -161,6 +162,26 @@ class NeoSegTrainerBase(nnUNetTrainer):
                              arch_kwargs["kernel_sizes"], arch_kwargs["features_per_stage"],
                              num_input_channels, num_output_channels)
 
+    # ------------------------------------------------------------------ time expectations
+    ESTIMATE_AFTER_ITERATIONS = 4
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._iteration_marks = [time.perf_counter()]
+
+    def train_step(self, batch: dict) -> dict:
+        out = super().train_step(batch)
+        marks = getattr(self, "_iteration_marks", None)
+        n = max(1, min(self.ESTIMATE_AFTER_ITERATIONS, int(self.num_iterations_per_epoch)))
+        if marks is not None and len(marks) <= n:
+            marks.append(time.perf_counter())
+            if len(marks) == n + 1 and not getattr(self, "_estimated", False):
+                self._estimated = True
+                self.print_to_log_file(seg_time_estimate(marks, self.num_iterations_per_epoch,
+                                                         self.num_epochs - self.current_epoch),
+                                       also_print_to_console=True)
+        return out
+
     def set_deep_supervision_enabled(self, enabled: bool):
         """nnU-Net's version touches ``network.decoder``; MONAI networks have no deep supervision to toggle."""
         mod = unwrap(self.network)
@@ -173,6 +194,20 @@ class NeoSegTrainerBase(nnUNetTrainer):
             return super().configure_optimizers()
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+
+def seg_time_estimate(marks: list[float], iterations_per_epoch: int, remaining_epochs: int) -> str:
+    """What NeoSeg training will cost on this machine, from the first iterations of its first epoch
+    (``marks``: the epoch's start, then the end of each iteration; the first iteration pays the data
+    loader's start-up and is left out when later ones exist)."""
+    steps = [b - a for a, b in zip(marks, marks[1:])]
+    per = sum(steps[1:]) / len(steps[1:]) if len(steps) > 1 else steps[0]
+    epoch_s = per * iterations_per_epoch
+    total = epoch_s * remaining_epochs
+    return (f"time estimate (seg): {per:.2f} s/iteration from the first {len(steps)} iterations -> about "
+            f"{epoch_s / 60:.1f} min per epoch of {iterations_per_epoch} iterations (validation not counted), "
+            f"{total / 3600:.1f} h for the {remaining_epochs} epoch(s) left. Too long? Use a GPU, or a smaller "
+            "configuration (--configuration) or patch.")
 
 
 class NeoSegTrainer(NeoSegTrainerBase):
