@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     name = f"Dataset511_NoSignal{a.n_cases}"
     if not (base / "nnUNet_preprocessed" / name / "neonet_plans.json").is_file():
         make_phantom_dataset(os.environ["nnUNet_raw"], 511, f"NoSignal{a.n_cases}", n_train=a.n_cases, n_test=0,
-                             seed=a.phantom_seed)
+                             shape_xyz=(48, 48, 24), shape_jitter=2, seed=a.phantom_seed,
+                             neonet_options={"crop_size": [32, 32, 16]})  # the geometry of phantom_cv_report
         plan_and_preprocess(511, num_processes=1)
     for fold in range(5):
         vae = VAETrainer(name, fold, device="cpu", continue_training=True)
