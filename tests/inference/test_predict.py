@@ -313,3 +313,32 @@ def test_planted_checkpoint_is_refused_by_neonet_predict(trained, tmp_path, caps
     assert main(args + ["-o", str(tmp_path / "out_trusted"), "-m", str(src), "--trust-checkpoints"]) == 0
     prov = json.loads((tmp_path / "out_trusted" / "predictions.json").read_text(encoding="utf-8"))["provenance"]
     assert prov["checkpoint_check"].startswith("SKIPPED (--trust-checkpoints)")
+
+
+def test_shared_preprocessing_gives_the_crop_of_a_second_preprocessing(trained, tmp_path):
+    """With the NeoSeg model planned by the NeoNet plans, TLCR reuses NeoSeg's preprocessed image and its
+    segmentation on that grid; the crop equals what preprocessing image + exported mask again gives."""
+    from neonet_toolkit import paths
+    from neonet_toolkit.inference.inputs import discover_inputs
+    from neonet_toolkit.inference.predict import NeoNetPredictor
+
+    pr = NeoNetPredictor(DS, seg_model=trained["seg_model"], cls_run=trained["cls_run"], folds=[0], device="cpu")
+    assert pr.reuse_preprocessing
+    assert "shared preprocessing" in pr.provenance()["tlcr_grid"]
+    cases = discover_inputs(trained["raw"] / "imagesTs", pr.file_ending, pr.n_channels)
+    checked = 0
+    with paths.nnunet_environment():
+        for c in cases:
+            seg, props, data, _ = pr.segment(c)
+            img_shared, lab_shared, info_shared = pr.crop(data, seg, props)  # consumes the kept grid
+            pr.reuse_preprocessing = False
+            img_again, lab_again, info_again = pr.crop(data, seg, props)
+            pr.reuse_preprocessing = True
+            assert info_shared.empty_tumor == info_again.empty_tumor
+            if info_shared.empty_tumor:
+                continue
+            np.testing.assert_allclose(img_shared, img_again, atol=1e-5)  # the same image grid and crop origin
+            agree = (lab_shared == lab_again).mean()
+            assert agree > 0.97, agree  # masks: argmax on the grid vs the exported mask resampled back
+            checked += 1
+    assert checked >= 1
