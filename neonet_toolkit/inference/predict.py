@@ -190,7 +190,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
                                      if not r["empty_tumor"]), default=0) if gt_meta.is_file() else 0)
         self.timings: dict[str, float] = {}
         self.reuse_preprocessing = self._same_preprocessing()
-        self._preprocessed = None  # (image, seg) on the preprocessed grid of the last segmented case
+        self._preprocessed = None  # (image, properties) on NeoSeg's preprocessed grid, last case
         logger.info("TLCR input: %s", "NeoSeg's own preprocessing, reused (same nnU-Net plans and configuration)"
                     if self.reuse_preprocessing else "the NeoNet plans' preprocessing of image + mask (NeoSeg "
                     "model planned differently)")
@@ -228,7 +228,8 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
             "cls_protocol": sorted({str(i.get("protocol", i.get("early_stopping", "val")))
                                     for _, _, i in self.classifiers}),
             "crop_source_used": "pred (NeoSeg masks)",
-            "tlcr_grid": ("NeoSeg's preprocessed image and its segmentation on that grid (shared preprocessing)"
+            "tlcr_grid": ("NeoSeg's preprocessed image and the final mask resampled onto that grid (shared "
+                          "preprocessing)"
                           if self.reuse_preprocessing else "NeoNet plans' preprocessing of the image and the "
                           "exported segmentation"),
             "spurious_tumor_rule": f"predicted tumour components smaller than {self.min_component_fraction:g} x the "
@@ -265,11 +266,8 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
 
         with torch.inference_mode():
             total = self.seg.predict_logits_with_fold_hook(x, per_fold)
-        if self.reuse_preprocessing:  # the classifier's grid is this grid: keep image + argmax, no 2nd resampling
-            seg_p = self.seg.label_manager.convert_logits_to_segmentation(total.to("cpu")).numpy()
-            if any(k != v for k, v in self.label_map.items()):
-                seg_p = remap_labels(seg_p, self.label_map)
-            self._preprocessed = (pdata, seg_p.astype(np.int16))
+        if self.reuse_preprocessing:  # the classifier's grid is this grid: keep the preprocessed image
+            self._preprocessed = (pdata, pprops)
         seg = convert_predicted_logits_to_segmentation_with_correct_shape(
             total, self.seg.plans_manager, self.seg.configuration_manager, self.seg.label_manager, pprops)
         seg = np.asarray(seg)
@@ -302,10 +300,9 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
 
         t0 = time.perf_counter()
         if self.reuse_preprocessing and self._preprocessed is not None:
-            d, seg_p = self._preprocessed
+            d, pprops = self._preprocessed
             self._preprocessed = None
-            self.remove_spurious_tumor(seg_p, self.neonet_cfg.spacing)  # the same rule, on this grid
-            s = seg_p[None]
+            s = self._mask_on_grid(seg, props, pprops, d.shape[1:])
         else:
             pre = self.neonet_cfg.preprocessor_class(verbose=False)
             d, s, _ = pre.run_case_npy(data, seg[None].astype(np.int16), dict(props), self.neonet_pm,
@@ -313,6 +310,16 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         img_p, lab_p, info = tlcr_from_segmentation(d[self.image_channel], s[0], self.roles, self.nplans.crop_size)
         self._tick("tlcr", t0)
         return img_p, lab_p, info
+
+    def _mask_on_grid(self, seg: np.ndarray, props: dict, pprops: dict, grid_shape) -> np.ndarray:
+        """The final mask (raw space, after postprocessing) on NeoSeg's preprocessed grid: the seg half of
+        nnU-Net's ``run_case_npy`` (transpose, the image's nonzero crop, ``resampling_fn_seg``) without
+        the image half, which NeoSeg already did. Same mask as preprocessing image + mask again."""
+        pm, cfg = self.neonet_pm, self.neonet_cfg
+        s = seg[None].astype(np.int16).transpose([0, *[i + 1 for i in pm.transpose_forward]])
+        s = s[(slice(None), *[slice(a, b) for a, b in pprops["bbox_used_for_cropping"]])]
+        spacing = [props["spacing"][i] for i in pm.transpose_forward]
+        return cfg.resampling_fn_seg(s, list(grid_shape), spacing, cfg.spacing)
 
     def classify(self, patch: np.ndarray) -> list[float]:
 
