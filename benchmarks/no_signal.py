@@ -6,7 +6,8 @@
 One phantom (``--n-cases`` training cases, 5 stratified folds of ~12 cases: the size of
 docs/results/phantom_cv) is planned once and its five fold VAEs are trained once (the VAE never sees a
 label). Then, per permutation seed, the case labels of the TLCR metadata are permuted (the images keep
-their true cue, so any AUC away from 0.5 is selection or chance), and ``neonet_experiment`` trains each
+their true cue, so any AUC away from 0.5 is selection or chance; permuted within each validation fold, so
+the folds stay stratified), and ``neonet_experiment`` trains each
 architecture with ``--early-stopping nested`` (the default) and ``val`` (the paper's protocol: epoch
 chosen on the reported fold) with the ``cpu_small`` settings, unchanged. Printed per seed and protocol:
 pooled out-of-fold AUC with its DeLong CI and the mean of the per-fold AUCs (the paper's number).
@@ -34,12 +35,19 @@ def _env(root: Path) -> None:
 
 
 def _permute(pp: Path, seed: int) -> None:
+    """Permute the case labels *within each validation fold*: every fold keeps its class counts, so the
+    stratified folds stay stratified for the new labels. (A global permutation breaks the stratification:
+    training and validation prevalence then move in opposite directions from fold to fold, and a model
+    that only learns its training prevalence scores below 0.5 pooled: measured 0.330 [0.189, 0.471] for
+    seed 11 with the nested protocol before this was fixed.)"""
     meta_f = pp / "neonet_tlcr" / "gt" / "metadata.json"
     meta = json.loads(meta_f.read_text(encoding="utf-8"))
-    ids = sorted(meta["cases"])
-    labels = np.random.default_rng(seed).permutation([meta["cases"][c]["label"] for c in ids])
-    for c, lab in zip(ids, labels):
-        meta["cases"][c]["label"] = int(lab)
+    rng = np.random.default_rng(seed)
+    for fold in json.loads((pp / "splits_final.json").read_text(encoding="utf-8")):
+        ids = sorted(fold["val"])
+        labels = rng.permutation([meta["cases"][c]["label"] for c in ids])
+        for c, lab in zip(ids, labels):
+            meta["cases"][c]["label"] = int(lab)
     meta_f.write_text(json.dumps(meta), encoding="utf-8")
 
 
