@@ -165,12 +165,16 @@ def test_control_arms_run_equal_optimizer_steps(proto_env):
 
 # ----------------------------------------------------------------------------- no signal
 def _permute_labels(pp: Path, seed: int) -> None:
+    """Permute labels within each validation fold, so the stratified folds stay stratified (a global
+    permutation makes training and validation prevalence move in opposite directions per fold, which
+    biases the pooled AUC below 0.5; benchmarks/no_signal.py)."""
     meta_f = pp / "neonet_tlcr" / "gt" / "metadata.json"
     meta = json.loads(meta_f.read_text(encoding="utf-8"))
-    ids = sorted(meta["cases"])
-    labels = np.random.default_rng(seed).permutation([meta["cases"][c]["label"] for c in ids])
-    for c, lab in zip(ids, labels):
-        meta["cases"][c]["label"] = int(lab)
+    rng = np.random.default_rng(seed)
+    for fold in json.loads((pp / "splits_final.json").read_text(encoding="utf-8")):
+        ids = sorted(fold["val"])
+        for c, lab in zip(ids, rng.permutation([meta["cases"][c]["label"] for c in ids])):
+            meta["cases"][c]["label"] = int(lab)
     meta_f.write_text(json.dumps(meta), encoding="utf-8")
 
 
