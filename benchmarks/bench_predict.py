@@ -38,11 +38,12 @@ from neonet_toolkit import paths
 from neonet_toolkit.utilities.devices import get_device
 a = json.loads(sys.argv[1]); paths.apply_defaults_to_process()  # this process is the benchmark's own
 dev = get_device(a["device"])
-nn = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+nn = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=a["mirroring"],
                      perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                      verbose_preprocessing=False, allow_tqdm=False)
 initialize_predictor(nn, a["seg_model"], a["folds"])  # nnU-Net's own loader, minus its trainer search (README)
 neo = NeoNetPredictor(a["dataset"], seg_model=a["seg_model"], cls_run=a["cls_run"], folds=a["folds"], device=a["device"])
+neo.seg.use_mirroring = a["mirroring"]
 shared = neo.reuse_preprocessing
 cases = discover_inputs(a["input"], neo.file_ending, neo.n_channels)
 tmp = Path(a["out"])
@@ -105,6 +106,8 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=5, help="interleaved rounds (>= 5 for the median)")
     p.add_argument("--with-unshared", dest="unshared", action="store_true",
                    help="also time the pipeline without the shared preprocessing (C)")
+    p.add_argument("--no-mirroring", dest="mirroring", action="store_false",
+                   help="test-time mirroring off on both sides (8x less segmentation work: a conservative ratio)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
 
@@ -115,10 +118,12 @@ def main(argv=None) -> int:
     seg_model = a.seg_model or str(default_model_folder(a.dataset))
     with tempfile.TemporaryDirectory() as tmp:
         r = _child({"input": a.input, "seg_model": seg_model, "folds": a.folds, "device": a.device, "out": tmp,
-                    "dataset": a.dataset, "cls_run": a.cls_run, "pairs": a.pairs, "unshared": a.unshared})
+                    "dataset": a.dataset, "cls_run": a.cls_run, "pairs": a.pairs, "unshared": a.unshared,
+                    "mirroring": a.mirroring})
     n = r["n"]
     ratios = [b / x for b, x in zip(r["B"], r["A"])]
-    print(f"cases: {n}, folds: {a.folds}, device: {a.device}, rounds: {a.pairs} (interleaved A B"
+    print(f"cases: {n}, folds: {a.folds}, device: {a.device}, mirroring: {a.mirroring}, rounds: {a.pairs} "
+          f"(interleaved A B"
           f"{' C' if r['C'] else ''}), seg model: {seg_model}")
     print(f"A nnUNetv2_predict path : {_median(r['A']) / n:8.3f} s/case (median of rounds)")
     print(f"B neonet_predict        : {_median(r['B']) / n:8.3f} s/case; shared preprocessing: "
