@@ -22,13 +22,7 @@ from neonet_toolkit.training.seg.masks import (
     model_folds,
     registered_model,
 )
-from neonet_toolkit.training.seg.trainers import (
-    NeoSegTrainer,
-    NeoSegTrainer_DynUNet,
-    NeoSegTrainer_nnUNet,
-    NeoSegTrainer_SegResNet,
-    NeoSegTrainer_UNet,
-)
+from neonet_toolkit.training.seg.trainers import TRAINERS
 from neonet_toolkit.utilities.checkpoints import load_verified_checkpoint
 from neonet_toolkit.utilities.devices import get_device
 from neonet_toolkit.utilities.io import atomic_path, load_json
@@ -44,8 +38,7 @@ def _device(name: str):
     return torch.device("cuda", dev.index or 0) if dev.type == "cuda" else dev
 
 
-NEOSEG_TRAINERS = {c.__name__: c for c in (NeoSegTrainer, NeoSegTrainer_DynUNet, NeoSegTrainer_nnUNet,
-                                            NeoSegTrainer_SegResNet, NeoSegTrainer_UNet)}
+NEOSEG_TRAINERS = {c.__name__: c for c in TRAINERS.values()}  # by trainer name, as checkpoints record it
 
 
 def initialize_predictor(predictor, model_folder: str | Path, folds: Sequence[int | str],

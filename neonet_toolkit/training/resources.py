@@ -49,6 +49,7 @@ from neonet_toolkit.networks.generative import (
     check_latent_divisible,
     controlled_unet_output,
     freeze,
+    kl_loss,
     vae_downsampling_factor,
 )
 from neonet_toolkit.training.seg.networks import build_network
@@ -114,33 +115,24 @@ def build_stage(stage: str, conf: dict, crop_zyx, seg_plan: dict | None = None, 
     segmentation network's input channels and output classes."""
     crop = [int(s) for s in crop_zyx]
     lat = latent_shape(conf, crop)
-    if stage == "vae":
-        net = build_vae(conf["vae"])
-        b = int(batch or conf["vae"]["batch_size"])
+    if stage in ("vae", "vqvae"):
+        net = build_vae(conf["vae"]) if stage == "vae" else build_vqvae(conf["vqvae"])
+        b = int(batch or conf[stage]["batch_size"])
 
         def make(n, dev):
             return (torch.randn(n, 1, *crop, device=dev),)
 
         def loss(m, inp):
             x = inp[0]
-            recon, mu, sigma = m(x)
-            _check(tuple(recon.shape) == tuple(x.shape) and list(mu.shape[1:]) == lat,
-                   f"VAE shapes: recon {tuple(recon.shape)}, latent {tuple(mu.shape)} (expected {lat})")
-            kl = (mu.float().pow(2) + sigma.float().pow(2) - torch.log(sigma.float().pow(2) + 1e-8) - 1).mean()
-            return (recon.float() - x).abs().mean() + float(conf["vae"]["kl_weight"]) * kl
-        return StageBuild(stage, net, make, loss, b, [1] + crop)
-    if stage == "vqvae":
-        net = build_vqvae(conf["vqvae"])
-        b = int(batch or conf["vqvae"]["batch_size"])
-
-        def make(n, dev):
-            return (torch.randn(n, 1, *crop, device=dev),)
-
-        def loss(m, inp):
-            x = inp[0]
-            recon, q_loss = m(x)
-            _check(tuple(recon.shape) == tuple(x.shape), f"VQ-VAE reconstruction {tuple(recon.shape)}")
-            return (recon.float() - x).abs().mean() + q_loss.float().mean()
+            if stage == "vae":
+                recon, mu, sigma = m(x)
+                _check(list(mu.shape[1:]) == lat, f"VAE latent {tuple(mu.shape)} (expected {lat})")
+                reg = float(conf["vae"]["kl_weight"]) * kl_loss(mu.float(), sigma.float())
+            else:
+                recon, q_loss = m(x)
+                reg = q_loss.float().mean()
+            _check(tuple(recon.shape) == tuple(x.shape), f"{stage} reconstruction {tuple(recon.shape)}")
+            return (recon.float() - x).abs().mean() + reg
         return StageBuild(stage, net, make, loss, b, [1] + crop)
     if stage in ("ldm", "controlnet"):
         check_latent_divisible(lat[1:], len(conf["ldm"]["channels"]))
@@ -203,9 +195,9 @@ def build_stage(stage: str, conf: dict, crop_zyx, seg_plan: dict | None = None, 
             _check(tuple(logits.shape) == (x.shape[0], cout, *patch), f"seg output {tuple(logits.shape)}")
             return torch.nn.functional.cross_entropy(logits.float(), y)
         return StageBuild(stage, net, make, loss, b, [cin] + patch)
-    if stage in ("cls", "pattennet") or stage not in STAGES:
+    if stage == "cls" or stage not in STAGES:  # NeoCls: the configured architecture or the one named
         ccfg = dict(conf["cls"])
-        a = arch or (stage if stage not in ("cls",) else ccfg["architecture"])
+        a = arch or (ccfg["architecture"] if stage == "cls" else stage)
         net = build_classifier(a, ccfg, in_channels=2, vae_config=conf["vae"])
         b = int(batch or ccfg["batch_size"])
 
@@ -218,7 +210,6 @@ def build_stage(stage: str, conf: dict, crop_zyx, seg_plan: dict | None = None, 
             _check(logit.shape[0] == x.shape[0], f"classifier output {tuple(logit.shape)} for batch {x.shape[0]}")
             return torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), y)
         return StageBuild(a, net, make, loss, b, [2] + crop)
-    raise ValueError(f"Unknown stage {stage!r}; choose from {STAGES} or a NeoCls architecture.")
 
 
 class _LargestOutput(TorchDispatchMode):

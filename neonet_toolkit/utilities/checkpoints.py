@@ -58,6 +58,11 @@ def verify_checkpoint(path: str | Path, allowed=NNUNET_CHECKPOINT_GLOBALS) -> No
     """Raise :class:`UnsafeCheckpointError` unless ``path`` loads with ``weights_only=True`` under ``allowed``.
 
     Nothing in the file is executed: the referenced globals are listed from the pickle stream first."""
+    load_verified_checkpoint(path, allowed)
+
+
+def load_verified_checkpoint(path: str | Path, allowed=NNUNET_CHECKPOINT_GLOBALS) -> dict:
+    """:func:`verify_checkpoint`, returning what the one ``weights_only=True`` load (on the CPU) read."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} not found.")
@@ -75,19 +80,11 @@ def verify_checkpoint(path: str | Path, allowed=NNUNET_CHECKPOINT_GLOBALS) -> No
             "source, rerun with --trust-checkpoints (logged and written to provenance).")
     try:
         with torch.serialization.safe_globals(list(allowed)):
-            torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UnsafeCheckpointError(f"{path} does not load as a plain checkpoint ({type(e).__name__}: {e}). "
                                     "Replace it with the original file, or rerun with --trust-checkpoints if "
                                     "you trust it.") from None
-
-
-def load_verified_checkpoint(path: str | Path, allowed=NNUNET_CHECKPOINT_GLOBALS) -> dict:
-    """Load an nnU-Net checkpoint with ``weights_only=True`` and the allow-list (:func:`verify_checkpoint`),
-    on the CPU. Raises :class:`UnsafeCheckpointError` for anything else."""
-    verify_checkpoint(path, allowed)
-    with torch.serialization.safe_globals(list(allowed)):
-        return torch.load(Path(path), map_location="cpu", weights_only=True)
 
 
 def verify_model_folder(folder: str | Path, folds=None, checkpoint_name: str = "checkpoint_final.pth",
