@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "neonet_results")
 
 
+class AmbiguousDatasetError(ValueError):
+    """A dataset id names more than one ``DatasetXXX_*`` folder (the message lists them and the fix)."""
+
+
 def project_root() -> Path:
     """The source checkout when running from one, else the current working directory."""
     env = os.environ.get("NEONET_HOME")
@@ -138,9 +142,16 @@ def find_dataset_name(dataset: int | str) -> str:
     """Resolve ``501`` / ``"501"`` / ``"Dataset501_Name"`` to ``Dataset501_Name``.
 
     Looks in nnUNet_raw, nnUNet_preprocessed, nnUNet_results and neonet_results, like
-    nnU-Net's ``convert_id_to_dataset_name`` but with NeoNet's result folder too.
+    nnU-Net's ``convert_id_to_dataset_name`` but with NeoNet's result folder too. Two names with the same id
+    raise :class:`AmbiguousDatasetError` (listing the folders), also for a full name: nnU-Net's own steps
+    address a dataset by its id.
     """
     if isinstance(dataset, str) and dataset.startswith("Dataset"):
+        try:
+            dataset_id = int(dataset[7:10])
+        except ValueError:
+            return dataset
+        _check_unambiguous(dataset_id, _datasets_with_id(dataset_id), dataset)
         return dataset
     try:
         dataset_id = int(dataset)
@@ -148,24 +159,43 @@ def find_dataset_name(dataset: int | str) -> str:
         raise ValueError(
             f"Dataset {dataset!r} is neither a number (e.g. 501) nor a name like 'Dataset501_Name'."
         ) from None
-    prefix = f"Dataset{dataset_id:03d}_"
-    env = ensure_environment()
-    found = set()
-    for root in env.values():
-        if root.is_dir():
-            found.update(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix))
+    found = _datasets_with_id(dataset_id)
     if not found:
+        env = ensure_environment()
         raise FileNotFoundError(
-            f"No dataset with id {dataset_id} ({prefix}*) in any of: "
+            f"No dataset with id {dataset_id} (Dataset{dataset_id:03d}_*) in any of: "
             + ", ".join(f"{k}={v}" for k, v in env.items())
             + f". Put the dataset there as Dataset{dataset_id:03d}_<Name> (or, for the phantom, run "
             f"`neonet_make_demo_dataset -d {dataset_id}`), or set nnUNet_raw to the folder that holds it."
         )
-    if len(found) > 1:
-        raise RuntimeError(
-            f"More than one dataset uses id {dataset_id}: {sorted(found)}. Rename or remove all but one."
-        )
-    return found.pop()
+    _check_unambiguous(dataset_id, found)
+    return next(iter(found))
+
+
+def _datasets_with_id(dataset_id: int) -> dict[str, list[str]]:
+    """``{DatasetXXX_Name: [variables whose folder holds it]}`` for every folder named with this id."""
+    prefix = f"Dataset{dataset_id:03d}_"
+    found: dict[str, list[str]] = {}
+    for var, root in ensure_environment().items():
+        if root.is_dir():
+            for p in sorted(root.iterdir()):
+                if p.is_dir() and p.name.startswith(prefix):
+                    found.setdefault(p.name, []).append(var)
+    return found
+
+
+def _check_unambiguous(dataset_id: int, found: dict[str, list[str]], requested: str | None = None) -> None:
+    names = set(found) | ({requested} if requested else set())
+    if len(names) <= 1:
+        return
+    env = ensure_environment()
+    where = "; ".join(f"{name} in " + ", ".join(f"{var} ({env[var] / name})" for var in found[name])
+                      for name in sorted(found))
+    raise AmbiguousDatasetError(
+        f"Dataset id {dataset_id} is ambiguous: {len(names)} dataset names use it ({where}). nnU-Net and NeoNet "
+        f"address a dataset by its id, so exactly one name may use it: rename or move away the folder(s) of the "
+        f"other name(s) (e.g. give one dataset another id), then rerun."
+    )
 
 
 def with_nnunet_environment(fn):

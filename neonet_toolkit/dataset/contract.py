@@ -21,6 +21,8 @@ defaults are organ = ``liver`` and tumour = ``tumor``; an optional key overrides
 from __future__ import annotations
 
 import csv
+import io
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -31,7 +33,6 @@ import numpy as np
 from neonet_toolkit.dataset.case_ids import check_case_id
 from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.dataset.labels import LabelRoles, resolve_label_roles
-from neonet_toolkit.utilities.io import load_json
 
 logger = logging.getLogger(__name__)
 
@@ -48,45 +49,132 @@ def read_case_labels(csv_path: str | Path, target: str) -> dict[str, int]:
             f"Missing case-label file {csv_path}. Create it with the header 'case_id,{target}' and one row "
             "per training case with 0 or 1."
         )
+    text = _read_utf8(csv_path)
     problems: list[str] = []
     labels: dict[str, int] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        if "case_id" not in header or target not in header:
-            raise DatasetError(
-                f"{csv_path}: header is {header}, expected 'case_id,{target}'. Rename the columns or set "
-                f"\"neonet\": {{\"target\": \"<column>\"}} in dataset.json."
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if "case_id" not in header or target not in header:
+        hint = (" The file seems to use ';' as separator: save it with ',' (e.g. Excel 'CSV UTF-8 (comma "
+                "delimited)')." if len(header) == 1 and ";" in header[0] else "")
+        raise DatasetError(
+            f"{csv_path}: header is {header}, expected 'case_id,{target}'. Rename the columns or set "
+            f"\"neonet\": {{\"target\": \"<column>\"}} in dataset.json.{hint}"
+        )
+    extra_lines: list[int] = []
+    for row in reader:
+        extra = row.pop(None, None)  # fields beyond the header (csv puts them under the key None)
+        if extra is not None:
+            extra_lines.append(reader.line_num)
+            if len(extra_lines) == 1:
+                first_extra = extra
+            continue
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        cid, raw = row.get("case_id", ""), row.get(target, "")
+        lineno = reader.line_num
+        if not cid:
+            problems.append(f"{csv_path.name} line {lineno}: empty case_id; remove the line or fill it in.")
+            continue
+        try:
+            check_case_id(cid, where=f"{csv_path.name} line {lineno}")
+        except DatasetError as e:
+            problems.append(str(e))
+            continue
+        if cid in labels:
+            problems.append(
+                f"{csv_path.name} line {lineno}: case {cid!r} is listed twice; keep one row per case."
             )
-        for lineno, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            cid, raw = row.get("case_id", ""), row.get(target, "")
-            if not cid:
-                problems.append(f"{csv_path.name} line {lineno}: empty case_id; remove the line or fill it in.")
-                continue
-            try:
-                check_case_id(cid, where=f"{csv_path.name} line {lineno}")
-            except DatasetError as e:
-                problems.append(str(e))
-                continue
-            if cid in labels:
-                problems.append(
-                    f"{csv_path.name} line {lineno}: case {cid!r} is listed twice; keep one row per case."
-                )
-                continue
-            try:
-                value = float(raw)
-            except ValueError:
-                value = math.nan
-            if value not in (0.0, 1.0):
-                problems.append(
-                    f"{csv_path.name} line {lineno}: case {cid!r} has {target}={raw!r}; the target must be 0 or 1."
-                )
-                continue
-            labels[cid] = int(value)
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if value not in (0.0, 1.0):
+            problems.append(
+                f"{csv_path.name} line {lineno}: case {cid!r} has {target}={raw!r}; the target must be 0 or 1."
+            )
+            continue
+        labels[cid] = int(value)
+    if extra_lines:
+        problems.insert(0, (
+            f"{csv_path}: {len(extra_lines)} line(s) have more fields than the header {header} (line(s) "
+            f"{extra_lines[:10]}{' ...' if len(extra_lines) > 10 else ''}; e.g. extra {first_extra!r}: a trailing "
+            "comma?). Remove the trailing comma(s) from those lines, or name the extra column in the header."))
     if problems:
         raise DatasetError(problems)
     return labels
+
+
+def _read_utf8(path: Path) -> str:
+    """A text file's content as UTF-8 (a leading BOM is dropped); :class:`DatasetError` naming the file, the first
+    offending line and the fix otherwise (an encoding is never guessed: case ids and values must read the same
+    on every machine)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DatasetError(
+            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}; Latin-1/Windows-1252 or "
+            "UTF-16?). Save it as UTF-8 (Excel: 'CSV UTF-8'; or `iconv -f latin1 -t utf-8 FILE > NEW`)."
+        ) from None
+
+
+#: nnU-Net v2's required dataset.json keys (``verify_dataset_integrity``), each with an example for the fix.
+REQUIRED_DATASET_JSON_KEYS = {
+    "channel_names": '"channel_names": {"0": "T2"}',
+    "labels": '"labels": {"background": 0, "liver": 1, "tumor": 2}',
+    "numTraining": '"numTraining": <number of training cases>',
+    "file_ending": '"file_ending": ".nii.gz"',
+}
+
+
+def check_dataset_json(dataset_json, where: str | Path) -> dict:
+    """Return ``dataset_json`` if it has nnU-Net v2's required keys with usable values, else raise
+    :class:`DatasetError` naming ``where`` (the file), every problem and the fix."""
+    if not isinstance(dataset_json, dict):
+        raise DatasetError(f"{where}: dataset.json must be a JSON object ({{...}}), got {type(dataset_json).__name__}.")
+    problems = []
+    missing = [k for k in REQUIRED_DATASET_JSON_KEYS if k not in dataset_json]
+    if missing:
+        problems.append(f"{where} lacks the required nnU-Net key(s) {missing}; add "
+                        + ", ".join(REQUIRED_DATASET_JSON_KEYS[k] for k in missing) + ".")
+    ch = dataset_json.get("channel_names")
+    if "channel_names" in dataset_json and (not isinstance(ch, dict) or not ch):
+        problems.append(f"{where}: 'channel_names' must be a non-empty object, e.g. "
+                        f"{REQUIRED_DATASET_JSON_KEYS['channel_names']}; got {ch!r}.")
+    lab = dataset_json.get("labels")
+    if "labels" in dataset_json:
+        if not isinstance(lab, dict) or not lab:
+            problems.append(f"{where}: 'labels' must be an object of label names to ids, e.g. "
+                            f"{REQUIRED_DATASET_JSON_KEYS['labels']}; got {lab!r}.")
+        elif lab.get("background") != 0:
+            problems.append(f"{where}: 'labels' must declare \"background\": 0 (nnU-Net's rule); got {lab!r}.")
+    n = dataset_json.get("numTraining")
+    if "numTraining" in dataset_json and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        problems.append(f"{where}: 'numTraining' must be a positive integer (the number of training cases); "
+                        f"got {n!r}.")
+    fe = dataset_json.get("file_ending")
+    if "file_ending" in dataset_json and (not isinstance(fe, str) or not fe.startswith(".")):
+        problems.append(f"{where}: 'file_ending' must be a string like \".nii.gz\"; got {fe!r}.")
+    if problems:
+        raise DatasetError(problems)
+    return dataset_json
+
+
+def load_dataset_json(path: str | Path) -> dict:
+    """Read and check a dataset.json (a raw dataset's, a preprocessed folder's or a model folder's):
+    :class:`DatasetError` naming the file and the fix when it is missing, not JSON, or lacks a required key."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path} does not exist. Point -d at an nnU-Net v2 raw dataset "
+                           "(nnUNet_raw/DatasetXXX_Name) or a complete model folder.")
+    try:
+        dataset_json = json.loads(_read_utf8(path))
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix the "
+                           "syntax (e.g. check it with `python -m json.tool FILE`).") from None
+    return check_dataset_json(dataset_json, path)
 
 
 @dataclass
@@ -110,11 +198,8 @@ class NeoNetDataset:
             raise DatasetError(
                 f"{folder} has no dataset.json. Point -d at an nnU-Net v2 raw dataset (nnUNet_raw/DatasetXXX_Name)."
             )
-        dataset_json = load_json(folder / "dataset.json")
+        dataset_json = load_dataset_json(folder / "dataset.json")
         name = folder.name
-        missing = [k for k in ("channel_names", "labels", "file_ending") if k not in dataset_json]
-        if missing:
-            raise DatasetError(f"{name}: dataset.json lacks required nnU-Net key(s) {missing}.")
         opts = dict(dataset_json.get("neonet", {}) or {})
         target = str(opts.get("target", DEFAULT_TARGET))
         roles = resolve_label_roles(dataset_json, name)
@@ -125,6 +210,11 @@ class NeoNetDataset:
                 f"{len(dataset_json['channel_names'])} channel(s)."
             )
         cases = _list_training_cases(folder, dataset_json)
+        if dataset_json["numTraining"] != len(cases):
+            raise DatasetError(
+                f"{folder / 'dataset.json'}: numTraining is {dataset_json['numTraining']} but imagesTr holds "
+                f"{len(cases)} case(s); set \"numTraining\": {len(cases)} (nnU-Net plans with it)."
+            )
         case_labels = read_case_labels(folder / CASE_LABELS_FILE, target)
         ds = cls(name, folder, dataset_json, roles, target, case_labels, cases, channel, opts)
         ds.check_case_labels()

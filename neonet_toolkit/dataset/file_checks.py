@@ -111,6 +111,54 @@ def file_problem(path: str | Path, case_id: str) -> str | None:
     return None
 
 
+def stored_voxels(path: str | Path, img=None) -> np.ndarray:
+    """The voxels as stored in the file. ITK's NIfTI reader (SimpleITK, and so nnU-Net's ``SimpleITKIO``)
+    turns NaN and Inf into 0, so NIfTI files are read with nibabel; other formats through SimpleITK
+    (``img``, when the caller has read it already)."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return np.asanyarray(nib.load(str(path)).dataobj)
+    return sitk.GetArrayViewFromImage(img if img is not None else sitk.ReadImage(str(path)))
+
+
+def nonfinite_problem(path: str | Path, case_id: str | None, voxels: np.ndarray | None = None) -> str | None:
+    """A message naming the case, the file and the fix when the file holds NaN or Inf voxels (``None`` when
+    every voxel is finite). One check for planning (training images) and prediction (input images): a
+    reader that silently maps NaN to 0 would otherwise hand the models an image with a hole in it."""
+    path = Path(path)
+    arr = stored_voxels(path) if voxels is None else voxels
+    finite = np.isfinite(arr)
+    if finite.all():
+        return None
+    n = int(finite.size - np.count_nonzero(finite))
+    who = f"case {case_id!r}: " if case_id is not None else ""
+    return (f"{who}image {path.name} has {n} NaN/Inf voxel(s) (of {finite.size}); replace them "
+            "(e.g. with 0) or re-export the image from its source.")
+
+
+# Voxel spacing is read in millimetres by nnU-Net and NeoNet. Clinical MRI and CT voxels are 0.2-10 mm; written
+# in metres they are 0.0002-0.01. Below 0.05 on every axis is therefore a unit error for the images this toolkit
+# is for (only ex-vivo micro-MRI has such voxels).
+METRE_SPACING_LIMIT_MM = 0.05
+
+
+def metre_spacing_problem(spacing, path: str | Path, case_id: str) -> str | None:
+    """A message naming the case, the file and the fix when ``spacing`` (x, y, z) looks like metres."""
+    sp = [float(s) for s in spacing]
+    if not sp or max(sp) >= METRE_SPACING_LIMIT_MM:
+        return None
+    mm = [round(s * 1000, 4) for s in sp]
+    return (f"case {case_id!r}: {Path(path).name} has voxel spacing {[round(s, 7) for s in sp]} (x, y, z), below "
+            f"{METRE_SPACING_LIMIT_MM} on every axis: it looks like metres, but spacing is read in millimetres "
+            f"(in mm it would be {mm}). Rewrite the header in millimetres (spacing and origin x 1000, e.g. SimpleITK "
+            "img.SetSpacing([s * 1000 for s in img.GetSpacing()]); img.SetOrigin([o * 1000 for o in "
+            "img.GetOrigin()])) for the image and its label alike, or re-export the file in mm.")
+
+
 # --- DICOM series -------------------------------------------------------------------------------
 # GDCM's series scanner silently leaves out a file it cannot parse (a slice cut short by even two
 # bytes, an empty file), and ITK's series reader then stacks the remaining slices with only a

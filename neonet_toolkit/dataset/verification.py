@@ -1,4 +1,5 @@
-"""Dataset verification: every case read in full (file integrity, geometry, NaN/Inf, undeclared labels)."""
+"""Dataset verification: every case read in full (file integrity, geometry, spacing units, NaN/Inf, blank
+images, undeclared labels)."""
 from __future__ import annotations
 
 import logging
@@ -9,9 +10,40 @@ import numpy as np
 
 from neonet_toolkit.dataset.contract import NeoNetDataset
 from neonet_toolkit.dataset.errors import DatasetError
-from neonet_toolkit.dataset.file_checks import file_problem
+from neonet_toolkit.dataset.file_checks import file_problem, metre_spacing_problem, nonfinite_problem, stored_voxels
 
 logger = logging.getLogger(__name__)
+
+# An image region whose spread (max - min) is at most this fraction of its largest magnitude is constant up to
+# float32 rounding (float32 resolves ~1.2e-7 relative): a blank, all-zero or failed export, never an MRI, whose
+# tissue always shows noise and texture. Scale-free, so it holds for any intensity unit.
+FLAT_RELATIVE_SPREAD = 1e-6
+
+
+def is_flat(values: np.ndarray) -> bool:
+    """True when ``values`` are constant up to float32 rounding (:data:`FLAT_RELATIVE_SPREAD`); all-zero included."""
+    values = np.asarray(values)
+    if values.size == 0:
+        return False
+    lo, hi = float(values.min()), float(values.max())
+    return hi - lo <= FLAT_RELATIVE_SPREAD * max(abs(lo), abs(hi))
+
+
+def flat_region_problem(case_id: str, path: Path, voxels: np.ndarray, region: np.ndarray | None,
+                        target: str = "", label: int | None = None) -> str | None:
+    """A message naming the case, the file and the fix when ``voxels`` are constant inside ``region`` (the
+    organ+tumour mask; the whole image when the mask is empty or ``None``), else ``None``."""
+    use_region = region is not None and bool(region.any())
+    values = np.asarray(voxels[region] if use_region else voxels)
+    if not is_flat(values):
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    where = "inside the organ+tumour mask" if use_region else "everywhere"
+    what = "all zero" if hi == 0 and lo == 0 else f"constant ({lo:g})"
+    stake = (f"; its TLCR crop would be blank for a case labelled {target}={label}" if label is not None else "")
+    return (f"case {case_id!r}: image {Path(path).name} is {what} {where} ({values.size} voxels, zero variance): "
+            f"a blank or failed export, not a usable MRI{stake}. Replace the file with the real scan, or remove the "
+            f"case (image, label and its row in the case-label CSV).")
 
 
 def _geometry(img) -> tuple:
@@ -37,6 +69,11 @@ def verify_case(ds: NeoNetDataset, case_id: str, full: bool = True) -> tuple[lis
     g_lab = _geometry(lab)
     info["shape_xyz"] = list(g_lab[0])
     info["spacing_xyz"] = [float(s) for s in g_lab[1]]
+    metres = [m for m in (metre_spacing_problem(_geometry(img)[1], f, case_id) for f, img in zip(files, imgs)) if m]
+    if not metres:  # the label alone in metres (the images in mm) is an affine mismatch, named below too
+        metres = [m for m in [metre_spacing_problem(g_lab[1], label_file, case_id)] if m]
+    if metres:
+        return metres, warnings, info
     for f, img in zip(files, imgs):
         g = _geometry(img)
         if len(g[0]) != len(g_lab[0]) or len(g[0]) != 3:
@@ -61,17 +98,25 @@ def verify_case(ds: NeoNetDataset, case_id: str, full: bool = True) -> tuple[lis
             )
     if not full:
         return errors, warnings, info
-    for f, img in zip(files, imgs):
+    seg = sitk.GetArrayViewFromImage(lab)
+    region = np.isin(seg, ds.roles.organ_ids + ds.roles.tumor_ids)
+    for channel, (f, img) in enumerate(zip(files, imgs)):
         try:
-            arr = _raw_voxels(f, img)
+            arr = stored_voxels(f, img)
         except Exception as e:  # a reader failing deep inside: never a traceback, always the case and the fix
             errors.append(f"case {case_id!r}: image {f.name} cannot be read in full ({type(e).__name__}: {e}); "
                           "copy it again from its source or re-export it.")
             continue
-        if not np.all(np.isfinite(arr)):
-            n = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            errors.append(f"case {case_id!r}: image {f.name} has {n} NaN/Inf voxel(s); replace them (e.g. with 0).")
-    seg = sitk.GetArrayViewFromImage(lab)
+        problem = nonfinite_problem(f, case_id, arr)
+        if problem:
+            errors.append(problem)
+        elif img.GetSize() == lab.GetSize():  # SimpleITK's (z, y, x) array, as the label's
+            # a blank classifier channel is refused; another blank channel (e.g. a zero-filled missing sequence
+            # for NeoSeg) is the user's choice: a warning
+            flat = flat_region_problem(case_id, f, sitk.GetArrayViewFromImage(img), region, ds.target,
+                                       ds.case_labels.get(case_id) if channel == ds.image_channel else None)
+            if flat:
+                (errors if channel == ds.image_channel else warnings).append(flat)
     values = np.unique(seg)
     unknown = sorted(set(values.tolist()) - set(ds.roles.all_ids) - {0})
     if unknown:
@@ -87,17 +132,6 @@ def verify_case(ds: NeoNetDataset, case_id: str, full: bool = True) -> tuple[lis
             "all zeros and flagged 'empty_tumor'."
         )
     return errors, warnings, info
-
-
-def _raw_voxels(path: Path, img) -> np.ndarray:
-    """Voxels as stored. ITK's NIfTI reader turns NaN into 0, so NIfTI files are read with nibabel."""
-    import SimpleITK as sitk
-
-    if path.name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        return np.asanyarray(nib.load(str(path)).dataobj)
-    return sitk.GetArrayViewFromImage(img)
 
 
 def _read_header(path: Path):

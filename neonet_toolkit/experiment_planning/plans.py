@@ -23,12 +23,14 @@ derived here once, from the fingerprint, so the stages never disagree.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from neonet_toolkit.experiment_planning.settings import as_dict, validate_stage
+from neonet_toolkit.utilities.identifiers import check_safe_name
 from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ POSTPROCESSING = {
     # QC flags: spacing outside [min x lo, max x hi] of the training spacings; mean pairwise fold tumour Dice
     # below; spread (max - min) of the fold probabilities above
     "qc_spacing_tolerance": [0.8, 1.25], "qc_fold_dice_min": 0.5, "qc_fold_probability_spread_max": 0.5,
+    # neonet_predict refuses an image whose grid at the model's spacing would hold more than this many times
+    # (or fewer than 1/this squared) the training median's voxels, before resampling (a 10x spacing error never
+    # ends; a spacing in metres gives a few voxels)
+    "qc_max_resampled_size_factor": 16.0,
 }
 
 
@@ -214,17 +220,149 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- reading plans files
+class PlansError(ValueError):
+    """A plans file NeoNet cannot use (not JSON, wrong shape, missing keys, unsafe names); names file and fix."""
+
+
+# what every neonet_plans.json holds (build_neonet_plans has written all of them since the first release)
+_REQUIRED_KEYS = {"plans_name": str, "nnunet_plans": str, "seg_configuration": str, "spacing": list,
+                  "tlcr": dict, "latent": dict, "configurations": dict}
+
+
+def _dataset_of(path: Path) -> str:
+    """The dataset a plans file belongs to, as the commands take it: its folder name (``Dataset501_Name``)."""
+    return path.parent.name
+
+
+def _neonet_plans_fix(path: Path | None) -> str:
+    if path is None:
+        return "Build the plans with build_neonet_plans (or run neonet_plan_and_preprocess)."
+    ds = _dataset_of(path)
+    return (f"Fix the file, or move it away and rerun `neonet_plan_and_preprocess -d {ds}`, which writes a fresh "
+            f"{path.name}. Your own settings live in its \"configurations\" (a configuration of your own with "
+            "\"inherits_from\"): copy them back from the old file.")
+
+
+def _nnunet_plans_fix(path: Path | None) -> str:
+    if path is None:
+        return "Use the plans nnU-Net's planner wrote."
+    return (f"{path.name} is written by nnU-Net's planner: delete it and rerun `neonet_plan_and_preprocess -d "
+            f"{_dataset_of(path)}`, which regenerates it.")
+
+
+def read_plans_json(path: str | Path, fix: str) -> Any:
+    """The JSON content of a plans file; :class:`PlansError` naming the file and ``fix`` if it is not JSON."""
+    path = Path(path)
+    try:
+        return load_json(path)
+    except json.JSONDecodeError as e:
+        raise PlansError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}). {fix}") from None
+    except UnicodeDecodeError as e:
+        raise PlansError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}). {fix}") from None
+    except OSError as e:
+        raise PlansError(f"{path} cannot be read ({e.strerror or e}). {fix}") from None
+
+
+def _positive_ints(v, n: int) -> bool:
+    return (isinstance(v, list) and len(v) == n
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v))
+
+
+def check_neonet_plans(plans: Any, path: Path | None = None) -> dict:
+    """Refuse a ``neonet_plans.json`` content NeoNet cannot use, with the file and the fix; returns it.
+
+    Checked once, where the plans are read: the object shape, the keys every stage reads, the crop and latent
+    sizes, the configurations (objects, ``inherits_from`` naming one of them), and every name that becomes part
+    of a folder name (``plans_name``, ``nnunet_plans``, ``seg_configuration``, ``dataset_name``, configuration
+    names) with :func:`~neonet_toolkit.utilities.identifiers.check_safe_name`. Stage settings are validated when
+    a stage is read (:meth:`NeoNetPlans.stage`)."""
+    where = str(path) if path is not None else "the NeoNet plans"
+    fix = _neonet_plans_fix(path)
+    if not isinstance(plans, dict):
+        raise PlansError(f"{where} holds a JSON {type(plans).__name__}, not the NeoNet plans object. {fix}")
+    missing = [k for k in _REQUIRED_KEYS if k not in plans]
+    if missing:
+        raise PlansError(f"{where} lacks {missing} (keys every NeoNet plans file has). {fix}")
+    for key, kind in _REQUIRED_KEYS.items():
+        if not isinstance(plans[key], kind):
+            raise PlansError(f"{where}: {key!r} must be a JSON {'object' if kind is dict else kind.__name__}, got "
+                             f"{plans[key]!r}. {fix}")
+    for key in ("plans_name", "nnunet_plans", "seg_configuration"):
+        check_safe_name(plans[key], repr(key), where, fix)
+    if "dataset_name" in plans:
+        check_safe_name(plans["dataset_name"], "'dataset_name'", where, fix, allow_double_underscore=True)
+    if not _positive_ints(plans["tlcr"].get("crop_size"), 3):
+        raise PlansError(f"{where}: tlcr.crop_size must be 3 positive integers, got {plans['tlcr'].get('crop_size')!r}. "
+                         f"{fix}")
+    if not _positive_ints(plans["latent"].get("latent_shape"), 3):
+        raise PlansError(f"{where}: latent.latent_shape must be 3 positive integers, got "
+                         f"{plans['latent'].get('latent_shape')!r}. {fix}")
+    confs = plans["configurations"]
+    if not confs:
+        raise PlansError(f"{where} has no configurations. {fix}")
+    for name, conf in confs.items():
+        check_safe_name(name, "configuration name", where, fix)
+        if not isinstance(conf, dict):
+            raise PlansError(f"{where}: configuration {name!r} must be a JSON object, got {conf!r}. {fix}")
+        parent = conf.get("inherits_from")
+        if parent is not None and parent not in confs:
+            raise PlansError(f"{where}: configuration {name!r} inherits from {parent!r}, which is not one of its "
+                             f"configurations {sorted(confs)}. {fix}")
+        bad = [k for k, v in conf.items() if k != "inherits_from" and not isinstance(v, dict)]
+        if bad:
+            raise PlansError(f"{where}: configuration {name!r}: {bad} must be JSON objects of stage settings. {fix}")
+    default = plans.get("default_configuration", {})
+    if not isinstance(default, dict) or any(v not in confs for v in default.values()):
+        raise PlansError(f"{where}: default_configuration must map 'cpu'/'cuda' to configurations of the file "
+                         f"{sorted(confs)}, got {default!r}. {fix}")
+    return plans
+
+
+def check_nnunet_plans(plans: Any, path: Path | None = None) -> dict:
+    """Refuse nnU-Net plans (``NeoNetPlans.json``, a model's ``plans.json``) whose names would put nnU-Net's output
+    outside its folders: nnU-Net builds ``nnUNet_results/<dataset_name>/<Trainer>__<plans_name>__<configuration>``
+    and ``nnUNet_preprocessed/<dataset_name>/<data_identifier>`` from them. Returns ``plans``."""
+    where = str(path) if path is not None else "the nnU-Net plans"
+    fix = _nnunet_plans_fix(path)
+    if not isinstance(plans, dict) or not isinstance(plans.get("configurations"), dict):
+        raise PlansError(f"{where} is not nnU-Net plans (a JSON object with \"configurations\"). {fix}")
+    for key in ("plans_name", "dataset_name"):
+        if key not in plans:
+            raise PlansError(f"{where} lacks {key!r}. {fix}")
+    check_safe_name(plans["plans_name"], "'plans_name'", where, fix)
+    check_safe_name(plans["dataset_name"], "'dataset_name'", where, fix, allow_double_underscore=True)
+    for name, conf in plans["configurations"].items():
+        check_safe_name(name, "nnU-Net configuration name", where, fix)
+        if not isinstance(conf, dict):
+            raise PlansError(f"{where}: configuration {name!r} must be a JSON object. {fix}")
+        if "data_identifier" in conf:
+            check_safe_name(conf["data_identifier"], f"configuration {name!r} data_identifier", where, fix)
+    return plans
+
+
+def load_nnunet_plans(path: str | Path) -> dict:
+    """nnU-Net plans read from ``path`` and checked with :func:`check_nnunet_plans`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `neonet_plan_and_preprocess -d {_dataset_of(path)}` first.")
+    return check_nnunet_plans(read_plans_json(path, _nnunet_plans_fix(path)), path)
+
+
 class NeoNetPlans:
-    """Read access to ``neonet_plans.json`` with configuration inheritance resolved."""
+    """Read access to ``neonet_plans.json`` with configuration inheritance resolved (checked on reading:
+    :func:`check_neonet_plans`)."""
 
     def __init__(self, plans: dict | str | Path):
+        path = None
         if not isinstance(plans, dict):
             path = Path(plans)
             if not path.is_file():
-                raise FileNotFoundError(f"{path} not found: run `neonet_plan_and_preprocess -d {path.parent.name}` "
+                raise FileNotFoundError(f"{path} not found: run `neonet_plan_and_preprocess -d {_dataset_of(path)}` "
                                         "first.")
-            plans = load_json(path)
-        self.plans = plans
+            plans = read_plans_json(path, _neonet_plans_fix(path))
+        self.path = path
+        self.plans = check_neonet_plans(plans, path)
 
     def __getitem__(self, key: str) -> Any:
         return self.plans[key]

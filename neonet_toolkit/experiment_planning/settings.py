@@ -147,6 +147,10 @@ STAGE_SETTINGS = {"seg": SegSettings, "vae": VAESettings, "vqvae": VQVAESettings
 _TYPES = {"int": int, "float": Num, "str": str, "bool": bool, "list": list}
 
 
+class SettingTypeError(TypeError, ValueError):
+    """A stage setting of the wrong type (a ``ValueError`` too, so the commands report it as a user error)."""
+
+
 def validate_stage(stage: str, values: dict, configuration: str = "?") -> Any:
     """The stage's settings as its frozen dataclass; raise naming the problem (unknown key, wrong type,
     missing key). Stages without a dataclass (user extensions) are returned unchanged."""
@@ -155,6 +159,9 @@ def validate_stage(stage: str, values: dict, configuration: str = "?") -> Any:
         return values
     known = {f.name: f for f in fields(cls)}
     where = f"neonet_plans.json configuration {configuration!r}, stage {stage!r}"
+    if not isinstance(values, dict):
+        raise SettingTypeError(f"{where} must be a JSON object of settings, got {values!r}. Fix neonet_plans.json "
+                               "(the gpu_full configuration lists every setting).")
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise KeyError(f"{where}: unknown setting(s) {unknown}; known settings: {sorted(known)}. Fix the spelling "
@@ -170,7 +177,7 @@ def validate_stage(stage: str, values: dict, configuration: str = "?") -> Any:
         if want is int and isinstance(v, float) and float(v).is_integer():
             ok = True
         if not ok:
-            raise TypeError(f"{where}: setting {name!r} must be {f.type}, got {v!r}.")
+            raise SettingTypeError(f"{where}: setting {name!r} must be {f.type}, got {v!r}.")
     return cls(**{k: values[k] for k in known})
 
 

@@ -34,11 +34,29 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.case_ids import check_case_id
+from neonet_toolkit.dataset.contract import load_dataset_json
 from neonet_toolkit.dataset.errors import DatasetError
+from neonet_toolkit.dataset.file_checks import METRE_SPACING_LIMIT_MM
 from neonet_toolkit.dataset.labels import remap_labels, resolve_label_roles
-from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, POSTPROCESSING, NeoNetPlans
 from neonet_toolkit.inference import qc
-from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard
+from neonet_toolkit.inference.inputs import InputCase, scan_inputs, shard
+from neonet_toolkit.inference.outputs import (
+    CASES_FOLDER,
+    ResultKey,
+    check_output_target,
+    digest_files,
+    digest_json,
+    foreign_files,
+    foreign_tables,
+    is_fatal_write_error,
+    load_record,
+    outputs_of,
+    pending_record,
+    refuse_foreign,
+    refuse_orphans,
+    refuse_stale,
+)
 from neonet_toolkit.inference.postprocessing import (
     check_output_folder,
     default_cls_run,
@@ -46,8 +64,8 @@ from neonet_toolkit.inference.postprocessing import (
 )
 from neonet_toolkit.inference.report import crop_png
 from neonet_toolkit.inference.seg import initialize_predictor
-from neonet_toolkit.inference.writers import collect
-from neonet_toolkit.preprocessing.tlcr import tlcr_from_segmentation
+from neonet_toolkit.inference.writers import CSV_FIELDS, collect
+from neonet_toolkit.preprocessing.orientation import canonical_orientation, canonical_tlcr
 from neonet_toolkit.training.cls_predict import (
     decision_rule,
     load_fold_classifier,
@@ -61,7 +79,9 @@ from neonet_toolkit.training.seg.masks import (
     registered_model,
 )
 from neonet_toolkit.utilities.devices import get_device
+from neonet_toolkit.utilities.checkpoints import file_sha256
 from neonet_toolkit.utilities.identifiers import (
+    FINAL_CHECKPOINT,
     PLANS_NAME,
     finished_folds,
     list_cls_runs,
@@ -117,7 +137,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         pp = env["nnUNet_preprocessed"] / self.dataset_name
         self.nplans = NeoNetPlans(pp / NEONET_PLANS_FILE)
         self.device = get_device(device)
-        self.dataset_json = load_json(pp / "dataset.json")
+        self.dataset_json = load_dataset_json(pp / "dataset.json")
         self.roles = resolve_label_roles(self.dataset_json, self.dataset_name)
         self.image_channel = int((self.dataset_json.get("neonet") or {}).get("image_channel", 0))
         self.fingerprint = load_json(pp / "dataset_fingerprint.json")
@@ -135,7 +155,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
                                    perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                    verbose_preprocessing=False, allow_tqdm=False)
         initialize_predictor(self.seg, self.seg_model, self.seg_folds, "checkpoint_final.pth", trust_checkpoints)
-        model_json = load_json(self.seg_model / "dataset.json")
+        model_json = load_dataset_json(self.seg_model / "dataset.json")
         self.file_ending = model_json["file_ending"]
         self.n_channels = len(model_json["channel_names"])
         reg = registered_model(self.dataset_name) or {}
@@ -189,11 +209,39 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         self.min_train_tumor = (min((r["tumor_voxels"] for r in load_json(gt_meta)["cases"].values()
                                      if not r["empty_tumor"]), default=0) if gt_meta.is_file() else 0)
         self.timings: dict[str, float] = {}
+        self.model_file_sha256 = {str(f): file_sha256(f) for f in self._model_files(folder)}
+        self.model_sha256 = digest_json(sorted(self.model_file_sha256.values()))
         self.reuse_preprocessing = self._same_preprocessing()
         self._preprocessed = None  # (image, properties) on NeoSeg's preprocessed grid, last case
         logger.info("TLCR input: %s", "NeoSeg's own preprocessing, reused (same nnU-Net plans and configuration)"
                     if self.reuse_preprocessing else "the NeoNet plans' preprocessing of image + mask (NeoSeg "
                     "model planned differently)")
+
+    def _model_files(self, cls_folder: Path) -> list[Path]:
+        """Every file a result depends on: NeoSeg's plans, dataset.json and fold checkpoints, the NeoNet
+        preprocessing plans and fingerprint, and the classifier fold checkpoints (hashed into each case record)."""
+        pp = paths.ensure_environment()["nnUNet_preprocessed"] / self.dataset_name
+        files = [self.seg_model / "plans.json", self.seg_model / "dataset.json",
+                 *(self.seg_model / f"fold_{f}" / "checkpoint_final.pth" for f in self.seg_folds),
+                 pp / f"{self.nplans['nnunet_plans']}.json", pp / "dataset_fingerprint.json",
+                 *(cls_folder / f"fold_{f}" / FINAL_CHECKPOINT for f, _, _ in self.classifiers)]
+        return [f for f in files if f.is_file()]
+
+    def result_settings(self, save_crops: bool, saliency: bool) -> dict:
+        """The settings that change a case's outputs (hashed into its record with the input and model hashes)."""
+        return {"seg_folds": [str(f) for f in self.seg_folds], "cls_run": self.cls_run,
+                "cls_folds": [f for f, _, _ in self.classifiers], "crop_size": list(self.nplans.crop_size),
+                "spacing": list(self.nplans["spacing"]), "postprocessing": self.postprocessing,
+                "image_channel": self.image_channel, "save_crops": bool(save_crops), "saliency": bool(saliency),
+                "version": __version__}
+
+    def result_key(self, case: InputCase, save_crops: bool, saliency: bool) -> ResultKey:
+        files = case.extra.get("source_files") or case.files
+        try:
+            inp = digest_files(files)
+        except OSError:  # a case that cannot be read fails anyway; its key only has to differ from a good one
+            inp = "unreadable"
+        return ResultKey(inp, self.model_sha256, digest_json(self.result_settings(save_crops, saliency)))
 
     def _same_preprocessing(self) -> bool:
         """True when NeoSeg's preprocessing is exactly the NeoNet plans' (spacing, normalisation,
@@ -211,6 +259,8 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         return {
             "toolkit": "neonet_toolkit", "version": __version__, "dataset": self.dataset_name,
             "seg_model": str(self.seg_model.resolve()), "seg_folds": [str(f) for f in self.seg_folds],
+            "model_sha256": self.model_sha256,
+            "model_files_sha256": self.model_file_sha256,
             "cls_run": self.cls_run, "cls_folds": [f for f, _, _ in self.classifiers],
             "checkpoint_check": ("SKIPPED (--trust-checkpoints): nnU-Net loaded the NeoSeg checkpoints unchecked"
                                  if self.trust_checkpoints else "NeoSeg checkpoints verified loadable with "
@@ -252,6 +302,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         t0 = time.perf_counter()
         rw = self.seg.plans_manager.image_reader_writer_class()
         data, props = rw.read_images([str(f) for f in case.files])
+        self.check_resampled_size(case.case_id, data.shape[1:], props["spacing"])
         pre = self.seg.configuration_manager.preprocessor_class(verbose=False)
         pdata, _, pprops = pre.run_case_npy(data, None, props, self.seg.plans_manager,
                                             self.seg.configuration_manager, self.seg.dataset_json)
@@ -276,6 +327,32 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         self._tick("segmentation", t0)
         return seg.astype(np.uint8), props, data, fold_tumors
 
+    def check_resampled_size(self, case_id: str, shape, spacing) -> None:
+        """Refuse, before nnU-Net resamples, an image whose grid at the model's spacing would be far larger
+        (or smaller) than the training median: 10x the training spacing gave ~650x670x300 voxels and a
+        resampling that did not end; spacing written in metres gives a grid of a few voxels."""
+        cfg, pm = self.seg.configuration_manager, self.seg.plans_manager
+        tf = pm.transpose_forward
+        shape_t = np.array([shape[i] for i in tf], float)
+        spacing_t = np.array([spacing[i] for i in tf], float)
+        new = shape_t * spacing_t / np.asarray(cfg.spacing, float)
+        median = np.asarray(cfg.median_image_size_in_voxels, float)
+        factor = float(np.prod(new) / np.prod(median))
+        limit = float(self.postprocessing.get("qc_max_resampled_size_factor",
+                                              POSTPROCESSING["qc_max_resampled_size_factor"]))
+        where = (f"case {case_id!r}: at the model's spacing {[round(float(x), 3) for x in cfg.spacing]} mm this "
+                 f"image ({list(map(int, shape))} voxels of {[round(float(x), 4) for x in spacing]} mm) would be "
+                 f"resampled to about {[int(round(x)) for x in new]} voxels, {factor:.3g}x the training median "
+                 f"{[int(x) for x in median]}")
+        if np.min(spacing) < METRE_SPACING_LIMIT_MM:
+            raise DatasetError(f"{where}. Its spacing {list(spacing)} looks like metres, not millimetres: re-export "
+                               "the image with its spacing in mm.")
+        if factor > limit or factor < 1.0 / limit ** 2 or np.min(new) < 2:
+            raise DatasetError(f"{where}; NeoNet refuses more than {limit:g}x (or less than 1/{limit ** 2:g}x: "
+                               "postprocessing."
+                               "qc_max_resampled_size_factor in neonet_plans.json). Check the spacing in the file "
+                               "header, or crop/resample the image to the anatomy the model was trained on.")
+
     def remove_spurious_tumor(self, seg: np.ndarray, spacing) -> int:
         """Relabel tumour components below ``min_component_fraction`` x the smallest training tumour (ml)
         as organ, in place. Returns the number of relabelled voxels."""
@@ -297,7 +374,9 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         return int(drop.sum())
 
     def crop(self, data: np.ndarray, seg: np.ndarray, props: dict):
-
+        """TLCR on the NeoNet preprocessed grid, in the canonical orientation of the image geometry
+        (:mod:`neonet_toolkit.preprocessing.orientation`, as the training patches): the same anatomy gives
+        the same crop whatever the storage order's axis directions. ``info.canonical_flips`` records the flips."""
         t0 = time.perf_counter()
         if self.reuse_preprocessing and self._preprocessed is not None:
             d, pprops = self._preprocessed
@@ -307,7 +386,9 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
             pre = self.neonet_cfg.preprocessor_class(verbose=False)
             d, s, _ = pre.run_case_npy(data, seg[None].astype(np.int16), dict(props), self.neonet_pm,
                                        self.neonet_cfg, self.dataset_json)
-        img_p, lab_p, info = tlcr_from_segmentation(d[self.image_channel], s[0], self.roles, self.nplans.crop_size)
+        orientation = canonical_orientation(props, self.neonet_pm.transpose_forward)
+        img_p, lab_p, info = canonical_tlcr(d[self.image_channel], s[0], self.roles, self.nplans.crop_size,
+                                            orientation)
         self._tick("tlcr", t0)
         return img_p, lab_p, info
 
@@ -348,7 +429,12 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         return np.mean(maps, 0).astype(np.float32)
 
     @paths.with_nnunet_environment
-    def predict_case(self, case: InputCase, out: Path, save_crops: bool = False, saliency: bool = False) -> dict:
+    def predict_case(self, case: InputCase, out: Path, save_crops: bool = False, saliency: bool = False,
+                     key: ResultKey | None = None) -> dict:
+        key = key or self.result_key(case, save_crops, saliency)
+        # a pending record first: if the run dies before the final record, the next run knows these files are
+        # NeoNet's (and redoes the case) instead of refusing them as someone else's
+        save_json(pending_record(case.case_id, self.file_ending, key), out / CASES_FOLDER / f"{case.case_id}.json")
         seg, props, data, fold_tumors = self.segment(case)
         removed = self.remove_spurious_tumor(seg, props["spacing"])
         t0 = time.perf_counter()
@@ -367,6 +453,8 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         fp_ch = self.fingerprint["foreground_intensity_properties_per_channel"].get(str(self.image_channel))
         if fp_ch and qc.intensity_flag(data[self.image_channel], organ | tumor, fp_ch):
             flags.append("intensity_out_of_range")
+        # not an MRI of the kind trained on (constant, near-constant, flat organ): no decision is given
+        flags += qc.image_kind_flags(data[self.image_channel], organ | tumor, fp_ch)
         dis, fold_dice = qc.fold_seg_disagreement(fold_tumors, float(post["qc_fold_dice_min"]))
         if dis:
             flags.append("fold_disagreement_seg")
@@ -376,7 +464,9 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
                "fold_tumor_dice": fold_dice, "spurious_tumor_voxels_removed": removed, "tlcr": info.to_dict()}
         if info.empty_tumor:
             flags.insert(0, "no_tumor")
-            rec.update(probability=None, decision=None, fold_probabilities={})
+        if set(flags) & qc.WITHHOLDING_FLAGS:
+            rec.update(probability=None, decision=None, fold_probabilities={},
+                       withheld_because=sorted(set(flags) & qc.WITHHOLDING_FLAGS))
         else:
             if info.tumor_clipped:
                 flags.append("tumor_exceeds_crop")
@@ -400,7 +490,9 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
                 self._write_crops(out, case.case_id, img_p, lab_p, saliency)
                 self._tick("export", t0)
         rec["qc_flags"] = flags
-        save_json(rec, out / "cases" / f"{case.case_id}.json")
+        rec["result_key"] = key.to_dict()
+        rec["outputs"] = outputs_of(out, case.case_id, self.file_ending)
+        save_json(rec, out / CASES_FOLDER / f"{case.case_id}.json")
         return rec
 
     def _write_crops(self, out: Path, cid: str, img_p: np.ndarray, lab_p: np.ndarray, saliency: bool) -> None:
@@ -427,6 +519,47 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         crop_png(img_p, lab_p, folder / f"{cid}_crop.png", saliency=sal, title=cid, spacing=self.nplans["spacing"])
 
 
+def plan_batch(out: Path, cases: list[InputCase], predictor: NeoNetPredictor, save_crops: bool, saliency: bool,
+               overwrite: bool) -> tuple[list[InputCase], list[InputCase], dict[str, ResultKey]]:
+    """(complete, to compute, result keys) for this batch; stops before any work when the output folder
+    holds files NeoNet did not write, or results these inputs/models/settings would not reproduce (unless
+    ``overwrite``: then they are computed again)."""
+    problems = {"": foreign_tables(out, CSV_FIELDS)} if foreign_tables(out, CSV_FIELDS) else {}
+    stale, done, todo, keys = {}, [], [], {}
+    for c in cases:
+        keys[c.case_id] = key = predictor.result_key(c, save_crops, saliency)
+        rec = load_record(out, c.case_id)
+        bad = foreign_files(out, c.case_id, predictor.file_ending, rec)
+        if bad:
+            problems[c.case_id] = bad
+            continue
+        if overwrite or rec is None or rec.get("status") in ("failed", "pending"):
+            todo.append(c)
+            continue
+        reason = key.stale_reason(rec)
+        complete = (out / f"{c.case_id}{predictor.file_ending}").is_file()
+        if reason is None and complete:
+            done.append(c)
+        elif reason is None:
+            todo.append(c)
+        else:
+            stale[c.case_id] = reason
+    # records of cases this run does not see (another input folder, another part) must come from the same
+    # models, or predictions.csv would list them under this run's provenance
+    ours, orphans = {c.case_id for c in cases}, []
+    for f in sorted((out / CASES_FOLDER).glob("*.json")) if (out / CASES_FOLDER).is_dir() else []:
+        rec = load_record(out, f.stem)
+        if f.stem in ours or rec is None or rec.get("status") == "pending":
+            continue
+        if (rec.get("result_key") or {}).get("model_sha256") != predictor.model_sha256:
+            orphans.append(f.stem)
+    refuse_foreign(out, problems)
+    refuse_orphans(out, orphans)  # --overwrite cannot redo a case whose input is not here
+    if not overwrite:
+        refuse_stale(out, stale)
+    return done, todo, keys
+
+
 def predict(input_folder: str | Path, output_folder: str | Path, dataset, seg_model=None, cls_run=None,
             folds=None, device: str = "auto", save_crops: bool = False, saliency: bool = False, num_parts: int = 1,
             part_id: int = 0, overwrite: bool = False, trust_checkpoints: bool = False) -> dict:
@@ -435,35 +568,46 @@ def predict(input_folder: str | Path, output_folder: str | Path, dataset, seg_mo
 
     out = Path(output_folder)
     check_output_folder(input_folder, out)
+    check_output_target(out)
     predictor = NeoNetPredictor(dataset, seg_model=seg_model, cls_run=cls_run, folds=folds, device=device,
                                 trust_checkpoints=trust_checkpoints)
-    cases = discover_inputs(input_folder, predictor.file_ending, predictor.n_channels,
-                            work_folder=out / ".work" / "dicom")
-    mine = shard(cases, num_parts, part_id)
-    out.mkdir(parents=True, exist_ok=True)
-    done, todo = [], []
+    scan = scan_inputs(input_folder, predictor.file_ending, predictor.n_channels, work_folder=out / ".work" / "dicom")
+    mine = shard(scan.cases, num_parts, part_id)
     for c in mine:
         check_case_id(c.case_id)
-        complete = (out / "cases" / f"{c.case_id}.json").is_file() and \
-            (out / f"{c.case_id}{predictor.file_ending}").is_file()
-        (done if complete and not overwrite else todo).append(c)
+    done, todo, keys = plan_batch(out, mine, predictor, save_crops, saliency, overwrite)
     if done:
-        logger.info("%d case(s) already complete in %s (use --overwrite to redo): %s", len(done), out,
-                    [c.case_id for c in done][:10])
-    failed = []
+        logger.info("%d case(s) already complete in %s for these inputs, models and settings (use --overwrite to "
+                    "redo): %s", len(done), out, [c.case_id for c in done][:10])
+    failed, stopped = [], None
     for c in tqdm(todo, desc="neonet_predict", unit="case", disable=None):
         try:
             if c.error:
                 raise DatasetError(c.error)
-            rec = predictor.predict_case(c, out, save_crops=save_crops, saliency=saliency)
+            rec = predictor.predict_case(c, out, save_crops=save_crops, saliency=saliency, key=keys[c.case_id])
             logger.info("%s: probability=%s flags=%s", c.case_id, rec["probability"], rec["qc_flags"])
         except Exception as e:  # one bad case never sinks the batch: record it, go on, exit non-zero
+            if is_fatal_write_error(e):  # disk full, read-only: no later case can be written either
+                stopped = f"writing case {c.case_id!r} failed ({e.strerror or e}: {getattr(e, 'filename', '')})"
+                logger.error("%s: the batch stops", stopped)
+                break
             reason = str(e).splitlines()[0] if isinstance(e, DatasetError) else f"{type(e).__name__}: {e}"
             logger.error("%s: FAILED (%s)", c.case_id, reason)
             failed.append(c.case_id)
             save_json({"case_id": c.case_id, "status": "failed", "error": reason, "probability": None,
                        "decision": None, "fold_probabilities": {}, "qc_flags": [],
-                       "input_files": [str(f) for f in c.files]}, out / "cases" / f"{c.case_id}.json")
-    recs = collect(out, predictor.provenance())
+                       "input_files": [str(f) for f in c.files], "result_key": keys[c.case_id].to_dict(),
+                       "outputs": {}}, out / CASES_FOLDER / f"{c.case_id}.json")
+    if stopped is not None:
+        complete = [c.case_id for c in todo[:todo.index(c)] if c.case_id not in failed] + [d.case_id for d in done]
+        try:
+            collect(out, {**predictor.provenance(), "unused_inputs": scan.unused_dict()})
+            written = f"predictions.csv lists the {len(complete)} complete case(s)"
+        except OSError as e:
+            written = f"predictions.csv could not be written either ({e.strerror or e}); the complete cases' " \
+                      f"records are in {out / CASES_FOLDER}"
+        raise DatasetError(f"{stopped}. The batch stopped: {written}. Free space (or fix permissions) and rerun the "
+                           "same command: complete cases are kept, the rest are computed.")
+    recs = collect(out, {**predictor.provenance(), "unused_inputs": scan.unused_dict()})
     return {"cases": recs, "predicted": [c for c in (x.case_id for x in todo) if c not in failed],
             "failed": failed, "skipped": [c.case_id for c in done], "timings_s": dict(predictor.timings)}

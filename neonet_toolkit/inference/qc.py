@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from neonet_toolkit.dataset.verification import is_flat
+
 QC_FLAGS = {
     "no_tumor": "NeoSeg found no tumour in the (fold-ensembled) segmentation (tumour components smaller than 20 % "
                 "of the smallest training tumour count as spurious and are relabelled as organ): no TLCR crop and no "
@@ -18,6 +20,13 @@ QC_FLAGS = {
     "small_tumor": "Fewer tumour voxels than the smallest training tumour: outside what the models were trained on.",
     "spacing_out_of_range": "The image spacing is outside the range seen in training (nnU-Net fingerprint, "
                             "x0.8..x1.25 tolerance); resampling may change what the models see.",
+    "constant_image": "The image is constant, all zero or nearly so (its relative intensity spread, std / (|mean| + "
+                      "std), is below 5 % of the training foreground's, from the nnU-Net fingerprint): not an MRI. "
+                      "No probability and no decision are given; the mask is meaningless. Check the export.",
+    "image_not_trained_kind": "The intensities inside the segmented liver+tumour have (nearly) no spread (relative "
+                              "spread below 5 % of the training foreground's, or constant): not an MRI of the kind "
+                              "the models were trained on (blank, saturated or synthetic region). No probability and "
+                              "no decision are given. Check the image.",
     "intensity_out_of_range": "The median intensity inside the segmented liver+tumour is outside the training "
                               "fingerprint's 0.5-99.5 percentile range of foreground intensities (other scanner, "
                               "sequence or scaling).",
@@ -30,6 +39,63 @@ QC_FLAGS = {
                                                "mask: its validation AUC does not describe this end-to-end use. "
                                                "Train with --crop-source pred for an end-to-end model.",
 }
+
+
+#: flags that withhold the probability and the decision (the record keeps its mask and its other flags)
+WITHHOLDING_FLAGS = frozenset({"no_tumor", "constant_image", "image_not_trained_kind"})
+
+#: A case's relative spread (std / (|mean| + std), scale-free) below this fraction of the training foreground's
+#: is "nearly constant". A single case's organ has less spread than the pooled training foreground (which adds
+#: between-case and organ/tumour contrast), but of the same order: 0.5-0.9 per case on the phantom (not yet measured
+#: on real MRI). A constant image with noise of 0.2 % of its level has a ratio below 0.01 (for a training
+#: relative spread of 0.25, the phantom's). 0.05 leaves a margin of 5x or more on both sides.
+NOT_TRAINED_SPREAD_FRACTION = 0.05
+
+
+def relative_spread(values: np.ndarray) -> float:
+    """std / (|mean| + std): 0 for a constant, up to 1 for zero-mean values; unchanged by intensity scaling."""
+    v = np.asarray(values, dtype=np.float64)
+    return _relative(float(v.mean()), float(v.std()))
+
+
+def _relative(mean: float, std: float) -> float:
+    denom = abs(mean) + std
+    return std / denom if denom > 0 else 0.0
+
+
+def image_kind_flags(image: np.ndarray, roi: np.ndarray, fingerprint_channel: dict | None) -> list[str]:
+    """``["constant_image"]``, ``["image_not_trained_kind"]`` or ``[]``: is this image an MRI of the kind trained on?
+
+    ``image``: the raw image channel the classifier uses; ``roi``: the predicted organ+tumour mask on the same
+    grid; ``fingerprint_channel``: that channel's entry of the training fingerprint's
+    ``foreground_intensity_properties_per_channel`` (``mean``, ``std``; ``None`` or without them, only exact
+    constancy is judged).
+
+    * ``constant_image``: the whole image is constant up to float32 rounding (all zero included), or its relative
+      spread is below :data:`NOT_TRAINED_SPREAD_FRACTION` x the training foreground's.
+    * ``image_not_trained_kind``: the same two tests on the voxels inside ``roi`` (not judged when it is empty).
+
+    Both are in :data:`WITHHOLDING_FLAGS`. Non-finite voxels are left out (inputs with them are refused earlier).
+    """
+    img = np.asarray(image)
+    finite = np.isfinite(img)
+    values = img[finite]
+    if values.size == 0:
+        return ["constant_image"]
+    fp = fingerprint_channel or {}
+    limit = None
+    if fp.get("std") is not None and fp.get("mean") is not None:
+        limit = NOT_TRAINED_SPREAD_FRACTION * _relative(float(fp["mean"]), float(fp["std"]))
+
+    def flat(v: np.ndarray) -> bool:
+        return is_flat(v) or (limit is not None and relative_spread(v) < limit)
+
+    if flat(values):
+        return ["constant_image"]
+    region = np.asarray(roi, bool) & finite
+    if region.any() and flat(img[region]):
+        return ["image_not_trained_kind"]
+    return []
 
 
 def spacing_flag(spacing, training_spacings, tolerance=(0.8, 1.25)) -> bool:

@@ -16,7 +16,9 @@ from typing import Iterable, Sequence
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.labels import remap_labels
 from neonet_toolkit.training.seg.masks import (
+    SegCheckpointError,
     check_model_folder,
+    check_seg_checkpoint,
     default_model_folder,
     label_map_by_name,
     model_folds,
@@ -62,11 +64,28 @@ def initialize_predictor(predictor, model_folder: str | Path, folds: Sequence[in
         return
     dataset_json = load_json(model_folder / "dataset.json")
     plans_manager = PlansManager(load_json(model_folder / "plans.json"))
-    checkpoints = [load_verified_checkpoint(model_folder / f"fold_{f}" / checkpoint_name) for f in folds]
+    files = [model_folder / f"fold_{f}" / checkpoint_name for f in folds]
+    checkpoints = [load_verified_checkpoint(f) for f in files]
+    # what each file says it is, before a network is built from it (an edited trainer_name, a classifier fold)
+    names = [check_seg_checkpoint(c, f, model_folder, plans_manager.available_configurations)
+             for c, f in zip(checkpoints, files)]
+    if len(set(names)) > 1:
+        raise SegCheckpointError(f"The folds of {model_folder} record different trainers "
+                                 f"{dict(zip(map(str, files), names))}: one model's folds share one trainer. Replace "
+                                 "the edited checkpoint(s) with the originals.")
     first = checkpoints[0]
-    trainer_name = first["trainer_name"]
+    trainer_name = names[0]
     configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
-    trainer_class = NEOSEG_TRAINERS.get(trainer_name) or recursive_find_trainer_class_by_name(trainer_name)
+    trainer_class = NEOSEG_TRAINERS.get(trainer_name)
+    if trainer_class is None:
+        try:
+            trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+        except (RuntimeError, AssertionError, ImportError) as e:
+            raise SegCheckpointError(
+                f"{files[0]} records trainer_name {trainer_name!r}, which is neither a NeoSeg trainer "
+                f"({sorted(NEOSEG_TRAINERS)}) nor an nnU-Net trainer class (searched nnunetv2.training.nnUNetTrainer "
+                f"and nnUNet_extTrainer: {type(e).__name__}). A model trained with your own trainer: add its folder "
+                "to nnUNet_extTrainer. Otherwise the checkpoint was edited: replace it with the original.") from None
     if "plans_manager" not in inspect.signature(trainer_class.build_network_architecture).parameters:
         # a trainer with nnU-Net's old build signature: nnU-Net's own loader knows both (checked files above)
         predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
@@ -77,6 +96,14 @@ def initialize_predictor(predictor, model_folder: str | Path, folds: Sequence[in
         determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
         plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
     parameters = [c["network_weights"] for c in checkpoints]
+    for f, weights in zip(files, parameters):
+        try:
+            network.load_state_dict(weights)
+        except RuntimeError as e:
+            raise SegCheckpointError(
+                f"The weights in {f} do not fit the {trainer_name} network built from {model_folder / 'plans.json'} "
+                f"({str(e).strip().splitlines()[0][:200]}): the checkpoint was edited or belongs to another model. "
+                "Replace it with the original, or retrain that fold.") from None
     network.load_state_dict(parameters[0])
     predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
                                     trainer_name, first.get("inference_allowed_mirroring_axes"))

@@ -16,7 +16,7 @@ def collect(out: str | Path, provenance: dict | None = None) -> list[dict]:
     recs = [load_json(f) for f in sorted((out / "cases").glob("*.json"))] if (out / "cases").is_dir() else []
     rows = []
     for r in recs:
-        failed = r.get("status") == "failed"
+        failed = r.get("status") in ("failed", "pending")  # pending: a run stopped inside this case
         rows.append({
             "case_id": r["case_id"], "status": r.get("status", "ok"), "error": r.get("error", ""),
             "probability": "" if r.get("probability") is None else f"{r['probability']:.6f}",

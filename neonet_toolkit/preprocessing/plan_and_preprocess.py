@@ -19,7 +19,12 @@ from neonet_toolkit.dataset.contract import NeoNetDataset
 from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.dataset.verification import verify_dataset
 from neonet_toolkit.experiment_planning.planner import NEONET_NNUNET_PLANS, NeoNetExperimentPlanner
-from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, build_neonet_plans
+from neonet_toolkit.experiment_planning.plans import (
+    NEONET_PLANS_FILE,
+    NeoNetPlans,
+    build_neonet_plans,
+    load_nnunet_plans,
+)
 from neonet_toolkit.experiment_planning.splits import add_repeats, write_or_reuse_splits
 from neonet_toolkit.preprocessing.patches import extract_gt_patches, settings_hash, tumor_report
 from neonet_toolkit.preprocessing.planning_report import nnunet_commands, write_planning_report
@@ -91,6 +96,13 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
 
     ds = NeoNetDataset.load(raw)
     logger.info("%s: %d training cases, %s counts %s", name, len(ds.case_ids), ds.target, ds.class_counts())
+    # plans files from an earlier run are read (and refused with the fix) before any work: the user's
+    # neonet_plans.json is kept below, and nnU-Net's planner merges into an existing NeoNetPlans.json
+    plans_file = pp / NEONET_PLANS_FILE
+    keep_user_plans = plans_file.is_file() and not clean and crop_size_xyz is None
+    user_plans = NeoNetPlans(plans_file).plans if keep_user_plans else None
+    if (pp / f"{NEONET_NNUNET_PLANS}.json").is_file():
+        load_nnunet_plans(pp / f"{NEONET_NNUNET_PLANS}.json")
     t = time.perf_counter()
     # NeoNet's own checks always read every voxel (ITK silently turns NIfTI NaNs into 0, so
     # nnU-Net alone would not notice); --verify_dataset_integrity adds nnU-Net's own verification.
@@ -127,7 +139,7 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
 
     t = time.perf_counter()
     plan_experiment_dataset(dataset_id, experiment_planner_class=NeoNetExperimentPlanner)
-    nn_plans = load_json(pp / f"{NEONET_NNUNET_PLANS}.json")
+    nn_plans = load_nnunet_plans(pp / f"{NEONET_NNUNET_PLANS}.json")
     if SEG_CONFIGURATION not in nn_plans["configurations"]:
         raise DatasetError(f"{name}: nnU-Net planned no 3d_fullres configuration; NeoNet needs 3D images.")
     report["timings_s"]["plan"] = time.perf_counter() - t
@@ -141,14 +153,13 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
         logger.info("nnU-Net preprocessing is up to date; skipped (use --clean to redo).")
     report["timings_s"]["preprocess"] = time.perf_counter() - t
 
-    plans_file = pp / NEONET_PLANS_FILE
     fresh = build_neonet_plans(
         dataset_name=name, target=ds.target, label_roles=ds.roles.to_dict(), nnunet_plans=nn_plans,
         nnunet_plans_name=NEONET_NNUNET_PLANS, seg_configuration=SEG_CONFIGURATION,
         crop_size_xyz=crop_size_xyz or ds.crop_size_xyz, n_folds=len(splits), split_seed=seed,
         class_counts=ds.class_counts())
-    if plans_file.is_file() and not clean and crop_size_xyz is None:
-        plans = load_json(plans_file)  # the user's file wins; refresh only what describes the data
+    if user_plans is not None:
+        plans = user_plans  # the user's file wins; refresh only what describes the data
         for key in ("dataset_name", "nnunet_plans", "seg_configuration", "target", "label_roles", "spacing",
                     "transpose_forward", "transpose_backward", "class_counts"):
             plans[key] = fresh[key]

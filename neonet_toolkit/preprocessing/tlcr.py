@@ -32,6 +32,9 @@ class TLCRInfo:
     tumor_clipped: bool                  # tumour bbox larger than the crop or cut by it
     padded: bool                         # the volume was smaller than the crop on some axis
     empty_tumor: bool
+    # spatial axes reversed before the crop to reach the canonical orientation (set by
+    # preprocessing.orientation.canonical_tlcr; None = not canonicalised, e.g. unknown geometry)
+    canonical_flips: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

@@ -8,7 +8,9 @@ and optionally ``validate()`` / ``extra_state()``. The base class handles:
   ``checkpoint_latest.pth`` (every epoch, atomic), ``checkpoint_final.pth``, ``training_log.txt``,
   ``progress.json`` and ``progress.png``;
 * resuming (``continue_training=True``) from ``checkpoint_latest.pth``; refusing to overwrite a
-  finished fold unless ``overwrite=True``;
+  finished fold unless ``overwrite=True``, and then training in ``fold_N.overwriting`` so that the existing
+  fold stays in place until the new ``checkpoint_final.pth`` is written and verified (then the old fold is
+  moved aside to ``fold_N.replaced-<time>`` and the new one takes its name);
 * devices: ``cpu`` / ``cuda`` / ``cuda:N`` / ``auto``; AMP (bf16 where supported, else fp16 with a
   GradScaler) on CUDA only;
 * torch DDP under ``torchrun`` (NCCL on CUDA, gloo on CPU): only rank 0 writes files.
@@ -19,6 +21,8 @@ Checkpoints hold only tensors and plain Python types, so they load with
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,7 +33,13 @@ from matplotlib.figure import Figure
 
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-from neonet_toolkit.utilities.checkpoints import check_upstream, load_checkpoint, save_checkpoint, upstream_record
+from neonet_toolkit.utilities.checkpoints import (
+    UnsafeCheckpointError,
+    check_upstream,
+    load_checkpoint,
+    save_checkpoint,
+    upstream_record,
+)
 from neonet_toolkit.utilities.devices import Distributed, get_device, unwrap
 from neonet_toolkit.utilities.identifiers import (
     FINAL_CHECKPOINT,
@@ -38,6 +48,7 @@ from neonet_toolkit.utilities.identifiers import (
     fold_folder_name,
     fold_is_finished,
     stage_root,
+    staging_fold_folder,
 )
 from neonet_toolkit.utilities.io import move_aside, save_figure, save_json
 
@@ -177,20 +188,57 @@ class NeoNetTrainer:
             save_checkpoint(self.checkpoint_state(epoch), self.output_folder / name)
 
     def _prepare_folder(self) -> None:
+        """Refuse to replace an existing fold without ``overwrite``. With it, train in a staging folder next to
+        the fold (:func:`~neonet_toolkit.utilities.identifiers.staging_fold_folder`): the existing fold stays
+        untouched until the new final checkpoint is written and verified (:meth:`_publish`)."""
+        self.final_folder = self.output_folder
+        staging = staging_fold_folder(self.output_folder)
         final = self.output_folder / FINAL_CHECKPOINT
         latest = self.output_folder / LATEST_CHECKPOINT
         if self.continue_training:
+            if staging.exists():
+                logger.warning("%s is left from an interrupted --overwrite; --c continues %s, not that run (rerun "
+                               "with --overwrite to start it again).", staging, self.output_folder)
             return
         if (final.exists() or latest.exists()) and not self.overwrite:
             what = (f"a trained {self.stage} model ({FINAL_CHECKPOINT})" if fold_is_finished(self.output_folder)
                     else f"an unfinished {self.stage} training ({LATEST_CHECKPOINT}, no {FINAL_CHECKPOINT})")
             raise FileExistsError(
                 f"{self.output_folder} already holds {what}. Use --c to continue training "
-                "or --overwrite to start again (the old fold folder is moved aside first)."
+                "or --overwrite to start again (the old fold stays in place until the new model is finished and "
+                "verified, then it is moved aside)."
             )
-        if self.overwrite and self.output_folder.is_dir() and self.dist.is_main:
-            aside = move_aside(self.output_folder)
-            self.log("--overwrite: previous results moved to %s", aside)
+        if self.overwrite and self.output_folder.is_dir():
+            if self.dist.is_main and staging.exists():
+                logger.warning("--overwrite: removing %s, left by an interrupted --overwrite run", staging)
+                shutil.rmtree(staging)
+            self.output_folder = staging
+            self.log("--overwrite: training in %s; %s stays as it is until the new model is finished and verified",
+                     staging, self.final_folder)
+
+    def _publish(self) -> None:
+        """After ``--overwrite``: check that the staged ``checkpoint_final.pth`` loads (``weights_only=True``) and
+        holds every saved module, then move the old fold aside and give the staged folder its name. A check
+        that fails leaves the old fold in place and raises naming the staged file."""
+        if self.output_folder == self.final_folder:
+            return
+        ck = self.output_folder / FINAL_CHECKPOINT
+        state = load_checkpoint(ck)
+        lacking = [k for k, mod in self.modules_to_save().items() if mod is not None
+                   and (k not in state or set(state[k]) != set(mod.state_dict()))]
+        if "epoch" not in state or lacking:
+            raise UnsafeCheckpointError(
+                f"The new {self.stage} checkpoint {ck} does not hold what it should ({lacking or ['epoch']}); "
+                f"{self.final_folder} was left as it was. Rerun with --overwrite.")
+        aside = move_aside(self.final_folder)
+        try:
+            os.replace(self.output_folder, self.final_folder)
+        except BaseException:
+            os.replace(aside, self.final_folder)
+            raise
+        self.output_folder = self.final_folder
+        self._log_file = self.output_folder / "training_log.txt"
+        self.log("--overwrite: new model verified and in place; previous results moved to %s", aside)
 
     def _resume(self) -> None:
         for name in (LATEST_CHECKPOINT, FINAL_CHECKPOINT):
@@ -254,7 +302,9 @@ class NeoNetTrainer:
         self.finish()
         if self.dist.is_main:  # written last: its presence is the "finished" rule (identifiers.fold_is_finished)
             save_checkpoint(self.final_state(last), self.output_folder / FINAL_CHECKPOINT)
+            self._publish()
         self.dist.barrier()
+        self.output_folder = self.final_folder
         return self.output_folder
 
 

@@ -1,15 +1,33 @@
-"""Checkpoint I/O: atomic saves, and loads that never run code (``torch.load(..., weights_only=True)``)."""
+"""Checkpoint I/O: atomic saves, and loads that never run code (``torch.load(..., weights_only=True)``).
+
+A checkpoint that carries anything but tensors and plain values, or that is truncated, is refused with
+:class:`UnsafeCheckpointError` naming the file, what it references (listed without running it) and the fix:
+restore the original file or retrain the fold.
+"""
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from neonet_toolkit.utilities.identifiers import (
+    parse_cls_run_name,
+    parse_fold_folder_name,
+    parse_gen_stage_dir,
+    parse_stage_folder_name,
+)
+from neonet_toolkit.utilities.safe_pickle import UnsafePickleError, pickle_globals
+
 logger = logging.getLogger(__name__)
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint references code outside the allow-list (or is not a loadable checkpoint)."""
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -25,14 +43,66 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A NeoNet checkpoint (a dict of tensors and plain values) loaded with ``weights_only=True``.
+
+    Raises :class:`UnsafeCheckpointError` naming the file, why it was refused (the globals a planted object
+    references, listed without running them, or the damage) and the fix; nothing in a refused file runs."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} not found; train this stage/fold first.")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # the weights-only loader met an object it does not allow
+        found = checkpoint_globals(path)
+        what = (f"it references {found}, which a NeoNet checkpoint never holds (only tensors and plain values)"
+                if found else f"it holds objects a NeoNet checkpoint never holds ({_reason(e)})")
+        raise UnsafeCheckpointError(f"Refused to load {path}: {what}. Loading it could run code planted in the "
+                                    f"file, so nothing in it was loaded. {_restore_fix(path)}") from None
+    except Exception as e:  # truncated zip, empty file, not a checkpoint at all
+        raise UnsafeCheckpointError(f"Refused to load {path}: it is not a complete PyTorch checkpoint ({_reason(e)}); "
+                                    f"the file is truncated or damaged. {_restore_fix(path)}") from None
+    if not isinstance(state, dict):
+        raise UnsafeCheckpointError(f"Refused to load {path}: it holds a {type(state).__name__}, not a NeoNet "
+                                    f"checkpoint (a dict of weights and settings). {_restore_fix(path)}")
+    return state
 
 
+def checkpoint_globals(path: str | Path) -> list[str]:
+    """The globals a checkpoint references beyond torch's weights-only allow-list, listed without running it
+    (zip checkpoints through torch, older plain-pickle ones through :func:`~.safe_pickle.pickle_globals`);
+    empty when none can be listed."""
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:
+        try:
+            return sorted(pickle_globals(Path(path).read_bytes()))
+        except (UnsafePickleError, OSError):
+            return []
 
 
+def _reason(e: BaseException) -> str:
+    """A short reason for a failed load; torch's advice to load with weights_only=False is never passed on."""
+    text = str(e).strip().split("\n")[0].split(". ")[0]
+    if "weights_only" in text or "weights only" in text.lower():
+        text = "the weights-only loader refused its content"
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+def _restore_fix(path: Path) -> str:
+    """The fix for a refused NeoNet checkpoint: the original file, or the command that retrains its fold."""
+    fold = parse_fold_folder_name(path.parent.name)
+    try:
+        stage_dir, _ = parse_stage_folder_name(path.parent.parent.name)
+    except ValueError:
+        stage_dir = None
+    if fold is None or stage_dir is None:
+        return "Replace it with the original file, or retrain the model that wrote it."
+    ds = path.parent.parent.parent.name  # the dataset folder name, as the commands take it
+    cls_run, gen_run = parse_cls_run_name(stage_dir), parse_gen_stage_dir(stage_dir)
+    stage = "cls" if cls_run is not None else gen_run.stage if gen_run is not None else stage_dir
+    options = f" with the options that made {stage_dir}" if stage != stage_dir else ""
+    return (f"Replace it with the original file, or retrain the fold: `neonet_train {ds} {stage} {fold} --overwrite`"
+            f"{options}.")
 # ----------------------------------------------------------------------------- checkpoints handed to nnU-Net
 # nnU-Net loads its own checkpoints with ``torch.load(weights_only=False)``, which runs any code a pickle
 # carries. Before NeoNet hands a model folder to nnU-Net, every checkpoint it will read is checked here
@@ -44,10 +114,6 @@ NNUNET_CHECKPOINT_GLOBALS = tuple(
                 *(getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Float16DType", "Int64DType",
                                                   "Int32DType", "BoolDType") if hasattr(np, "dtypes")))
 )
-
-
-class UnsafeCheckpointError(RuntimeError):
-    """A checkpoint references code outside the allow-list (or is not a loadable checkpoint)."""
 
 
 def _global_name(obj) -> str:
@@ -70,19 +136,19 @@ def load_verified_checkpoint(path: str | Path, allowed=NNUNET_CHECKPOINT_GLOBALS
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception as e:  # not a torch zip / pickle at all, truncated, ...
-        raise UnsafeCheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}). "
+        raise UnsafeCheckpointError(f"{path} is not a readable PyTorch checkpoint ({_reason(e)}). "
                                     "Replace it with the original file.") from None
     bad = sorted(set(found) - ok)
     if bad:
         raise UnsafeCheckpointError(
-            f"{path} references {bad}, which a model checkpoint never needs: loading it (nnU-Net uses "
-            "weights_only=False) could run code planted in the file. Refusing. If you trust this file and its "
+            f"{path} references {bad}, which a model checkpoint never needs: loading it (nnU-Net's loader runs "
+            "whatever code a checkpoint carries) could run code planted in the file. Refusing. If you trust this file and its "
             "source, rerun with --trust-checkpoints (logged and written to provenance).")
     try:
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UnsafeCheckpointError(f"{path} does not load as a plain checkpoint ({type(e).__name__}: {e}). "
+        raise UnsafeCheckpointError(f"{path} does not load as a plain checkpoint ({_reason(e)}). "
                                     "Replace it with the original file, or rerun with --trust-checkpoints if "
                                     "you trust it.") from None
 

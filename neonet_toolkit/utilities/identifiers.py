@@ -46,6 +46,34 @@ PROTOCOL_LABELS = {
 # "oversample" = real minority cases repeated, "weighted" = class-weighted loss on the real cases
 ARMS = ("synthetic", "both", "oversample", "weighted")
 _ARM_TAGS = {"synthetic": "", "both": "_both", "oversample": "_over", "weighted": "_wloss"}
+# A name read from a file (plans, dataset.json, a checkpoint) that becomes a folder name: the rule case ids follow
+# (dataset/case_ids.check_case_id), so it can never leave its parent folder. '__' separates the parts of a
+# result-folder name (``<stage>__<plans>``, nnU-Net's ``<Trainer>__<Plans>__<configuration>``), so a part may not
+# contain it, or the folder would parse back into other parts.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+SAFE_NAME_RULE = ("letters, digits, '_', '-' and '.' only, starting with a letter or digit, without '..', '__' or "
+                  "path separators")
+
+
+class UnsafeNameError(ValueError):
+    """A name that would become a folder name could leave its folder (or be parsed back wrongly)."""
+
+
+def check_safe_name(name, what: str = "name", where: str = "", fix: str = "", allow_double_underscore: bool = False
+                    ) -> str:
+    """Return ``name`` if it is safe as one folder-name segment (:data:`SAFE_NAME_RULE`), else raise
+    :class:`UnsafeNameError` naming ``what``, ``where`` it was read and the ``fix``. ``allow_double_underscore``
+    for names that are never one part of a ``__``-joined folder name (e.g. dataset folders)."""
+    ok = isinstance(name, str) and bool(_SAFE_NAME.match(name)) and ".." not in name and (
+        allow_double_underscore or "__" not in name)
+    if not ok:
+        rule = SAFE_NAME_RULE if not allow_double_underscore else SAFE_NAME_RULE.replace(", '__'", "")
+        raise UnsafeNameError(f"{what} {name!r}{' in ' + str(where) if where else ''} is not a safe folder name "
+                              f"(allowed: {rule}); it becomes part of a result path, so it is refused."
+                              f"{' ' + fix if fix else ''}")
+    return name
+
+
 _CLS_RUN_RE = re.compile(r"^cls_(?P<arch>[a-z0-9]+(?:_[a-z][a-z0-9]*)*?)_(?P<ratio>\d+(?:\.\d+)?)"
                          r"(?P<arm>_both|_over|_wloss)?(?P<pred>_pred)?(?:_es(?P<es>nested|val|inner|none))?$")
 
@@ -54,14 +82,14 @@ _CLS_RUN_RE = re.compile(r"^cls_(?P<arch>[a-z0-9]+(?:_[a-z][a-z0-9]*)*?)_(?P<rat
 def dataset_folders(dataset: int | str) -> tuple[str, Path, Path]:
     """(dataset name, nnUNet_preprocessed/<name>, neonet_results/<name>)."""
     env = paths.ensure_environment()
-    name = paths.find_dataset_name(dataset)
+    name = check_safe_name(paths.find_dataset_name(dataset), "dataset name", allow_double_underscore=True)
     return name, env["nnUNet_preprocessed"] / name, env["neonet_results"] / name
 
 
 def stage_folder_name(stage_dir: str, plans_name: str = PLANS_NAME) -> str:
-    """``<stage_dir>__<plans_name>``."""
-    if "__" in stage_dir or "/" in stage_dir or not stage_dir:
-        raise ValueError(f"Invalid stage/run name {stage_dir!r}: non-empty, without '__' or '/'.")
+    """``<stage_dir>__<plans_name>`` (both parts checked with :func:`check_safe_name`)."""
+    check_safe_name(stage_dir, "stage/run name")
+    check_safe_name(plans_name, "plans name")
     return f"{stage_dir}__{plans_name}"
 
 
@@ -93,6 +121,13 @@ def stage_fold_folder(dataset: int | str, stage_dir: str, fold: int, plans_name:
     return stage_root(res, stage_dir, plans_name) / fold_folder_name(fold)
 
 
+def staging_fold_folder(fold_folder: Path, prefix: str = "") -> Path:
+    """``<prefix>fold_N.overwriting`` next to ``fold_N``: where ``--overwrite`` trains until the new model is
+    finished and verified (never taken for a fold: :func:`parse_fold_folder_name` does not match it). nnU-Net
+    model folders use ``prefix="new-"``: nnU-Net takes every ``fold_*`` folder of a model for a fold."""
+    return Path(fold_folder).with_name(f"{prefix}{Path(fold_folder).name}.overwriting")
+
+
 def fold_folders(run_root: Path) -> dict[int, Path]:
     """{fold: folder} for every ``fold_N`` directory under a stage/run root."""
     out: dict[int, Path] = {}
@@ -115,7 +150,10 @@ def finished_folds(run_root: Path) -> dict[int, Path]:
 
 def nnunet_trainer_folder_name(trainer: str, nnunet_plans: str = NNUNET_PLANS_NAME,
                                configuration: str = SEG_CONFIGURATION) -> str:
-    """nnU-Net's ``<Trainer>__<Plans>__<configuration>`` result folder name."""
+    """nnU-Net's ``<Trainer>__<Plans>__<configuration>`` result folder name (each part checked)."""
+    for what, part in (("nnU-Net trainer name", trainer), ("nnU-Net plans name", nnunet_plans),
+                       ("nnU-Net configuration", configuration)):
+        check_safe_name(part, what)
     return f"{trainer}__{nnunet_plans}__{configuration}"
 
 
@@ -123,8 +161,8 @@ def nnunet_model_folder(dataset: int | str, trainer: str, nnunet_plans: str = NN
                         configuration: str = SEG_CONFIGURATION) -> Path:
     """``nnUNet_results/<ds>/<Trainer>__<Plans>__<configuration>``."""
     env = paths.ensure_environment()
-    return env["nnUNet_results"] / paths.find_dataset_name(dataset) / nnunet_trainer_folder_name(
-        trainer, nnunet_plans, configuration)
+    name = check_safe_name(paths.find_dataset_name(dataset), "dataset name", allow_double_underscore=True)
+    return env["nnUNet_results"] / name / nnunet_trainer_folder_name(trainer, nnunet_plans, configuration)
 
 
 # ----------------------------------------------------------------------------- classifier runs
@@ -197,6 +235,7 @@ def list_cls_runs(results_root: Path, plans_name: str = PLANS_NAME, finished_onl
     Folders that are not trained runs (evaluation reports, shortcut checks, ...) never match."""
     out = []
     root = Path(results_root)
+    check_safe_name(plans_name, "plans name")
     if not root.is_dir():
         return out
     for d in sorted(root.glob(f"{CLS_PREFIX}*__{plans_name}")):
@@ -293,6 +332,7 @@ def parse_gen_stage_dir(name: str) -> GenRunId | None:
 def list_synthetic_sets(results_root: Path, fold: int, plans_name: str = PLANS_NAME) -> dict[str, GenRunId]:
     """{folder prefix: id} of every synthetic set of ``fold`` under ``neonet_results/<ds>`` that has a manifest."""
     out = {}
+    check_safe_name(plans_name, "plans name")
     for d in sorted(Path(results_root).glob(f"synthetic*__{plans_name}")):
         try:
             prefix, _ = parse_stage_folder_name(d.name)

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from neonet_toolkit.dataset.case_ids import check_case_id, safe_join
-from neonet_toolkit.dataset.contract import NeoNetDataset, read_case_labels
+from neonet_toolkit.dataset.contract import NeoNetDataset, load_dataset_json, read_case_labels
 from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.dataset.labels import resolve_label_roles
 from neonet_toolkit.dataset.verification import verify_dataset
@@ -208,3 +208,77 @@ def test_missing_label_file_and_channel(ds_folder):
 def test_phantom_refuses_to_overwrite(template):
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         make_phantom_dataset(template.parent, 777, "Other")
+
+
+# --- issue 21 item 10: CSV and dataset.json problems are named errors, never tracebacks -------------------
+
+def test_trailing_comma_on_the_rows_is_a_named_error(ds_folder):
+    rows = _rows(ds_folder)
+    (ds_folder / "case_labels.csv").write_text("case_id,PNI\n" + "\n".join(r + "," for r in rows) + "\n",
+                                               encoding="utf-8")  # an AttributeError before
+    with pytest.raises(DatasetError) as err:
+        NeoNetDataset.load(ds_folder)
+    msg = str(err.value)
+    assert "case_labels.csv: 10 line(s) have more fields than the header ['case_id', 'PNI']" in msg
+    assert "line(s) [2, 3, 4" in msg and "a trailing comma?" in msg and "Remove the trailing comma(s)" in msg
+
+
+def test_trailing_comma_on_every_line_including_the_header_is_accepted(ds_folder):
+    rows = _rows(ds_folder)
+    (ds_folder / "case_labels.csv").write_text("case_id,PNI,\n" + "\n".join(r + "," for r in rows) + "\n",
+                                               encoding="utf-8")
+    assert len(NeoNetDataset.load(ds_folder).case_labels) == 10
+
+
+def test_latin1_csv_is_a_named_error(ds_folder):
+    rows = _rows(ds_folder)
+    (ds_folder / "case_labels.csv").write_bytes(
+        ("case_id,PNI,remark\n" + "\n".join(r + "," for r in rows[:3]) + f"\n{rows[3]},Müller\n").encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"case_labels.csv is not UTF-8 text \(byte 0xfc on line 5; Latin-1.*"
+                                           r"Save it as UTF-8"):
+        NeoNetDataset.load(ds_folder)
+
+
+def test_semicolon_separated_csv_gets_a_hint(ds_folder):
+    _csv(ds_folder, [r.replace(",", ";") for r in _rows(ds_folder)], header="case_id;PNI")
+    with pytest.raises(DatasetError, match="seems to use ';' as separator"):
+        NeoNetDataset.load(ds_folder)
+
+
+@pytest.mark.parametrize("key", ["labels", "channel_names", "numTraining", "file_ending"])
+def test_dataset_json_without_a_required_key_names_the_file_and_the_fix(ds_folder, key):
+    f = ds_folder / "dataset.json"
+    dj = json.loads(f.read_text(encoding="utf-8"))
+    dj.pop(key)
+    f.write_text(json.dumps(dj), encoding="utf-8")
+    with pytest.raises(DatasetError) as err:
+        NeoNetDataset.load(ds_folder)
+    msg = str(err.value)
+    assert msg.startswith(f"{f} lacks the required nnU-Net key(s) ['{key}']; add \"{key}\": ")
+
+
+@pytest.mark.parametrize("edit, match", [
+    ({"labels": {"liver": 1, "tumor": 2}}, r"'labels' must declare \"background\": 0"),
+    ({"labels": []}, r"'labels' must be an object of label names to ids"),
+    ({"channel_names": {}}, r"'channel_names' must be a non-empty object"),
+    ({"numTraining": "10"}, r"'numTraining' must be a positive integer"),
+    ({"numTraining": 12}, r"numTraining is 12 but imagesTr holds 10 case\(s\); set \"numTraining\": 10"),
+    ({"file_ending": "nii.gz"}, r"'file_ending' must be a string like"),
+])
+def test_dataset_json_with_unusable_values(ds_folder, edit, match):
+    f = ds_folder / "dataset.json"
+    dj = json.loads(f.read_text(encoding="utf-8"))
+    dj.update(edit)
+    f.write_text(json.dumps(dj), encoding="utf-8")
+    with pytest.raises(DatasetError, match=match):
+        NeoNetDataset.load(ds_folder)
+
+
+def test_dataset_json_that_is_not_json(ds_folder, tmp_path):
+    f = ds_folder / "dataset.json"
+    f.write_text(f.read_text(encoding="utf-8").replace(",", "", 1), encoding="utf-8")
+    with pytest.raises(DatasetError,
+                       match=r"dataset.json is not valid JSON \(Expecting ',' delimiter at line \d+, column \d+\)"):
+        NeoNetDataset.load(ds_folder)
+    with pytest.raises(DatasetError, match=r"does not exist"):
+        load_dataset_json(tmp_path / "nowhere" / "dataset.json")

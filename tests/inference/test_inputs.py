@@ -1,12 +1,15 @@
 """Input discovery (nnU-Net naming, DICOM series), sharding and QC helpers."""
+import os
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from neonet_toolkit.dataset.errors import DatasetError
-from neonet_toolkit.inference.inputs import InputCase, discover_inputs, shard
+from neonet_toolkit.inference.inputs import InputCase, discover_inputs, scan_inputs, shard
 from neonet_toolkit.inference.qc import (
-    crop_border_flag, fold_cls_disagreement, fold_seg_disagreement, intensity_flag, spacing_flag)
+    QC_FLAGS, WITHHOLDING_FLAGS, crop_border_flag, fold_cls_disagreement, fold_seg_disagreement, image_kind_flags,
+    intensity_flag, spacing_flag)
 
 
 def _nifti(path, shape=(6, 8, 10), spacing=(1.0, 1.0, 2.0), value=1.0):
@@ -224,3 +227,160 @@ def test_damaged_cached_dicom_conversion_is_converted_again(tmp_path):
     (case,) = discover_inputs(tmp_path / "in", work_folder=tmp_path / "work")
     assert case.error is None
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(case.files[0]))), vol)
+
+
+# --- issue 21 item 6: nothing dropped silently; mixed inputs; unique case ids -------------------------------
+
+def test_nii_case_beside_niigz_cases_is_predicted(tmp_path):
+    # c2_0000.nii was never predicted beside .nii.gz cases; nnU-Net's readers read both, so it is a case
+    _nifti(tmp_path / "c1_0000.nii.gz")
+    _nifti(tmp_path / "c2_0000.nii", value=2.0)
+    scan = scan_inputs(tmp_path)
+    assert [(c.case_id, c.files[0].name, c.error) for c in scan.cases] == [
+        ("c1", "c1_0000.nii.gz", None), ("c2", "c2_0000.nii", None)]
+    assert scan.unused == []
+
+
+def test_same_channel_as_nii_and_niigz_is_refused_naming_both(tmp_path):
+    _nifti(tmp_path / "c1_0000.nii.gz")
+    _nifti(tmp_path / "c1_0000.nii")
+    with pytest.raises(DatasetError, match=r"case 'c1': channel 0000 is given by 2 files.*c1_0000.nii.*keep one"):
+        scan_inputs(tmp_path)
+
+
+def test_case_in_another_image_format_fails_by_name(tmp_path):
+    _nifti(tmp_path / "c1_0000.nii.gz")
+    img = sitk.GetImageFromArray(np.ones((6, 8, 10), np.float32))
+    sitk.WriteImage(img, str(tmp_path / "c3_0000.nrrd"))
+    cases = {c.case_id: c for c in scan_inputs(tmp_path).cases}
+    assert cases["c1"].error is None
+    assert cases["c3"].error == ("case 'c3': not in this model's image format (.nii.gz or .nii): convert "
+                                 "c3_0000.nrrd -> c3_0000.nii.gz (e.g. SimpleITK WriteImage(ReadImage(old), new)) "
+                                 "and rerun.")
+
+
+def test_dicom_folder_beside_nifti_cases_is_predicted_and_the_rest_is_listed(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _nifti(inp / "c1_0000.nii.gz")
+    vol = (np.arange(5 * 12 * 10).reshape(5, 12, 10) % 300 + 1).astype(np.int16)
+    write_dicom_series(vol, inp / "pat 7")
+    (inp / "pat 7" / "notes.txt").write_text("referral", encoding="utf-8")
+    (inp / "README.md").write_text("batch of May", encoding="utf-8")
+    (inp / ".DS_Store").write_bytes(b"\0")
+    (inp / ".work").mkdir()
+    (inp / "labels").mkdir()
+    _nifti(inp / "labels" / "c1.nii.gz")
+    (inp / "empty").mkdir()
+    scan = scan_inputs(inp, work_folder=tmp_path / "work")
+    cases = {c.case_id: c for c in scan.cases}
+    assert sorted(cases) == ["c1", "pat_7"] and all(c.error is None for c in scan.cases)
+    assert cases["pat_7"].source == "dicom" and len(cases["pat_7"].extra["source_files"]) == 5
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(cases["pat_7"].files[0]))), vol)
+    unused = scan.unused_dict()
+    assert set(unused) == {".DS_Store", ".work", "README.md", "empty", "labels", "pat 7/notes.txt"}
+    assert unused[".work"].startswith("hidden") and unused[".DS_Store"].startswith("hidden")
+    assert unused["README.md"].startswith("not an input image")
+    assert "sub-folders are not read" in unused["labels"] and "without a DICOM series (0 file(s))" in unused["empty"]
+    assert unused["pat 7/notes.txt"].startswith("not part of a DICOM series")
+    assert discover_inputs(inp, work_folder=tmp_path / "work")[1].case_id == "pat_7"  # the old API: the cases
+
+
+@pytest.mark.parametrize("names", [("pat_1", "pat 1"), ("a/p1", "b/p1"), ("P1", "p1")])
+def test_colliding_dicom_case_ids_stop_the_batch_before_any_work(tmp_path, names):
+    vol = (np.arange(4 * 12 * 10).reshape(4, 12, 10) % 300 + 1).astype(np.int16)
+    for n in names:
+        write_dicom_series(vol, tmp_path / "in" / n)
+    with pytest.raises(DatasetError) as err:
+        scan_inputs(tmp_path / "in", work_folder=tmp_path / "work")
+    msg = str(err.value)
+    assert "would be given to 2 inputs" in msg and "Rename one of them" in msg
+    assert all(f"DICOM folder {n!r}" in msg for n in names)
+    assert not (tmp_path / "work").exists()  # stopped before converting anything
+
+
+def test_nifti_and_dicom_case_ids_must_not_collide(tmp_path):
+    (tmp_path / "in").mkdir()
+    _nifti(tmp_path / "in" / "p1_0000.nii.gz")
+    write_dicom_series((np.arange(4 * 12 * 10).reshape(4, 12, 10) % 300 + 1).astype(np.int16), tmp_path / "in" / "p1")
+    with pytest.raises(DatasetError, match=r"case id 'p1' would be given to 2 inputs.*file p1_0000.nii.gz.*"
+                                           r"DICOM folder 'p1'"):
+        scan_inputs(tmp_path / "in", work_folder=tmp_path / "work")
+
+
+def test_replaced_dicom_series_is_converted_again(tmp_path):
+    # the cached conversion was returned for a replaced series (issue 21 item 3): the cache is keyed by the series'
+    # file contents, even when the new files keep the old names, sizes and times
+    vol = (np.arange(5 * 12 * 10).reshape(5, 12, 10) % 300 + 1).astype(np.int16)
+    src = tmp_path / "in" / "p1"
+    write_dicom_series(vol, src)
+    (case,) = discover_inputs(tmp_path / "in", work_folder=tmp_path / "work")
+    stat = {f.name: f.stat() for f in src.iterdir()}
+    write_dicom_series(vol[:, ::-1].copy(), src)
+    for f in src.iterdir():
+        os.utime(f, ns=(stat[f.name].st_atime_ns, stat[f.name].st_mtime_ns))
+    (case,) = discover_inputs(tmp_path / "in", work_folder=tmp_path / "work")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(case.files[0]))), vol[:, ::-1])
+
+
+# --- issue 21 item 4a: prediction inputs get planning's NaN/Inf check -----------------------------------------
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("ending", [".nii.gz", ".mha"])
+def test_nonfinite_block_in_a_prediction_input_fails_the_case(tmp_path, bad, ending):
+    # SimpleITK's NIfTI reader (nnU-Net's SimpleITKIO) reads NaN and Inf as 0: the case was predicted unflagged
+    arr = np.random.default_rng(0).random((6, 8, 10)).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / f"good_0000{ending}"))
+    arr[1:3, 2:5, 2:5] = bad
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / f"bad_0000{ending}"))
+    if ending == ".nii.gz":
+        assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "bad_0000.nii.gz")))).all()
+    cases = {c.case_id: c for c in discover_inputs(tmp_path, file_ending=ending)}
+    assert cases["good"].error is None
+    assert cases["bad"].error == (f"case 'bad': image bad_0000{ending} has 18 NaN/Inf voxel(s) (of 480); replace "
+                                  "them (e.g. with 0) or re-export the image from its source.")
+
+
+def test_prediction_input_with_spacing_in_metres_fails_the_case(tmp_path):
+    _nifti(tmp_path / "mm_0000.nii.gz", spacing=(1.5, 1.5, 3.0))
+    _nifti(tmp_path / "m_0000.nii.gz", spacing=(0.0015, 0.0015, 0.003))
+    cases = {c.case_id: c for c in discover_inputs(tmp_path)}
+    assert cases["mm"].error is None
+    err = cases["m"].error
+    assert err.startswith("case 'm': m_0000.nii.gz has voxel spacing [0.0015, 0.0015, 0.003]") and \
+        "looks like metres" in err and "[1.5, 1.5, 3.0]" in err and "x 1000" in err
+
+
+# --- issue 21 item 4b: "this image is not an MRI of the kind trained on" -------------------------------------
+
+@pytest.fixture(scope="module")
+def phantom_fingerprint():
+    """Four phantom cases' pooled foreground mean/std (what nnU-Net's fingerprint records) and a fifth case."""
+    from neonet_toolkit.demo.phantom import make_case
+
+    rng = np.random.default_rng(5)
+    cases = [make_case(rng, (32, 32, 12), (1.5, 1.5, 3.0), positive=bool(k % 2), with_vessel=True)
+             for k in range(5)]
+    fg = np.concatenate([img[m["liver"] | m["tumor"] | m["vessel"]] for img, m in cases[:4]])
+    img, m = cases[4]
+    return {"mean": float(fg.mean()), "std": float(fg.std())}, img, m["liver"] | m["tumor"]
+
+
+def test_image_kind_flags(phantom_fingerprint):
+    fp, img, roi = phantom_fingerprint
+    assert image_kind_flags(img, roi, fp) == []                       # a normal phantom image
+    assert image_kind_flags(img * 1e-3, roi, fp) == []                # scaling is not a reason (z-score per image)
+    assert image_kind_flags(np.zeros_like(img), roi, fp) == ["constant_image"]          # all zero
+    assert image_kind_flags(np.full_like(img, 812.5), roi, fp) == ["constant_image"]    # constant
+    assert image_kind_flags(np.full_like(img, 812.5), roi, None) == ["constant_image"]   # without a fingerprint
+    noisy = 800 + np.random.default_rng(1).normal(0, 1.5, img.shape).astype(np.float32)  # near-constant
+    assert image_kind_flags(noisy, roi, fp) == ["constant_image"]
+    assert image_kind_flags(noisy, roi, None) == []  # without a fingerprint only exact constancy is judged
+    flat_organ = img.copy()
+    flat_organ[roi] = 640.0                                            # zero variance inside the organ
+    assert image_kind_flags(flat_organ, roi, fp) == ["image_not_trained_kind"]
+    near_flat = img.copy()
+    near_flat[roi] = 640.0 + np.random.default_rng(2).normal(0, 1.0, int(roi.sum()))  # near-zero vs training
+    assert image_kind_flags(near_flat, roi, fp) == ["image_not_trained_kind"]
+    assert image_kind_flags(near_flat, np.zeros_like(roi), fp) == []  # no organ: nothing to judge inside it
+    assert {"constant_image", "image_not_trained_kind", "no_tumor"} <= WITHHOLDING_FLAGS <= set(QC_FLAGS)

@@ -269,19 +269,21 @@ def test_resume_continues_from_latest_and_refuses_silent_overwrite(neogen_run):
         with pytest.raises(UpstreamMismatchError, match="neonet_train .* controlnet 0 --overwrite"):
             generate_synthetic_set(neogen_run["name"], 0, ratio=1.0, n_majority=2, device="cpu",
                                    configuration="gen_test")
-    # an interrupted --overwrite never leaves the old final beside the new run: the old fold is moved aside first
+    # an interrupted --overwrite never mixes two runs in one fold: the new run trains in fold_0.overwriting and the
+    # working fold stays untouched until the new model is finished and verified (issue 21)
     from neonet_toolkit.training.vae import VAETrainer
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in neogen_run["env"].items():
             mp.setenv(k, v)
         vae_dir = neogen_run["res"] / "vae__NeoNetPlans/fold_0"
+        old_final = (vae_dir / "checkpoint_final.pth").read_bytes()
         tr = VAETrainer(neogen_run["name"], 0, configuration="gen_test", device="cpu", overwrite=True, epochs=1)
         mp.setattr(tr, "train_epoch", lambda epoch: (_ for _ in ()).throw(KeyboardInterrupt()))
         with pytest.raises(KeyboardInterrupt):
             tr.run()
-        assert not (vae_dir / "checkpoint_final.pth").exists()
-        assert any((p / "checkpoint_final.pth").is_file() for p in vae_dir.parent.glob("fold_0.replaced-*"))
+        assert (vae_dir / "checkpoint_final.pth").read_bytes() == old_final
+        assert not (vae_dir.parent / "fold_0.overwriting" / "checkpoint_final.pth").exists()
         # the VAE is retrained: the LDM built on the old one refuses to resume, and says how to fix it
         assert train_main(["501", "vae", "0", "-device", "cpu", "--configuration", "gen_test", "--overwrite",
                            "--epochs", "1"]) == 0

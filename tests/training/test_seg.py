@@ -194,9 +194,10 @@ def test_seg_continue_and_overwrite_rules(trained):
 
 
 def test_seg_interrupted_overwrite_leaves_no_stale_final(planned_phantom, tmp_path, monkeypatch):
-    """`neonet_train DS seg 0 --overwrite` killed mid-run: the old checkpoint_final.pth is moved aside before
-    nnU-Net starts (never left beside the new checkpoint_latest.pth), the fold is unfinished for every
-    command, and nnU-Net's own fold detection is not confused by the moved folder."""
+    """`neonet_train DS seg 0 --overwrite` killed mid-run: nnU-Net trains the new fold under a staging folder
+    (new-fold_0.overwriting), so the working fold keeps its old checkpoint_final.pth and nothing of the new run
+    (never a new checkpoint_latest.pth beside the old final), and nnU-Net's own fold detection is not confused by
+    the staging folder (issue 21: the working fold is replaced only once the new model is written and verified)."""
     import nnunetv2.run.run_training as nnunet_run_training
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -216,8 +217,8 @@ def test_seg_interrupted_overwrite_leaves_no_stale_final(planned_phantom, tmp_pa
         train_seg(501, 0, arch="nnunet", device="cpu")
 
     def killed(dataset, configuration, fold_, trainer, plans, **kw):
-        out = model / f"fold_{fold_}"
-        assert not (out / "checkpoint_final.pth").exists()  # moved aside BEFORE nnU-Net starts
+        out = Path(os.environ["nnUNet_results"]) / dataset / f"{trainer}__{plans}__{configuration}" / f"fold_{fold_}"
+        assert out != fold and (fold / "checkpoint_final.pth").exists()  # the working fold is left alone
         out.mkdir(parents=True)
         torch.save({"network_weights": {"w": torch.zeros(1)}}, out / "checkpoint_latest.pth")
         raise KeyboardInterrupt
@@ -225,11 +226,11 @@ def test_seg_interrupted_overwrite_leaves_no_stale_final(planned_phantom, tmp_pa
     monkeypatch.setattr(nnunet_run_training, "run_training", killed)
     with pytest.raises(KeyboardInterrupt):
         train_seg(501, 0, arch="nnunet", device="cpu", overwrite=True)
-    assert sorted(p.name for p in fold.iterdir()) == ["checkpoint_latest.pth"]
-    assert not fold_is_finished(fold) and model_folds(model) == []
-    old = [p for p in model.iterdir() if p.name.startswith("old-fold_0.replaced-")]
-    assert len(old) == 1 and torch.load(old[0] / "checkpoint_final.pth")["network_weights"]["w"].item() == 1.0
-    assert nnUNetPredictor.auto_detect_available_folds(str(model), "checkpoint_final.pth") == []
+    assert sorted(p.name for p in fold.iterdir()) == ["checkpoint_final.pth"]
+    assert torch.load(fold / "checkpoint_final.pth")["network_weights"]["w"].item() == 1.0
+    assert fold_is_finished(fold) and model_folds(model) == [0]
+    assert (model / "new-fold_0.overwriting").is_dir()
+    assert nnUNetPredictor.auto_detect_available_folds(str(model), "checkpoint_final.pth") == [0]
 
 
 # ----------------------------------------------------------------------------- masks for the next stages

@@ -14,18 +14,26 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from neonet_toolkit import paths
-from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, PlansError, load_nnunet_plans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-from neonet_toolkit.training.seg.masks import register_model
+from neonet_toolkit.training.seg.masks import check_seg_checkpoint, register_model
 from neonet_toolkit.training.seg.networks import ARCHITECTURES, check_architecture
-from neonet_toolkit.training.seg.trainers import trainer_name
-from neonet_toolkit.utilities.checkpoints import verify_checkpoint
+from neonet_toolkit.training.seg.trainers import ENV_REPLACES, trainer_name
+from neonet_toolkit.utilities.checkpoints import load_verified_checkpoint, verify_checkpoint
 from neonet_toolkit.utilities.devices import get_device
-from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME, SEG_CONFIGURATION, fold_is_finished
-from neonet_toolkit.utilities.io import move_aside
+from neonet_toolkit.utilities.identifiers import (
+    NNUNET_PLANS_NAME,
+    SEG_CONFIGURATION,
+    fold_is_finished,
+    nnunet_model_folder,
+    staging_fold_folder,
+)
+from neonet_toolkit.utilities.io import atomic_path, move_aside
+from neonet_toolkit.utilities.safe_pickle import verify_preprocessed_folder
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +41,8 @@ NNUNET_PLANS = NNUNET_PLANS_NAME
 NNUNET_CONFIGURATION = SEG_CONFIGURATION
 # what nnU-Net's ``--c`` may load (nnUNetTrainer.maybe_load_checkpoint: final, else latest, else best)
 NNUNET_RESUME_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+# model-level files nnU-Net (re)writes beside the folds when a training starts
+NNUNET_MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,6 +87,17 @@ def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, devi
     plans_file = pp / f"{NNUNET_PLANS}.json"
     if not plans_file.is_file():
         raise FileNotFoundError(f"{plans_file} not found: run `neonet_plan_and_preprocess -d {dataset}` first.")
+    # before nnU-Net sees anything: the names nnU-Net turns into folders, and every properties pickle it will load
+    nn_plans = load_nnunet_plans(plans_file)
+    if nnunet_configuration not in nn_plans["configurations"]:
+        raise PlansError(f"nnU-Net configuration {nnunet_configuration!r} is not in {plans_file} (configurations: "
+                         f"{sorted(nn_plans['configurations'])}); pick one of those with --nnunet-configuration.")
+    if nn_plans["plans_name"] != NNUNET_PLANS:
+        raise PlansError(f"{plans_file} names its plans {nn_plans['plans_name']!r}, but NeoSeg trains with "
+                         f"{NNUNET_PLANS!r} (nnU-Net would write the model to a folder NeoNet does not read). Set "
+                         f"\"plans_name\": \"{NNUNET_PLANS}\" again, or delete the file and rerun "
+                         f"`neonet_plan_and_preprocess -d {dataset}`.")
+    verify_preprocessed_folder(pp)
 
     if fold != "all":
         fold = int(fold)
@@ -90,13 +111,21 @@ def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, devi
     if configuration is not None and (pp / NEONET_PLANS_FILE).is_file():
         NeoNetPlans(pp / NEONET_PLANS_FILE).configuration(configuration)  # clear error for an unknown name
     tr = trainer_name(arch)
-    fold_dir = env["nnUNet_results"] / name / f"{tr}__{NNUNET_PLANS}__{nnunet_configuration}" / f"fold_{fold}"
+    fold_dir = nnunet_model_folder(name, tr, NNUNET_PLANS, nnunet_configuration) / f"fold_{fold}"
     if fold_is_finished(fold_dir) and not (continue_training or overwrite):
         raise FileExistsError(f"{fold_dir} already holds a finished training; use --overwrite to retrain it or "
                               "--c to continue/re-validate.")
-    if overwrite and not continue_training and fold_dir.is_dir():
-        # out of nnU-Net's fold_* pattern, which would take a fold_0.replaced-… folder for a fold
-        logger.warning("--overwrite: previous fold moved to %s", move_aside(fold_dir, prefix="old-"))
+    # --overwrite of an existing fold: nnU-Net trains under a staging results folder (nnUNet_results for this call),
+    # so the working fold stays in place until the new checkpoint_final.pth is written and verified
+    staging = staging_fold_folder(fold_dir, prefix="new-")  # out of nnU-Net's fold_* pattern
+    staged = overwrite and not continue_training and fold_dir.is_dir()
+    if staging.exists() and (staged or continue_training):
+        if continue_training:
+            logger.warning("%s is left from an interrupted --overwrite; --c continues %s, not that run (rerun with "
+                           "--overwrite to start it again).", staging, fold_dir)
+        else:
+            logger.warning("--overwrite: removing %s, left by an interrupted --overwrite run", staging)
+            shutil.rmtree(staging)
     if continue_training:  # nnU-Net resumes from final, latest or best with torch.load(weights_only=False)
         resumable = [fold_dir / ck for ck in NNUNET_RESUME_CHECKPOINTS if (fold_dir / ck).is_file()]
         if trust_checkpoints:
@@ -109,6 +138,10 @@ def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, devi
     overrides = {"NEONET_SEG_CONFIGURATION": configuration, "NEONET_SEG_EPOCHS": epochs,
                  "NEONET_SEG_ITERATIONS": iterations, "NEONET_SEG_VAL_ITERATIONS": val_iterations,
                  "nnUNet_def_n_proc": os.environ.get("nnUNet_def_n_proc") or max(1, min(8, os.cpu_count() or 1))}
+    if staged:
+        overrides.update({"nnUNet_results": staging, ENV_REPLACES: fold_dir.parent})
+        logger.warning("--overwrite: training in %s; %s stays as it is until the new model is finished and verified",
+                       staging, fold_dir)
     from nnunetv2.run.run_training import run_training
 
     logger.info("NeoSeg: nnUNetv2_train %s %s %s -p %s -tr %s -device %s%s", name, nnunet_configuration, fold,
@@ -116,7 +149,32 @@ def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, devi
     with paths.nnunet_environment(overrides):
         run_training(name, nnunet_configuration, fold, tr, NNUNET_PLANS, num_gpus=num_gpus,
                      export_validation_probabilities=npz, continue_training=continue_training, device=dev)
+    if staged:
+        _publish_staged_fold(staging / name / fold_dir.parent.name / fold_dir.name, fold_dir, staging)
     return fold_dir
+
+
+def _publish_staged_fold(staged_fold: Path, fold_dir: Path, staging: Path) -> None:
+    """After a staged ``--overwrite``: check the new ``checkpoint_final.pth`` (allow-listed ``weights_only`` load, an
+    nnU-Net segmentation checkpoint), then move the old fold aside (``old-fold_N.replaced-<time>``), give the new
+    one its name and take over nnU-Net's model-level files. A failed check leaves the working fold as it was."""
+    ck = staged_fold / "checkpoint_final.pth"
+    if not ck.is_file():
+        raise FileNotFoundError(f"nnU-Net finished without writing {ck}; {fold_dir} was left as it was. Rerun with "
+                                "--overwrite.")
+    check_seg_checkpoint(load_verified_checkpoint(ck), ck, staged_fold.parent)
+    for f in NNUNET_MODEL_FILES:
+        if (staged_fold.parent / f).is_file():
+            with atomic_path(fold_dir.parent / f) as tmp:
+                shutil.copyfile(staged_fold.parent / f, tmp)
+    aside = move_aside(fold_dir, prefix="old-")  # out of nnU-Net's fold_* pattern
+    try:
+        os.replace(staged_fold, fold_dir)
+    except BaseException:
+        os.replace(aside, fold_dir)
+        raise
+    shutil.rmtree(staging)
+    logger.warning("--overwrite: new fold verified and in place; previous fold moved to %s", aside)
 
 
 def train_from_args(args) -> None:

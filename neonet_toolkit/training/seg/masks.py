@@ -26,13 +26,15 @@ from neonet_toolkit.dataset.contract import NeoNetDataset
 from neonet_toolkit.dataset.errors import DatasetError
 from neonet_toolkit.dataset.file_checks import file_problem
 from neonet_toolkit.dataset.labels import remap_labels
-from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, load_nnunet_plans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+from neonet_toolkit.preprocessing.orientation import ORIENTATION_CONVENTION, canonical_orientation
 from neonet_toolkit.preprocessing.patches import METADATA_FILE, extract_patch_for_case, patch_folder, settings_hash
 from neonet_toolkit.training.seg.trainers import result_folder
 from neonet_toolkit.utilities.checkpoints import verify_model_folder
-from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME, fold_is_finished
+from neonet_toolkit.utilities.identifiers import fold_is_finished
 from neonet_toolkit.utilities.io import load_json, save_json
+from neonet_toolkit.utilities.safe_pickle import verify_preprocessed_folder
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,56 @@ def check_model_folder(model_folder: str | Path, folds: Iterable | None = None,
     verify_model_folder(model_folder, folds if folds is not None else have, checkpoint_name=checkpoint_name,
                         trust=trust_checkpoints)
     return model_folder
+
+
+class SegCheckpointError(ValueError):
+    """A file in a NeoSeg/nnU-Net model folder that is not the nnU-Net checkpoint of that model."""
+
+
+SEG_MODEL_EXPECTED = ("-m/--seg-model expects an nnU-Net model folder (nnUNet_results/DatasetXXX/"
+                      "<Trainer>__<Plans>__<configuration>) whose fold_N/checkpoint_final.pth nnU-Net's trainer wrote")
+
+
+def check_seg_checkpoint(state, path: str | Path, model_folder: str | Path, configurations=None) -> str:
+    """Check a loaded (``weights_only``) NeoSeg/nnU-Net checkpoint before a network is built from it; return its
+    ``trainer_name``.
+
+    Refused with :class:`SegCheckpointError` naming the file and the fix: a NeoNet stage checkpoint (e.g. a
+    classifier fold) given as a segmentation model, a file without nnU-Net's keys, a ``trainer_name`` that is not
+    a class name, and an ``init_args`` configuration missing from the model's plans (``configurations``, when
+    given). A trainer that does not exist, or whose network the weights do not fit, is refused where the network
+    is built (:func:`neonet_toolkit.inference.seg.initialize_predictor`)."""
+    path, model_folder = Path(path), Path(model_folder)
+    restore = "Replace it with the model's original checkpoint, or retrain that fold."
+    if not isinstance(state, dict):
+        raise SegCheckpointError(f"{path} holds a {type(state).__name__}, not an nnU-Net checkpoint. "
+                                 f"{SEG_MODEL_EXPECTED}.")
+    missing = [k for k in ("trainer_name", "network_weights", "init_args") if k not in state]
+    if missing:
+        stage = state.get("stage")
+        if isinstance(stage, str) and "network" in state:
+            where = f"dataset {state.get('dataset_name', '?')}, fold {state.get('fold', '?')}"
+            hint = ("; a classifier run is chosen with --cls-run" if stage == "cls" else "")
+            raise SegCheckpointError(
+                f"{path} is a NeoNet {stage!r} checkpoint ({where}), not a NeoSeg/nnU-Net segmentation checkpoint "
+                f"(it has no {missing}). {SEG_MODEL_EXPECTED}{hint}.")
+        raise SegCheckpointError(f"{path} is not an nnU-Net checkpoint: it has no {missing} (keys: "
+                                 f"{sorted(map(str, state))[:12]}). {SEG_MODEL_EXPECTED}.")
+    name = state["trainer_name"]
+    if not isinstance(name, str) or not name.isidentifier():
+        raise SegCheckpointError(f"{path} records trainer_name {name!r}, which is not a class name: the file was "
+                                 f"edited or damaged. {restore}")
+    parts = model_folder.name.split("__")
+    if len(parts) == 3 and parts[0] != name:  # a renamed or shared folder is legitimate; the weights must still fit
+        logger.warning("%s records trainer %s but its folder is named for %s; building %s's network", path, name,
+                       parts[0], name)
+    init_args = state["init_args"]
+    conf = init_args.get("configuration") if isinstance(init_args, dict) else None
+    if not isinstance(conf, str) or (configurations is not None and conf not in configurations):
+        raise SegCheckpointError(
+            f"{path} records configuration {conf!r}, which is not one of the configurations of "
+            f"{model_folder / 'plans.json'} ({sorted(configurations or [])}). {restore}")
+    return name
 
 
 def registered_model(dataset: int | str) -> dict | None:
@@ -244,9 +296,10 @@ def build_pred_patches(dataset: int | str, model_folder: str | Path | None = Non
     env = paths.ensure_environment()
     name = paths.find_dataset_name(dataset)
     pp = env["nnUNet_preprocessed"] / name
+    verify_preprocessed_folder(pp)  # every properties .pkl, before the case loop unpickles any
     ds = NeoNetDataset.load(env["nnUNet_raw"] / name)
     nplans = NeoNetPlans(pp / NEONET_PLANS_FILE)
-    plans_manager = PlansManager(str(pp / f"{nplans.plans.get('nnunet_plans', NNUNET_PLANS_NAME)}.json"))
+    plans_manager = PlansManager(load_nnunet_plans(pp / f"{nplans['nnunet_plans']}.json"))
     cfg = plans_manager.get_configuration(nplans["seg_configuration"])
     dataset_json = load_json(pp / "dataset.json")
     splits = load_splits(pp)
@@ -275,7 +328,9 @@ def build_pred_patches(dataset: int | str, model_folder: str | Path | None = Non
 
     out = patch_folder(pp, "pred")
     out.mkdir(parents=True, exist_ok=True)
-    stamp = settings_hash(list(crop), list(spacing), ds.roles.to_dict(), ds.image_channel, cfg.data_identifier)
+    tf = [int(t) for t in plans_manager.transpose_forward]
+    stamp = settings_hash(list(crop), list(spacing), ds.roles.to_dict(), ds.image_channel, cfg.data_identifier,
+                          ORIENTATION_CONVENTION, tf)
     meta_file = out / METADATA_FILE
     records = {}
     model_str = str(Path(model_folder).resolve()) if model_folder is not None else None
@@ -303,18 +358,19 @@ def build_pred_patches(dataset: int | str, model_folder: str | Path | None = Non
                                "patches are built for the dataset's cases (imagesTr).")
         _, seg = pred_seg_on_preprocessed_grid(ds.cases[cid]["images"], pred_file, plans_manager, cfg, dataset_json,
                                                None if identity else label_map)
-        data, _, _, _ = ds_cls(str(data_folder), [cid]).load_case(cid)
+        data, _, _, props = ds_cls(str(data_folder), [cid]).load_case(cid)
         data = np.asarray(data[:])
         if data.shape[1:] != seg.shape[1:]:
             raise DatasetError(f"case {cid!r}: predicted mask on the preprocessed grid has shape {seg.shape[1:]} but "
                                f"the preprocessed image has {data.shape[1:]}; re-run neonet_plan_and_preprocess.")
         rec = extract_patch_for_case(cid, data, seg, ds.roles, crop, spacing, ds.image_channel, out,
-                                     int(ds.case_labels[cid]), "pred")
+                                     int(ds.case_labels[cid]), "pred", orientation=canonical_orientation(props, tf))
         rec["fold"] = fold
         rec["prediction_file"] = str(pred_file)
         records[cid] = rec
     meta = {"source": "pred", "crop_size": list(crop), "spacing": list(spacing), "settings_hash": stamp,
-            "data_identifier": cfg.data_identifier, "model_folder": model_str,
+            "data_identifier": cfg.data_identifier, "orientation": ORIENTATION_CONVENTION, "transpose_forward": tf,
+            "model_folder": model_str,
             "label_map": {str(k): v for k, v in label_map.items()},
             "cases": {k: records[k] for k in sorted(records)}}
     save_json(meta, meta_file)

@@ -35,11 +35,17 @@ import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, paper_seg_settings
+from neonet_toolkit.experiment_planning.plans import (
+    NEONET_PLANS_FILE,
+    NeoNetPlans,
+    check_nnunet_plans,
+    paper_seg_settings,
+)
 from neonet_toolkit.training.seg.networks import NETWORK_KEYS, build_network, check_architecture
 from neonet_toolkit.utilities.devices import unwrap
 from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME, SEG_CONFIGURATION, nnunet_model_folder
 from neonet_toolkit.utilities.io import load_json
+from neonet_toolkit.utilities.safe_pickle import verify_preprocessed_folder
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,9 @@ ENV_CONFIGURATION = "NEONET_SEG_CONFIGURATION"
 ENV_EPOCHS = "NEONET_SEG_EPOCHS"
 ENV_ITERATIONS = "NEONET_SEG_ITERATIONS"
 ENV_VAL_ITERATIONS = "NEONET_SEG_VAL_ITERATIONS"
+# set by ``neonet_train ... seg --overwrite``, which trains the new fold under a staging results folder: the model
+# folder the new fold will replace a fold of (its other folds must share the network)
+ENV_REPLACES = "NEONET_SEG_REPLACES"
 PLANS_KEY = "neoseg"
 
 
@@ -87,7 +96,13 @@ class NeoSegTrainerBase(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        # nnU-Net builds its result and data folders from these names (and creates the result folder) in __init__
+        check_nnunet_plans(plans, Path(os.environ.get("nnUNet_preprocessed", ".")) / str(plans.get("dataset_name"))
+                           / f"{plans.get('plans_name')}.json")
         super().__init__(plans, configuration, fold, dataset_json, device)
+        # nnU-Net unpickles every case's properties file (dataloaders, final validation): none may carry code
+        if self.preprocessed_dataset_folder is not None:
+            verify_preprocessed_folder(self.preprocessed_dataset_folder)
         arch = check_architecture(self.architecture)
         settings = resolve_seg_settings(self.plans_manager.dataset_name, self.device)
         settings["architecture"] = arch
@@ -114,19 +129,23 @@ class NeoSegTrainerBase(nnUNetTrainer):
 
     # ------------------------------------------------------------------ checks
     def _check_same_network_as_saved(self, network_settings: dict) -> dict:
-        """Folds of one result folder share plans.json: refuse to mix network settings between folds."""
-        saved_plans = Path(self.output_folder_base) / "plans.json" if self.output_folder_base else None
-        if saved_plans is None or not saved_plans.is_file():
-            return network_settings
-
-        saved = load_json(saved_plans)["configurations"].get(self.configuration_name, {}).get(PLANS_KEY)
-        if saved is not None and saved != network_settings:
-            others = sorted(p.name for p in Path(self.output_folder_base).glob("fold_*") if p.name != f"fold_{self.fold}")
-            if others:
-                raise ValueError(
-                    f"{self.output_folder_base} holds {others} trained with NeoSeg network {saved}, but the current "
-                    f"NeoNet configuration gives {network_settings}. All folds of one model must share the network: "
-                    f"train with the same --configuration ({ENV_CONFIGURATION}) or move that folder away.")
+        """Folds of one result folder share plans.json: refuse to mix network settings between folds (also those
+        of the model folder a staged ``--overwrite`` run will replace a fold of, :data:`ENV_REPLACES`)."""
+        bases = [Path(self.output_folder_base)] if self.output_folder_base else []
+        if os.environ.get(ENV_REPLACES):
+            bases.append(Path(os.environ[ENV_REPLACES]))
+        for base in bases:
+            saved_plans = base / "plans.json"
+            if not saved_plans.is_file():
+                continue
+            saved = load_json(saved_plans)["configurations"].get(self.configuration_name, {}).get(PLANS_KEY)
+            if saved is not None and saved != network_settings:
+                others = sorted(p.name for p in base.glob("fold_*") if p.name != f"fold_{self.fold}")
+                if others:
+                    raise ValueError(
+                        f"{base} holds {others} trained with NeoSeg network {saved}, but the current NeoNet "
+                        f"configuration gives {network_settings}. All folds of one model must share the network: "
+                        f"train with the same --configuration ({ENV_CONFIGURATION}) or move that folder away.")
         return network_settings
 
     def _check_fold_exists(self) -> None:
