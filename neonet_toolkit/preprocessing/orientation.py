@@ -39,6 +39,7 @@ from typing import Sequence
 import numpy as np
 from nibabel.orientations import io_orientation
 
+from neonet_toolkit.dataset.labels import LabelRoles
 from neonet_toolkit.preprocessing.tlcr import TLCRInfo, tlcr_from_segmentation
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def to_canonical(array: np.ndarray, flips: Sequence[int]) -> np.ndarray:
     return np.flip(array, axis=tuple(lead + int(a) for a in flips))
 
 
-def canonical_tlcr(image: np.ndarray, seg: np.ndarray, roles, crop_size: Sequence[int],
+def canonical_tlcr(image: np.ndarray, seg: np.ndarray, roles: LabelRoles, crop_size: Sequence[int],
                    orientation: CanonicalOrientation) -> tuple[np.ndarray, np.ndarray, TLCRInfo]:
     """TLCR (:func:`~neonet_toolkit.preprocessing.tlcr.tlcr_from_segmentation`) on the canonically oriented
     image and label map (both spatial, same shape, preprocessed grid). The returned info records the

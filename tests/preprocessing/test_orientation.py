@@ -215,3 +215,54 @@ def test_the_8_flipped_storage_orders_give_the_same_crop(phantom_env, tmp_path, 
         np.testing.assert_array_equal(exact, exact_ref, err_msg=code)
     assert len(seen_flips) == 8
     assert stock_diff < 1e-5
+
+
+def test_training_patches_of_a_case_stored_reversed_equal_the_original(phantom_env, tmp_path, monkeypatch):
+    """gt patches (planning) and pred patches (NeoSeg masks) of a training case stored with all three axes
+    reversed (affine adjusted, re-preprocessed by nnU-Net) are the original case's patches."""
+    import shutil
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from neonet_toolkit.dataset.contract import NeoNetDataset
+    from neonet_toolkit.preprocessing.patches import extract_gt_patches, load_metadata, load_patch, patch_folder
+    from neonet_toolkit.training.seg.masks import build_pred_patches
+    from neonet_toolkit.utilities.io import load_json
+
+    name = phantom_env["dataset_name"]
+    env = {"nnUNet_raw": tmp_path / "raw", "nnUNet_preprocessed": tmp_path / "pp",
+           "nnUNet_results": tmp_path / "res", "neonet_results": tmp_path / "neo"}
+    shutil.copytree(phantom_env["raw"], env["nnUNet_raw"] / name)  # the session fixture is never modified
+    shutil.copytree(phantom_env["preprocessed"], env["nnUNet_preprocessed"] / name,
+                    ignore=shutil.ignore_patterns("pred"))
+    for k, v in env.items():
+        v.mkdir(exist_ok=True)
+        monkeypatch.setenv(k, str(v))
+    raw, pp = env["nnUNet_raw"] / name, env["nnUNet_preprocessed"] / name
+    ds = NeoNetDataset.load(raw)
+    cid = ds.case_ids[2]
+    for f in (ds.cases[cid]["images"][0], ds.cases[cid]["label"]):  # same anatomy, every axis stored reversed
+        sitk.WriteImage(sitk.DICOMOrient(sitk.ReadImage(str(f)), "RAI"), str(f))
+    pm = PlansManager(str(pp / "NeoNetPlans.json"))
+    cfg = pm.get_configuration("3d_fullres")
+    for f in (pp / cfg.data_identifier).glob(f"{cid}[._]*"):  # nnU-Net's blosc2 writer will not overwrite
+        f.unlink()
+    cfg.preprocessor_class(verbose=False).run_case_save(
+        str(pp / cfg.data_identifier / cid), [str(ds.cases[cid]["images"][0])], str(ds.cases[cid]["label"]), pm, cfg,
+        load_json(pp / "dataset.json"))
+    meta_old = load_metadata(patch_folder(phantom_env["preprocessed"], "gt"))
+    ref_img, ref_lab = load_patch(patch_folder(phantom_env["preprocessed"], "gt"), cid)
+
+    meta = extract_gt_patches(pp, cfg.data_identifier, {cid: ds.case_labels[cid]}, ds.roles, meta_old["crop_size"],
+                              meta_old["spacing"], overwrite=True)
+    assert meta["cases"][cid]["canonical_flips"] == [0, 1, 2]
+    assert meta["cases"][cid]["start"] == meta_old["cases"][cid]["start"]
+    img, lab = load_patch(patch_folder(pp, "gt"), cid)
+    np.testing.assert_array_equal(lab, ref_lab)
+    np.testing.assert_allclose(img, ref_img, rtol=0, atol=1e-5)  # nnU-Net's float32 z-score mean (see above)
+
+    pred = build_pred_patches(name, predictions={cid: ds.cases[cid]["label"]})  # a perfect NeoSeg mask
+    assert pred["cases"][cid]["canonical_flips"] == [0, 1, 2] and pred["orientation"] == meta["orientation"]
+    img, lab = load_patch(patch_folder(pp, "pred"), cid)
+    np.testing.assert_array_equal(lab, ref_lab)
+    np.testing.assert_allclose(img, ref_img, rtol=0, atol=1e-5)

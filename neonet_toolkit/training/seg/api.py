@@ -32,7 +32,7 @@ from neonet_toolkit.utilities.identifiers import (
     nnunet_model_folder,
     staging_fold_folder,
 )
-from neonet_toolkit.utilities.io import atomic_path, move_aside
+from neonet_toolkit.utilities.io import atomic_path, move_aside, save_text
 from neonet_toolkit.utilities.safe_pickle import verify_preprocessed_folder
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ NNUNET_CONFIGURATION = SEG_CONFIGURATION
 NNUNET_RESUME_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 # model-level files nnU-Net (re)writes beside the folds when a training starts
 NNUNET_MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
+# files of a fold in which nnU-Net records the fold's own path (validation predictions, its debug dump)
+NNUNET_FOLD_PATH_RECORDS = ("validation/summary.json", "debug.json")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -163,6 +165,11 @@ def _publish_staged_fold(staged_fold: Path, fold_dir: Path, staging: Path) -> No
         raise FileNotFoundError(f"nnU-Net finished without writing {ck}; {fold_dir} was left as it was. Rerun with "
                                 "--overwrite.")
     check_seg_checkpoint(load_verified_checkpoint(ck), ck, staged_fold.parent)
+    for rel in NNUNET_FOLD_PATH_RECORDS:  # the paths nnU-Net wrote name the staging folder: name the fold instead
+        f = staged_fold / rel
+        if f.is_file():
+            text = f.read_text(encoding="utf-8").replace(str(staged_fold), str(fold_dir))
+            save_text(text.replace(str(staged_fold.parent), str(fold_dir.parent)), f)
     for f in NNUNET_MODEL_FILES:
         if (staged_fold.parent / f).is_file():
             with atomic_path(fold_dir.parent / f) as tmp:
