@@ -307,16 +307,22 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         pdata, _, pprops = pre.run_case_npy(data, None, props, self.seg.plans_manager,
                                             self.seg.configuration_manager, self.seg.dataset_json)
         t0 = self._tick("read_preprocess", t0)
-        x = torch.from_numpy(pdata)
+        # NeoSeg sees the image in the canonical orientation (axes flipped to point the positive LPS way), and
+        # its logits are flipped back: nnU-Net's sliding window pads odd size differences asymmetrically and sums
+        # tiles in storage order, so the same anatomy stored mirrored would otherwise get a (slightly) other mask
+        dims = [1 + a for a in canonical_orientation(props, self.seg.plans_manager.transpose_forward).flips]
+        x = torch.from_numpy(np.ascontiguousarray(np.flip(pdata, dims)) if dims else pdata)
         fold_tumors = []
         tumor_ids = self.model_tumor_ids
 
         def per_fold(logits):  # nnU-Net's own fold loop calls this once per fold (for the QC flag)
+            logits = torch.flip(logits, dims) if dims else logits
             seg_k = self.seg.label_manager.convert_logits_to_segmentation(logits.to("cpu")).numpy()
             fold_tumors.append(np.isin(seg_k, tumor_ids))
 
         with torch.inference_mode():
             total = self.seg.predict_logits_with_fold_hook(x, per_fold)
+            total = torch.flip(total, dims) if dims else total
         if self.reuse_preprocessing:  # the classifier's grid is this grid: keep the preprocessed image
             self._preprocessed = (pdata, pprops)
         seg = convert_predicted_logits_to_segmentation_with_correct_shape(

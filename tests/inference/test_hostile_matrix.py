@@ -27,7 +27,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import DS, trained_env
+from e2e_models import DS
 
 NAMED, QC, ACCEPT = "named error", "qc flag, no decision", "correct acceptance"
 RESULTS: list[dict] = []

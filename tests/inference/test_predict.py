@@ -1,8 +1,6 @@
-"""neonet_predict end to end with tiny models trained in the fixture (NeoSeg → TLCR → NeoCls).
-
-The fixture trains, on a mini phantom (15 cases, 32×32×16 voxels, 2 folds): nnU-Net's U-Net
-through the NeoSeg trainer (fold 0, a few epochs: enough to find these tumours), a VAE and a
-PattenNet (fold 0, 2-3 epochs). Everything is real; the models are just small.
+"""neonet_predict end to end with the tiny models of the ``trained`` fixture (tests/inference/conftest.py:
+NeoSeg → TLCR → NeoCls, trained once per session on a mini phantom). Everything is real; the models are
+just small.
 """
 from __future__ import annotations
 
@@ -15,45 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from e2e_models import DS, trained_env
 from neonet_toolkit.dataset.errors import DatasetError
-
-DS = 503
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    import os
-
-    from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
-    from neonet_toolkit.training.cls import ClsTrainer
-    from neonet_toolkit.training.seg.api import train_seg
-    from neonet_toolkit.training.vae import VAETrainer
-
-    root = tmp_path_factory.mktemp("e2e")
-    saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "neonet_results")}
-    for k in saved:
-        os.environ[k] = str(root / k)
-    raw = make_phantom_dataset(root / "nnUNet_raw", DS, "Mini", n_train=15, n_test=2, shape_xyz=(32, 32, 16),
-                               spacing=(1.5, 1.5, 3.0), shape_jitter=1, seed=1,
-                               neonet_options={"crop_size": [16, 16, 8]})
-    plan_and_preprocess(DS, num_processes=1)
-    pp = root / "nnUNet_preprocessed" / raw.name
-    plans = json.loads((pp / "neonet_plans.json").read_text(encoding="utf-8"))
-    plans["configurations"]["test_tiny"] = {"inherits_from": "cpu_small", "vae": {"epochs": 2, "val_every": 1},
-                                            "cls": {"epochs": 3, "patience": 10, "min_epochs": 0}}
-    (pp / "neonet_plans.json").write_text(json.dumps(plans), encoding="utf-8")
-    seg_folder = train_seg(DS, 0, arch="nnunet", device="cpu", epochs=10, iterations=12, val_iterations=1)
-    VAETrainer(DS, 0, configuration="test_tiny", device="cpu").run()
-    cls_out = ClsTrainer(DS, 0, arch="pattennet", synthetic_ratio=0.0, configuration="test_tiny", device="cpu").run()
-    assert cls_out.parent.name == "cls_pattennet_0_esnested__NeoNetPlans"  # the default protocol is nested
-    yield {"root": root, "raw": raw, "pp": pp, "seg_model": Path(seg_folder).parent,
-           "cls_run": "cls_pattennet_0_esnested"}
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def _predict(trained, inp, out, **kw):
@@ -69,9 +30,10 @@ def _read_csv(path):
 
 
 @pytest.fixture(scope="module")
-def full_run(trained, tmp_path_factory):
+def full_run(trained_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("pred_full")
-    res = _predict(trained, trained["raw"] / "imagesTs", out, save_crops=True, saliency=True)
+    with trained_env(trained_models["root"]):
+        res = _predict(trained_models, trained_models["raw"] / "imagesTs", out, save_crops=True, saliency=True)
     return out, res
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
+from e2e_models import DS
 from neonet_toolkit.dataset.errors import DatasetError
-
-DS = 503
 
 
 def _predict(trained, inp, out, **kw):
