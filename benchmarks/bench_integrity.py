@@ -24,7 +24,7 @@ import neonet_toolkit.dataset.verification as verification
 from neonet_toolkit.dataset.contract import NeoNetDataset
 from neonet_toolkit.dataset.file_checks import file_problem
 from neonet_toolkit.demo.phantom import make_phantom_dataset
-from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+from neonet_toolkit.training.planning import plan_and_preprocess
 
 
 @contextmanager

@@ -32,7 +32,7 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from neonet_toolkit.inference.inputs import discover_inputs
 from neonet_toolkit.inference.predict import NeoNetPredictor
-from neonet_toolkit.inference.seg import initialize_predictor
+from neonet_toolkit.models.seg import initialize_predictor
 from neonet_toolkit.inference.writers import collect
 from neonet_toolkit import paths
 from neonet_toolkit.utilities.devices import get_device
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     from neonet_toolkit import paths
-    from neonet_toolkit.training.seg.masks import default_model_folder
+    from neonet_toolkit.models.seg import default_model_folder
 
     paths.ensure_environment()
     seg_model = a.seg_model or str(default_model_folder(a.dataset))

@@ -26,7 +26,7 @@ def _setup(workdir: Path) -> str:
     os.environ.setdefault("nnUNet_n_proc_DA", "1")
     os.environ.setdefault("nnUNet_compile", "f")
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.planning import plan_and_preprocess
 
     if not list((workdir / "raw").glob("Dataset502_*")):
         make_phantom_dataset(workdir / "raw", 502, "SegBench", n_train=10, n_test=0, shape_xyz=(64, 64, 32), positive_fraction=0.5,
@@ -35,7 +35,7 @@ def _setup(workdir: Path) -> str:
     return "Dataset502_SegBench"
 
 
-def bench(trainer_cls, device, iterations: int, n_predict: int) -> dict:
+def bench(trainer_cls, device, iterations: int, n_predict: int, configuration: str | None = None) -> dict:
     import numpy as np
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -45,6 +45,10 @@ def bench(trainer_cls, device, iterations: int, n_predict: int) -> dict:
     plans = json.loads((pp / "NeoNetPlans.json").read_text(encoding="utf-8"))
     plans["continue_training"] = False
     dj = json.loads((pp / "dataset.json").read_text(encoding="utf-8"))
+    from neonet_toolkit.training.seg.trainers import result_folder, write_run_configuration
+
+    # the neonet_plans.json configuration, recorded beside the fold as neonet_train does (None: default by device)
+    write_run_configuration(result_folder(502, trainer_cls.architecture), 0, configuration)
     tr = trainer_cls(plans, "3d_fullres", 0, dj, device)
     tr.on_train_start()
     tr.on_train_epoch_start()
@@ -100,10 +104,8 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = []
     for dev in devices:
-        if args.configuration:
-            os.environ["NEONET_SEG_CONFIGURATION"] = args.configuration
         for cls in (NeoSegTrainer, NeoSegTrainer_nnUNet):
-            r = bench(cls, dev, args.iterations, args.predict_cases)
+            r = bench(cls, dev, args.iterations, args.predict_cases, args.configuration)
             rows.append((dev.type, cls.__name__, r))
     print(f"\nNeoSeg benchmark ({workdir}, torch threads {torch.get_num_threads()}, "
           f"{args.iterations} iterations, {args.predict_cases} cases)")

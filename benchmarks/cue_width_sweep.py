@@ -46,7 +46,7 @@ def _env(root: Path) -> None:
 
 def _dataset(args, width: float, x2: bool) -> tuple[str, int]:
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.planning import plan_and_preprocess
     from neonet_toolkit.utilities.io import load_json, save_json
 
     w10 = int(round(width * 10))
@@ -77,7 +77,7 @@ def _dataset(args, width: float, x2: bool) -> tuple[str, int]:
 def _pooled(run_root: Path, folds: int) -> dict | None:
     import numpy as np
 
-    from neonet_toolkit.training.cls_artifacts import read_predictions_csv
+    from neonet_toolkit.models.cls_results import read_predictions_csv
     from neonet_toolkit.utilities import stats
 
     ys, ps = [], []

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     import torch
 
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.planning import plan_and_preprocess
     from neonet_toolkit.run.experiment import run_experiment
     from neonet_toolkit.training.vae import VAETrainer
     from neonet_toolkit.utilities.identifiers import cls_run_name, fold_is_finished

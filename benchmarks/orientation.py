@@ -48,7 +48,7 @@ def build_mini(root: Path) -> dict:
     if done.is_file():
         return json.loads(done.read_text(encoding="utf-8"))
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.planning import plan_and_preprocess
     from neonet_toolkit.training.cls import ClsTrainer
     from neonet_toolkit.training.seg.api import train_seg
     from neonet_toolkit.training.vae import VAETrainer
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     setup = build_mini(a.mini.resolve()) if a.mini is not None else {}
 
     from neonet_toolkit import paths
-    from neonet_toolkit.training.seg.masks import default_model_folder
+    from neonet_toolkit.models.seg import default_model_folder
 
     paths.apply_defaults_to_process()
     dataset = a.dataset or setup["dataset"]

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     _env(root)
     from neonet_toolkit.demo.phantom import make_phantom_dataset
     from neonet_toolkit.evaluation.cls import evaluate_cls
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.planning import plan_and_preprocess
 
     timings = {}
     t = time.perf_counter()

@@ -141,11 +141,17 @@ def neonet_results() -> Path:
 def find_dataset_name(dataset: int | str) -> str:
     """Resolve ``501`` / ``"501"`` / ``"Dataset501_Name"`` to ``Dataset501_Name``.
 
+    A dataset context resolved once per command (an object with a ``dataset_name`` attribute, e.g.
+    :class:`neonet_toolkit.utilities.identifiers.ResultLayout`) is returned as its name without looking again.
+
     Looks in nnUNet_raw, nnUNet_preprocessed, nnUNet_results and neonet_results, like
     nnU-Net's ``convert_id_to_dataset_name`` but with NeoNet's result folder too. Two names with the same id
     raise :class:`AmbiguousDatasetError` (listing the folders), also for a full name: nnU-Net's own steps
     address a dataset by its id.
     """
+    resolved = getattr(dataset, "dataset_name", None)
+    if isinstance(resolved, str):
+        return resolved
     if isinstance(dataset, str) and dataset.startswith("Dataset"):
         try:
             dataset_id = int(dataset[7:10])

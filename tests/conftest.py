@@ -49,7 +49,7 @@ def planned_phantom(tmp_path_factory):
     tests/test_cls_utils.py for copy helpers).
     """
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.planning import plan_and_preprocess
 
     root = tmp_path_factory.mktemp("phantom501")
     env = set_env(root)

@@ -1,14 +1,17 @@
 """The package's import structure: every internal import at module top, no cycle, no upward import.
 
 Layers, bottom to top (docs/DEVELOPING.md); a module may import only from its own layer or below:
-utilities (+ paths, version) -> dataset -> experiment_planning -> preprocessing -> networks -> training
+utilities (+ paths, version) -> dataset -> experiment_planning -> preprocessing -> networks -> models -> training
 -> generation -> inference | evaluation -> demo -> run.
+Inference and evaluation use trained models through ``models`` and never import ``training`` (nor anything
+that is only reachable through it).
 
 Check from the command line: ``python -m pytest tests/test_layers.py -q``.
 """
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +19,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "neonet_toolkit"
 LAYERS = {
     "__init__": 0, "paths": 0, "version": 0, "utilities": 0,
-    "dataset": 1, "experiment_planning": 2, "preprocessing": 3, "networks": 4, "training": 5,
-    "generation": 6, "inference": 7, "evaluation": 7, "demo": 8, "run": 9,
+    "dataset": 1, "experiment_planning": 2, "preprocessing": 3, "networks": 4, "models": 5, "training": 6,
+    "generation": 7, "inference": 8, "evaluation": 8, "demo": 9, "run": 10,
+}
+# packages that must not import a lower package although the ranks allow it: {importer: forbidden packages}
+FORBIDDEN = {"inference": {"training"}, "evaluation": {"training"}}
+# (importer, imported) pairs exempt from FORBIDDEN, each with its reason; keep this empty
+FORBIDDEN_EXEMPT = {
+    # one real optimizer step of every stage at the paper's size: training code filed under evaluation/, to move
+    # to training/ (issue 22) -- not a use of a trained model
+    ("neonet_toolkit.evaluation.paper_size", "neonet_toolkit.training.resources"):
+        "paper_size runs training steps (to move into training/)",
 }
 
 
@@ -107,3 +119,36 @@ def test_no_module_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _forbidden_imports(files) -> list[str]:
+    bad = []
+    for p in files:
+        src = _module(p)
+        for t, _, ln in _internal_imports(p):
+            if _package(t) in FORBIDDEN.get(_package(src), ()) and (src, t) not in FORBIDDEN_EXEMPT:
+                bad.append(f"{p.relative_to(ROOT.parent)}:{ln} ({src}) imports {t}")
+    return bad
+
+
+def test_inference_and_evaluation_do_not_import_training():
+    bad = _forbidden_imports(FILES)
+    assert not bad, ("inference/evaluation take trained models from neonet_toolkit.models, never from training:\n"
+                     + "\n".join(bad))
+
+
+def test_forbidden_import_is_detected(tmp_path, monkeypatch):
+    """The rule above fails on an inference module importing training (the check itself can fail)."""
+    fake_root = tmp_path / "neonet_toolkit"
+    (fake_root / "inference").mkdir(parents=True)
+    bad_file = fake_root / "inference" / "x.py"
+    bad_file.write_text("from neonet_toolkit.training.seg.masks import build_pred_patches\n"
+                        "from neonet_toolkit.models.seg import model_folds\n", encoding="utf-8")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", fake_root)
+    assert _forbidden_imports([bad_file]) == [
+        "neonet_toolkit/inference/x.py:1 (neonet_toolkit.inference.x) imports neonet_toolkit.training.seg.masks"]

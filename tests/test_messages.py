@@ -7,7 +7,7 @@ from neonet_toolkit import paths
 from neonet_toolkit.experiment_planning.plans import NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import load_splits
 from neonet_toolkit.preprocessing.synthetic_sets import load_manifest
-from neonet_toolkit.training.seg.masks import check_model_folder
+from neonet_toolkit.models.seg import check_model_folder
 
 
 def test_suggested_commands_name_the_dataset_in_use(tmp_path, monkeypatch):

@@ -17,16 +17,16 @@ from neonet_toolkit import paths
 from neonet_toolkit.demo.phantom import make_phantom_dataset
 from neonet_toolkit.generation.generate import generate_synthetic_set
 from neonet_toolkit.inference.predict import predict
-from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+from neonet_toolkit.models.cls_results import OOF_FILE, read_predictions_csv
 from neonet_toolkit.training.cls import ClsTrainer
-from neonet_toolkit.training.cls_artifacts import OOF_FILE, read_predictions_csv
 from neonet_toolkit.training.controlnet import ControlNetTrainer
 from neonet_toolkit.training.ldm import LDMTrainer
+from neonet_toolkit.training.planning import plan_and_preprocess
 from neonet_toolkit.training.seg.api import train_seg
-from neonet_toolkit.training.seg.trainers import result_folder
+from neonet_toolkit.training.seg.trainers import trainer_name
 from neonet_toolkit.training.vae import VAETrainer
 from neonet_toolkit.utilities import stats
-from neonet_toolkit.utilities.identifiers import fold_is_finished
+from neonet_toolkit.utilities.identifiers import LATEST_CHECKPOINT, ResultLayout, fold_is_finished
 from neonet_toolkit.utilities.io import save_json, save_text
 
 logger = logging.getLogger(__name__)
@@ -58,23 +58,25 @@ def run_demo(dataset_id: int = 501, fold: int = 0, device: str = "cpu", seg_arch
     plan_and_preprocess(dataset_id, num_processes=2)
     t = _log_step("plan_and_preprocess", t, timings)
 
-    seg_folder = result_folder(dataset_id, seg_arch) / f"fold_{fold}"
+    layout = ResultLayout.for_dataset(dataset_id)  # resolved once, passed down
+    seg_model = layout.nnunet_model_folder(trainer_name(seg_arch))
+    seg_folder = layout.nnunet_fold_folder(trainer_name(seg_arch), fold)
     if not fold_is_finished(seg_folder):
-        train_seg(dataset_id, fold, arch=seg_arch, device=device, epochs=seg_epochs, iterations=seg_iterations,
+        train_seg(layout, fold, arch=seg_arch, device=device, epochs=seg_epochs, iterations=seg_iterations,
                   val_iterations=2, configuration=configuration,
-                  continue_training=(seg_folder / "checkpoint_latest.pth").is_file())
+                  continue_training=(seg_folder / LATEST_CHECKPOINT).is_file())
     t = _log_step("neoseg", t, timings)
 
     for name, cls in (("vae", VAETrainer), ("ldm", LDMTrainer), ("controlnet", ControlNetTrainer)):
-        tr = cls(dataset_id, fold, configuration=configuration, device=device, continue_training=True)
+        tr = cls(layout, fold, configuration=configuration, device=device, continue_training=True)
         if not fold_is_finished(tr.output_folder):
             tr.run()
         t = _log_step(name, t, timings)
 
-    generate_synthetic_set(dataset_id, fold, ratio=ratio, steps=gen_steps, device=device, configuration=configuration)
+    generate_synthetic_set(layout, fold, ratio=ratio, steps=gen_steps, device=device, configuration=configuration)
     t = _log_step("generate", t, timings)
 
-    trainer = ClsTrainer(dataset_id, fold, arch="pattennet", synthetic_ratio=ratio, configuration=configuration,
+    trainer = ClsTrainer(layout, fold, arch="pattennet", synthetic_ratio=ratio, configuration=configuration,
                          device=device, continue_training=True)
     trainer.run()
     t = _log_step("pattennet", t, timings)
@@ -83,8 +85,8 @@ def run_demo(dataset_id: int = 501, fold: int = 0, device: str = "cpu", seg_arch
     p = [float(r["probability"]) for r in oof]
     auc = stats.delong_ci(y, p) if len(set(y)) == 2 else None
 
-    out = env["neonet_results"] / raw.name / "demo" / "predictions"
-    pred = predict(raw / "imagesTs", out, dataset_id, seg_model=result_folder(dataset_id, seg_arch),
+    out = layout.demo_folder / "predictions"
+    pred = predict(raw / "imagesTs", out, dataset_id, seg_model=seg_model,
                    cls_run=trainer.stage_dir, folds=[fold], device=device, save_crops=True,
                    saliency=True)
     t = _log_step("predict", t, timings)
@@ -102,14 +104,13 @@ def run_demo(dataset_id: int = 501, fold: int = 0, device: str = "cpu", seg_arch
         "predictions": rows, "timings_s": timings,
         "pictures": {
             "seg_training_curve": str(seg_folder / "progress.png"),
-            "neogen_curves": [str(env["neonet_results"] / raw.name / f"{s}__NeoNetPlans" / f"fold_{fold}" /
-                                  "progress.png") for s in ("vae", "ldm", "controlnet")],
+            "neogen_curves": [str(layout.fold_folder(s, fold) / "progress.png") for s in ("vae", "ldm", "controlnet")],
             "pattennet_curve": str(trainer.output_folder / "progress.png"),
             "prediction_crops": str(out / "crops"),
         },
         "predictions_csv": str(out / "predictions.csv"),
     }
-    folder = env["neonet_results"] / raw.name / "demo"
+    folder = layout.demo_folder
     save_json(report, folder / "demo_report.json")
     save_text(_markdown(report), folder / "demo_report.md")
     report["report_file"] = str(folder / "demo_report.md")

@@ -15,7 +15,9 @@ For every run found in ``neonet_results/<ds>/cls_*__<plans>/fold_N/`` (see train
   early-stopping mode stated (``val`` = selected on the validation fold = optimistic);
 * the shortcut check (real-vs-synthetic discriminator AUC per fold's training set) beside them.
 
-Outputs go to ``neonet_results/<ds>/cls_evaluation__<plans>/``.
+Outputs go to ``neonet_results/<ds>/cls_evaluation__<plans>/``. One job per function: :func:`collect_runs`
+(finished folds), :func:`pool_runs` (per-fold and pooled OOF metrics, :mod:`.cls_metrics`), :func:`paired_tests`
+(DeLong + Holm), then plots, tables and the report text (:mod:`.cls_report`).
 """
 from __future__ import annotations
 
@@ -24,8 +26,7 @@ import logging
 import re
 from pathlib import Path
 
-import numpy as np
-from matplotlib.figure import Figure
+from tqdm import tqdm
 
 from neonet_toolkit.evaluation.cls_metrics import (
     auto_comparisons,
@@ -36,166 +37,60 @@ from neonet_toolkit.evaluation.cls_metrics import (
     repeat_summary,
     split_by_repeat,
 )
-from neonet_toolkit.evaluation.cls_shortcut import SHORTCUT_WARN_AUC, classifier_shortcut_check, load_shortcut_checks
-from neonet_toolkit.experiment_planning.splits import load_splits, split_layout
-from neonet_toolkit.networks.classifiers import PRETTY, TABLE2_ARCHS, TABLE5_ARCHS
+from neonet_toolkit.evaluation.cls_report import (
+    methods_summary,
+    plot_calibration,
+    plot_roc,
+    report_markdown,
+    write_csv,
+    write_tables,
+)
+from neonet_toolkit.evaluation.cls_shortcut import classifier_shortcut_check, load_shortcut_checks
+from neonet_toolkit.experiment_planning.splits import split_layout
 from neonet_toolkit.preprocessing.synthetic_sets import MANIFEST, synthetic_folder
 from neonet_toolkit.utilities import stats
-from neonet_toolkit.utilities.identifiers import (
-    PROTOCOL_LABELS,
-    dataset_folders,
-    parse_cls_run_name,
-)
-from neonet_toolkit.utilities.io import save_csv, save_figure, save_json, save_text
+from neonet_toolkit.utilities.identifiers import PLANS_NAME, dataset_folders, parse_cls_run_name
+from neonet_toolkit.utilities.io import save_json, save_text
 
 logger = logging.getLogger(__name__)
 
 EVAL_DIR = "cls_evaluation"
 
 
-# ----------------------------------------------------------------------------- plots
-def _savefig(fig, path: Path) -> None:
-    save_figure(fig, path)
-
-
-def plot_roc(results: list[dict], path: Path, title: str = "ROC (pooled out-of-fold)") -> None:
-    fig = Figure(figsize=(5.5, 5))
-    ax = fig.subplots()
-    for r in results:
-        if "pooled_delong" not in r:
-            continue
-        fpr, tpr, _ = stats.roc_curve_points(r["_y"], r["_p"])
-        d = r["pooled_delong"]
-        ax.step(fpr, tpr, where="post",
-                label=f"{r['run']}: {d['auc']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]")
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _savefig(fig, path)
-
-
-def plot_calibration(r: dict, path: Path) -> None:
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    for key, lab in (("reliability", "recalibrated"), ("reliability_raw", "raw")):
-        rc = r["calibration"][key]
-        mp, ob = np.array(rc["mean_predicted"], float), np.array(rc["observed"], float)
-        ok = np.array(rc["count"]) > 0
-        ece = r["calibration"]["ece" if key == "reliability" else "ece_raw"]
-        ax.plot(mp[ok], ob[ok], marker="o", label=f"{lab} (ECE {ece:.3f})")
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed frequency")
-    ax.set_title(f"Reliability: {r['run']}", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _savefig(fig, path)
-
-
-# ----------------------------------------------------------------------------- tables
-def _fmt(x, nd=3) -> str:
-    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
-
-
-def cell(r: dict | None) -> str:
-    if r is None:
-        return "—"
-    s = f"{_fmt(r['fold_auc_mean'])} ± {_fmt(r['fold_auc_sd'])}"
-    if "pooled_delong" in r:
-        d = r["pooled_delong"]
-        s += f" (pooled {_fmt(d['auc'])} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}])"
-    if not r["complete"]:
-        s += f" *{len(r['folds_done'])}/{r['n_folds_expected']} folds*"
-    return s
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    if rows:
-        save_csv(rows, path)
-
-
-def tables(results: dict[str, dict], crop_source: str = "gt", early_stopping: str = "val",
-           table5_ratio: float | None = None) -> dict:
-
-    # radiomics has no model selection: it belongs in every table of its crop source
-    sel = {n: r for n, r in results.items() if r.get("crop_source") == crop_source
-           and (r.get("early_stopping") == early_stopping or r.get("arch") == "radiomics")}
-    ratios = sorted({r["ratio"] for r in sel.values()})
-    archs = sorted({r["arch"] for r in sel.values() if r["arch"] in TABLE2_ARCHS or not r["arch"].startswith("pattennet")},
-                   key=lambda a: (list(TABLE2_ARCHS).index(a) if a in TABLE2_ARCHS else 100, a))
-    arm_order = {"synthetic": 0, "both": 1, "oversample": 2, "weighted": 3}
-    cols = sorted({(r["ratio"], r.get("arm", "synthetic")) for r in sel.values()},
-                  key=lambda c: (c[0], arm_order.get(c[1], 9)))
-    get = {(r["arch"], r["ratio"], r.get("arm", "synthetic")): r for r in sel.values()}
-    head = [column_label(x, arm) for x, arm in cols]
-    md = ["| Model (3D) | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
-    csv_rows = []
-    for a in archs:
-        md.append(f"| {PRETTY.get(a, a)} | " + " | ".join(cell(get.get((a, *c))) for c in cols) + " |")
-        for c in cols:
-            r = get.get((a, *c))
-            if r is not None:
-                csv_rows.append(_row(r))
-    means = []
-    for c in cols:
-        v = [get[(a, *c)]["fold_auc_mean"] for a in archs if (a, *c) in get and get[(a, *c)]["complete"]]
-        means.append(_fmt(float(np.mean(v))) if v else "—")
-    if archs:
-        md.append("| Mean AUC (complete runs) | " + " | ".join(means) + " |")
-    t5_ratio = table5_ratio if table5_ratio is not None else (max(ratios) if ratios else 1.0)
-    md5 = [f"| Configuration (ratio {t5_ratio:g}) | AUC |", "|---|---|"]
-    rows5 = []
-    for a in TABLE5_ARCHS:
-        r = get.get((a, t5_ratio, "synthetic"))
-        if r is not None:
-            md5.append(f"| {PRETTY.get(a, a)} | {cell(r)} |")
-            rows5.append(_row(r))
-    es_note = {"val": "PAPER PROTOCOL (OPTIMISTIC): early stopping on the reported validation fold; the selected "
-                      "epoch has seen the validation labels, so these AUCs are optimistic.",
-               "nested": "Nested CV: epoch selection, calibration and threshold fitted on inner stratified folds of "
-                         "each training fold, then a refit on the whole training fold; the reported folds are never "
-                         "used for any choice.",
-               "inner": "Early stopping on one inner split of each training fold (validation folds untouched).",
-               "none": "No model selection (fixed epochs, last epoch)."}[early_stopping]
-    return {"table2_md": "\n".join(md), "table2_rows": csv_rows, "table5_md": "\n".join(md5) if rows5 else "",
-            "table5_rows": rows5, "note": es_note, "ratios": ratios, "archs": archs}
-
-
-def column_label(ratio: float, arm: str = "synthetic") -> str:
-    if ratio == 0:
-        return "R (imbalanced)"
-    pct = f"{ratio * 100:g}%{' balanced' if ratio == 1 else ''}"
-    return {"synthetic": f"R+S ({pct})", "both": f"R+S both classes ({pct})",
-            "oversample": f"R oversampled ({pct})", "weighted": f"R class-weighted ({pct})"}.get(arm, f"{arm} ({pct})")
-
-
-def _row(r: dict) -> dict:
-    d, b, op = r.get("pooled_delong", {}), r.get("pooled_bootstrap", {}), r["operating_point"]
-    return {"run": r["run"], "arch": r["arch"], "ratio": r["ratio"], "arm": r.get("arm", "synthetic"),
-            "crop_source": r["crop_source"], "early_stopping": r["early_stopping"],
-            "protocol": PROTOCOL_LABELS.get(r["early_stopping"], r["early_stopping"]), "folds": len(r["folds_done"]), "complete": r["complete"],
-            "fold_auc_mean": r["fold_auc_mean"], "fold_auc_sd": r["fold_auc_sd"],
-            **{f"fold{f['fold']}_auc": f["auc"] for f in r["fold_results"]},
-            "pooled_auc": d.get("auc"), "delong_low": d.get("ci_low"), "delong_high": d.get("ci_high"),
-            "bootstrap_low": b.get("ci_low"), "bootstrap_high": b.get("ci_high"),
-            "sensitivity": op["sensitivity"], "specificity": op["specificity"],
-            "ece": r["calibration"]["ece"], "ece_raw": r["calibration"]["ece_raw"], "n": r["n"], "n_pos": r["n_pos"]}
-
-
 # ----------------------------------------------------------------------------- main API
 def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str, str]] | None = None,
                  n_boot: int = 2000, seed: int = 0, table5_ratio: float | None = None,
-                 plans_name: str = "NeoNetPlans", output: Path | None = None) -> dict:
-
+                 plans_name: str = PLANS_NAME, output: Path | None = None) -> dict:
+    """Evaluate every finished NeoCls run (or ``runs``) of ``dataset``; writes plots, tables, ``report.md``,
+    ``methods.md`` and ``summary.json`` to ``output`` (default ``cls_evaluation__<plans>``) and returns the summary."""
     name, pp, res_root = dataset_folders(dataset)
     n_folds, n_repeats = split_layout(pp)  # K folds per repeat; repeat 0 gives the main numbers
+    found = collect_runs(dataset, res_root, plans_name, runs)
+    out = Path(output) if output else res_root / f"{EVAL_DIR}__{plans_name}"
+    out.mkdir(parents=True, exist_ok=True)
+    results = pool_runs(found, n_folds, n_repeats, n_boot=n_boot, seed=seed)
+    plot_runs(results, out)
+    tests = paired_tests(results, compare)
+    write_csv(out / "paired_tests.csv", tests)
+    shortcuts = load_shortcut_checks(res_root, plans_name)
+    _, table_section = write_tables(results, out, table5_ratio)
+    clf_checks = classifier_shortcut_checks(name, found, plans_name)
+    save_text(report_markdown(name, n_folds, n_repeats, results, table_section, tests, shortcuts, clf_checks),
+              out / "report.md")
+    save_text(methods_summary(name, pp, results, tests, shortcuts, n_boot), out / "methods.md")
+    summary = {"dataset": name, "n_folds": n_folds, "n_repeats": n_repeats,
+               "runs": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()},
+               "paired_tests": tests, "shortcut_checks": shortcuts, "classifier_shortcut_checks": clf_checks,
+               "output": str(out)}
+    save_json(summary, out / "summary.json")
+    logger.info("NeoCls evaluation of %d run(s) written to %s", len(results), out)
+    return summary
+
+
+def collect_runs(dataset, res_root: Path, plans_name: str, runs: list[str] | None = None
+                 ) -> dict[str, dict[int, Path]]:
+    """{run: {fold: folder}} of the finished NeoCls folds (only ``runs`` if given); none, or a named run
+    missing, is an error naming the results folder."""
     found = discover_runs(res_root, plans_name)
     if runs:
         missing = [r for r in runs if r not in found]
@@ -205,11 +100,13 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
     if not found:
         raise FileNotFoundError(f"No finished NeoCls runs (cls_*__{plans_name}/fold_N/oof_predictions.csv) in "
                                 f"{res_root}: train with `neonet_train {dataset} cls FOLD` or `neonet_experiment`.")
-    out = Path(output) if output else res_root / f"{EVAL_DIR}__{plans_name}"
-    out.mkdir(parents=True, exist_ok=True)
-    results = {}
-    from tqdm import tqdm
+    return found
 
+
+def pool_runs(found: dict[str, dict[int, Path]], n_folds: int, n_repeats: int, n_boot: int = 2000,
+              seed: int = 0) -> dict[str, dict]:
+    """Per run: per-fold and pooled out-of-fold metrics of repeat 0, plus the spread over repeats if any."""
+    results = {}
     for rn in tqdm(sorted(found), desc="cls runs", disable=None):
         by_repeat = split_by_repeat(load_run(found[rn]), n_folds)
         if 0 not in by_repeat:
@@ -219,9 +116,19 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
         results[rn] = evaluate_run(rn, by_repeat[0], n_folds, n_boot=n_boot, seed=seed)
         if n_repeats > 1 or len(by_repeat) > 1:
             results[rn]["repeats"] = repeat_summary(rn, by_repeat, n_folds, n_boot=min(n_boot, 500), seed=seed)
+    return results
+
+
+def plot_runs(results: dict[str, dict], out: Path) -> None:
+    """``roc_<run>.png`` and ``calibration_<run>.png`` per run."""
+    for rn, r in results.items():
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", rn)
-        plot_roc([results[rn]], out / f"roc_{safe}.png", f"ROC {rn} (pooled OOF)")
-        plot_calibration(results[rn], out / f"calibration_{safe}.png")
+        plot_roc([r], out / f"roc_{safe}.png", f"ROC {rn} (pooled OOF)")
+        plot_calibration(r, out / f"calibration_{safe}.png")
+
+
+def paired_tests(results: dict[str, dict], compare: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Paired DeLong tests (``compare``, else :func:`auto_comparisons`), Holm-adjusted over all of them."""
     pairs = list(compare) if compare else auto_comparisons(results)
     tests = []
     for a, b in pairs:
@@ -230,95 +137,7 @@ def evaluate_cls(dataset, runs: list[str] | None = None, compare: list[tuple[str
         tests.append(paired_test(results[a], results[b]))
     for t, p_holm in zip(tests, stats.holm_adjust([t["p_value"] for t in tests])):
         t["p_holm"] = p_holm
-    _write_csv(out / "paired_tests.csv", tests)
-    shortcuts = load_shortcut_checks(res_root, plans_name)
-    groups = sorted({(r["crop_source"], r["early_stopping"]) for r in results.values() if r["arch"] != "radiomics"}
-                    or {(r["crop_source"], r["early_stopping"]) for r in results.values()})
-    report = [f"# NeoCls evaluation: {name}", "",
-              f"Real validation cases only; {n_folds} folds. Cell: mean ± SD of per-fold AUC (as in the paper) "
-              "(pooled out-of-fold AUC [DeLong 95 % CI]).", ""]
-    all_tables = {}
-    for cs, es in groups:
-        t = tables(results, cs, es, table5_ratio)
-        all_tables[f"{cs}_{es}"] = t
-        sfx = "" if (cs, es) == ("gt", "val") else f"_{cs}_es{es}"
-        save_text(t["table2_md"] + "\n\n" + t["note"] + "\n", out / f"table2{sfx}.md")
-        _write_csv(out / f"table2{sfx}.csv", t["table2_rows"])
-        if t["table5_md"]:
-            save_text(t["table5_md"] + "\n\n" + t["note"] + "\n", out / f"table5{sfx}.md")
-            _write_csv(out / f"table5{sfx}.csv", t["table5_rows"])
-        report += [f"## Table 2 shape (crop source {cs}; model selection: {PROTOCOL_LABELS.get(es, es)})", "",
-                   t["table2_md"], "",
-                   f"_{t['note']}_", ""]
-        if t["table5_md"]:
-            report += ["## Table 5 shape (PattenNet ablations)", "", t["table5_md"], ""]
-        plot_roc([r for r in results.values() if r["crop_source"] == cs
-                  and (r["early_stopping"] == es or r["arch"] == "radiomics")],
-                 out / f"roc_all{sfx}.png", f"ROC, crop {cs}, early stopping {es}")
-    rep_rows = [(rn, r["repeats"]) for rn, r in sorted(results.items()) if r.get("repeats")]
-    if rep_rows:
-        report += [f"## Repeated stratified cross-validation ({n_repeats} repeat(s) of {n_folds} folds in "
-                   "splits_final.json)", "",
-                   "| run | complete repeats | pooled AUC per repeat: mean ± SD (min–max) | per-fold mean AUC: "
-                   "mean ± SD over repeats | repeat 0: fold mean (pooled [DeLong 95% CI]) |", "|---|---|---|---|---|"]
-        for rn, rp in rep_rows:
-            report.append(f"| {rn} | {len(rp['complete_repeats'])} | {_fmt(rp['pooled_auc_mean'])} ± "
-                          f"{_fmt(rp['pooled_auc_sd'])} ({_fmt(rp['pooled_auc_min'])}–{_fmt(rp['pooled_auc_max'])}) | "
-                          f"{_fmt(rp['fold_mean_mean'])} ± {_fmt(rp['fold_mean_sd'])} | {cell(results[rn])} |")
-        report += ["", "_Each repeat is a new stratified partition of the same cases (split seed + r); a case is "
-                   "pooled only within its repeat. The spread over repeats is the split-to-split variability that a "
-                   "single 5-fold run hides._", ""]
-    report += ["## Operating point and calibration", "",
-               "| run | sensitivity [95% CI] | specificity [95% CI] | threshold from | ECE (raw → recalibrated) | "
-               "bootstrap 95% CI |", "|---|---|---|---|---|---|"]
-    for rn, r in sorted(results.items()):
-        op, c, b = r["operating_point"], r["calibration"], r.get("pooled_bootstrap", {})
-        report.append(f"| {rn} | {_fmt(op['sensitivity'], 2)} [{_fmt(op['sensitivity_ci'][0], 2)}, "
-                      f"{_fmt(op['sensitivity_ci'][1], 2)}] | {_fmt(op['specificity'], 2)} "
-                      f"[{_fmt(op['specificity_ci'][0], 2)}, {_fmt(op['specificity_ci'][1], 2)}] | "
-                      f"{op['threshold_source']} | {_fmt(c['ece_raw'])} → {_fmt(c['ece'])} | "
-                      f"[{_fmt(b.get('ci_low'))}, {_fmt(b.get('ci_high'))}] |")
-    if tests:
-        report += ["", f"## Paired DeLong tests (same validation cases, pooled out-of-fold; Holm-corrected over the "
-                   f"{len(tests)} tests of this report)", "",
-                   "| A | B | AUC A | AUC B | diff | z | p | p (Holm) |", "|---|---|---|---|---|---|---|---|"]
-        report += [f"| {t['run_a']} | {t['run_b']} | {_fmt(t['auc_a'])} | {_fmt(t['auc_b'])} | {_fmt(t['diff'])} | "
-                   f"{_fmt(t['z'], 2)} | {_fmt(t['p_value'], 4)} | {_fmt(t['p_holm'], 4)} |" for t in tests]
-    report += ["", "## Shortcut check (real vs synthetic discriminator on each fold's training set)", ""]
-    if shortcuts:
-        report += ["| fold | ratio | crop | AUC all [95% CI] | AUC minority-class only | warning |",
-                   "|---|---|---|---|---|---|"]
-        for s in shortcuts:
-            a, m = s.get("all") or {}, s.get("minority_only") or {}
-            report.append(f"| {s['fold']} | {s['ratio']:g} | {s['crop_source']} | {_fmt(a.get('auc'))} "
-                          f"[{_fmt(a.get('ci_low'))}, {_fmt(a.get('ci_high'))}] | {_fmt(m.get('auc'))} | "
-                          f"{'**synthetic is detectable**' if s['warning'] else 'ok'} |")
-        report += ["", f"AUC ≥ {SHORTCUT_WARN_AUC}: synthetic patches are easy to tell from real ones; as they are "
-                   "(almost) all of the minority class, R+S gains may come from learning 'synthetic', not the target."]
-    else:
-        report.append("No shortcut check found (runs without synthetic data, or not computed: `neonet_experiment` "
-                      "computes it for every fold with a synthetic set).")
-    clf_checks = classifier_shortcut_checks(name, found, plans_name)
-    if clf_checks:
-        report += ["", "## Shortcut check by the classifier itself (held-out synthetic vs real validation patches "
-                   "of the same class)", "",
-                   "| run | fold | class | n synthetic | n real | AUC (0.5 = no shortcut) | mean p synthetic / real |",
-                   "|---|---|---|---|---|---|---|"]
-        for chk in clf_checks:
-            for c, r in sorted(chk["per_class"].items()):
-                if r["auc"] is not None:
-                    report.append(f"| {chk['run']} | {chk['fold']} | {c} | {r['n_synthetic']} | {r['n_real']} | "
-                                  f"{_fmt(r['auc'])} | {_fmt(r['mean_probability_synthetic'])} / "
-                                  f"{_fmt(r['mean_probability_real'])} |")
-    save_text("\n".join(report) + "\n", out / "report.md")
-    save_text(methods_summary(name, pp, results, tests, shortcuts, n_boot), out / "methods.md")
-    summary = {"dataset": name, "n_folds": n_folds, "n_repeats": n_repeats,
-               "runs": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()},
-               "paired_tests": tests, "shortcut_checks": shortcuts, "classifier_shortcut_checks": clf_checks,
-               "output": str(out)}
-    save_json(summary, out / "summary.json")
-    logger.info("NeoCls evaluation of %d run(s) written to %s", len(results), out)
-    return summary
+    return tests
 
 
 def classifier_shortcut_checks(name: str, found: dict[str, dict[int, Path]], plans_name: str) -> list[dict]:
@@ -336,55 +155,6 @@ def classifier_shortcut_checks(name: str, found: dict[str, dict[int, Path]], pla
                 except (FileNotFoundError, ValueError, KeyError) as e:
                     logger.warning("classifier shortcut check %s fold %d skipped: %s", run, k, e)
     return out
-
-
-def methods_summary(name: str, pp: Path, results: dict, tests: list[dict], shortcuts: list[dict],
-                    n_boot: int) -> str:
-    """A short TRIPOD+AI-style methods paragraph built from what the runs actually recorded."""
-    k_rep, n_rep = split_layout(pp)
-    splits = load_splits(pp)[:k_rep]
-    first = next(iter(results.values()))
-    labels = {c: int(y) for r in results.values() for c, y in zip(r["case_ids"], r["_y"])}
-    rep_txt = "" if n_rep == 1 else (f", repeated {n_rep} times with new split seeds (repeat 0's folds give the "
-                                     "main numbers; the spread over repeats is reported separately)")
-    lines = [f"# Methods summary ({name})", "",
-             "**Data and folds.** Stratified (by target) patient-level cross-validation with "
-             f"{len(splits)} folds (nnU-Net splits_final.json){rep_txt}. Per fold of repeat 0 (training / validation "
-             "cases, positives):"]
-    for k, sp in enumerate(splits):
-        tr_pos = sum(labels.get(c, 0) for c in sp["train"])
-        va_pos = sum(labels.get(c, 0) for c in sp["val"])
-        lines.append(f"- fold {k}: {len(sp['train'])} training ({tr_pos} positive) / {len(sp['val'])} validation "
-                     f"({va_pos} positive)")
-    protos = sorted({r["early_stopping"] for r in results.values() if r["arch"] != "radiomics"})
-    arms = sorted({(r["ratio"], r.get("arm", "synthetic")) for r in results.values() if r["ratio"] > 0})
-    summ = [fr for r in results.values() for fr in r["fold_results"]]
-    lines += ["", "**Model selection.** " + " ".join(f"{p}: {PROTOCOL_LABELS.get(p, p)}." for p in protos)]
-    if "nested" in protos:
-        lines.append("Under the nested protocol each training fold is split into stratified inner folds; the epoch "
-                     "is chosen on the pooled inner out-of-fold AUC (centred moving average, ties by lower BCE), "
-                     "then the model is refitted on the whole training fold for that many epochs.")
-    cal = sorted({str(r.get("calibration_method", "")) for r in results.values()} - {""})
-    lines += ["", "**Probabilities, calibration and threshold.** Probabilities are mapped to the real training "
-              "prevalence (prior-shift correction, because synthetic balancing changes the prior); under the "
-              "nested protocol a Platt (or, with enough cases, isotonic) calibration and the operating threshold "
-              "are then fitted on the inner out-of-fold predictions of the training fold only"
-              + (f" (methods used: {', '.join(cal)})" if cal else "") + ". Threshold sources: "
-              + ", ".join(sorted({str(r['operating_point']['threshold_source']) for r in results.values()})) + "."]
-    if arms:
-        lines += ["", "**Training-set arms.** At each synthetic ratio r the arms draw the same number of items per "
-                  "epoch (hence equal optimizer steps): " + "; ".join(column_label(x, a) for x, a in arms) + "."]
-    lines += ["", f"**Statistics.** Per-fold AUC mean ± SD (the paper's number) and the pooled out-of-fold AUC with "
-              f"DeLong and stratified-bootstrap ({n_boot} replicates) 95 % CIs; sensitivity and specificity at the "
-              "training-fitted threshold with Wilson CIs; calibration as ECE and reliability diagrams on the real "
-              f"validation cases. {len(tests)} paired DeLong test(s) on the same cases, Holm-corrected."]
-    if shortcuts:
-        flagged = sum(bool(s["warning"]) for s in shortcuts)
-        lines.append(f"A real-vs-synthetic discriminator was fitted per fold ({flagged}/{len(shortcuts)} folds "
-                     "flagged: synthetic patches distinguishable).")
-    lines += ["", f"Validation cases evaluated: {first['n']} ({first['n_pos']} positive); "
-              f"{len(summ)} fold results over {len(results)} run(s)."]
-    return "\n".join(lines) + "\n"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

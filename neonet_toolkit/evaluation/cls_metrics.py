@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from neonet_toolkit.training.cls_artifacts import OOF_FILE, SUMMARY_FILE, read_predictions_csv
+from neonet_toolkit.models.cls_results import OOF_FILE, SUMMARY_FILE, read_predictions_csv
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.identifiers import (
+    PLANS_NAME,
     PROTOCOL_LABELS,
     fold_folders,
     list_cls_runs,
@@ -27,7 +28,7 @@ def parse_run_name(run: str) -> dict | None:
     return None if rid is None else dataclasses.asdict(rid)
 
 
-def discover_runs(results_root: Path, plans_name: str = "NeoNetPlans") -> dict[str, dict[int, Path]]:
+def discover_runs(results_root: Path, plans_name: str = PLANS_NAME) -> dict[str, dict[int, Path]]:
     """{run name: {fold: fold folder}} for folds that finished (oof_predictions.csv + cls_summary.json)."""
 
     runs: dict[str, dict[int, Path]] = {}

@@ -8,11 +8,10 @@ import numpy as np
 
 from neonet_toolkit.dataset.case_ids import safe_join
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+from neonet_toolkit.models.cls import load_fold_classifier, load_real, load_synthetic, predict_proba
+from neonet_toolkit.models.cls_results import SUMMARY_FILE, case_labels
 from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
 from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, select_for_ratio, synthetic_folder
-from neonet_toolkit.training.cls_artifacts import SUMMARY_FILE, case_labels
-from neonet_toolkit.training.cls_data import load_real, load_synthetic
-from neonet_toolkit.training.cls_predict import load_fold_classifier, predict_proba
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.identifiers import PLANS_NAME, dataset_folders, stage_fold_folder, stage_folder_name
 from neonet_toolkit.utilities.io import load_json, save_json
@@ -40,7 +39,7 @@ def patch_features(img: np.ndarray, lab: np.ndarray) -> np.ndarray:
 
 
 def shortcut_check(dataset, fold: int, ratio: float = 1.0, crop_source: str = "gt", n_splits: int = 5,
-                   seed: int = 0, plans_name: str = "NeoNetPlans", save: bool = True) -> dict:
+                   seed: int = 0, plans_name: str = PLANS_NAME, save: bool = True) -> dict:
     """Can a simple discriminator tell the fold's synthetic training patches from its real ones?
 
     Standardised logistic regression on intensity/gradient/noise statistics, out-of-fold over a
@@ -120,7 +119,7 @@ def shortcut_check(dataset, fold: int, ratio: float = 1.0, crop_source: str = "g
     return out
 
 
-def load_shortcut_checks(results_root: Path, plans_name: str = "NeoNetPlans") -> list[dict]:
+def load_shortcut_checks(results_root: Path, plans_name: str = PLANS_NAME) -> list[dict]:
     d = results_root / f"{SHORTCUT_DIR}__{plans_name}"
     return [load_json(f) for f in sorted(d.glob("fold_*.json"))] if d.is_dir() else []
 

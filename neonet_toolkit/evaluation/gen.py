@@ -49,13 +49,14 @@ from neonet_toolkit.networks.generative import (
 )
 from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
 from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, synthetic_folder
-from neonet_toolkit.utilities.devices import get_device
 from neonet_toolkit.utilities.checkpoints import load_checkpoint
+from neonet_toolkit.utilities.devices import get_device
 from neonet_toolkit.utilities.identifiers import (
     AUTOENCODERS,
+    GEN_EVALUATION_DIR,
+    PLANS_NAME,
     GenRunId,
-    dataset_folders,
-    list_synthetic_sets,
+    ResultLayout,
     parse_gen_stage_dir,
 )
 from neonet_toolkit.utilities.io import save_figure, save_json, save_text
@@ -72,16 +73,17 @@ AUTOENCODER_LABELS = {"vae": "NeoGen VAE", "vqvae": "QNeoGen VQ-VAE"}
 
 
 @torch.no_grad()
-def reconstruction_metrics(dataset, fold: int, device: str = "cpu", plans_name: str = "NeoNetPlans",
+def reconstruction_metrics(dataset, fold: int, device: str = "cpu", plans_name: str = PLANS_NAME,
                            lpips_weights: str | None = None, lpips_net: str = "alex") -> dict:
     """Table 3: every trained autoencoder of the fold (``vae``, ``vqvae``) on the validation patches, next to
     the mean-training-patch baseline."""
-    name, pp, _ = dataset_folders(dataset)
+    layout = ResultLayout.for_dataset(dataset, plans_name)
+    name, pp = layout.dataset_name, layout.preprocessed
     split = get_fold(load_splits(pp), fold)
     src = patch_folder(pp, "gt")
     val, val_lab = _stack_patches(src, split["val"], load_patch)
     train, _ = _stack_patches(src, split["train"], load_patch)
-    kinds = [k for k in AUTOENCODERS if stage_checkpoint_path(name, k, fold, plans_name).is_file()]
+    kinds = [k for k in AUTOENCODERS if stage_checkpoint_path(layout, k, fold, plans_name).is_file()]
     if not kinds:
         raise FileNotFoundError(f"No trained autoencoder for fold {fold}: run `neonet_train {name} vae {fold}` "
                                 f"(and/or vqvae) first.")
@@ -99,7 +101,7 @@ def reconstruction_metrics(dataset, fold: int, device: str = "cpu", plans_name: 
         out["mean_patch_baseline"].update(lpips=base["average"])
         out["lpips_network"], out["lpips_weights"] = lpips_net, str(lpips_weights)
     for kind in kinds:
-        ae = load_fold_autoencoder(name, fold, kind, device, plans_name)
+        ae = load_fold_autoencoder(layout, fold, kind, device, plans_name)
         recs = []
         for s in range(0, len(x), 4):
             mu, _ = ae.encode_posterior(to_vae_input(x[s:s + 4], ae.config).to(device))
@@ -130,14 +132,15 @@ def set_label(rid: GenRunId) -> str:
 
 
 def generation_metrics(dataset, fold: int, fid_network: str = "pca", fid_weights: str | None = None,
-                       device: str = "cpu", plans_name: str = "NeoNetPlans", pca_components: int = 8,
+                       device: str = "cpu", plans_name: str = PLANS_NAME, pca_components: int = 8,
                        set_dir: str = "synthetic", n_boot: int = 200) -> dict:
     """Table 4 row of one synthetic set: FID per view and averaged, with percentile bootstrap CIs over patches
     (:func:`neonet_toolkit.evaluation.image_metrics.fid_per_view_with_ci`), and the real-validation reference."""
-    name, pp, _ = dataset_folders(dataset)
+    layout = ResultLayout.for_dataset(dataset, plans_name)
+    pp = layout.preprocessed
     plans = NeoNetPlans(pp / NEONET_PLANS_FILE)
     split = get_fold(load_splits(pp), fold)
-    syn_folder = synthetic_folder(name, fold, plans_name, set_dir=set_dir)
+    syn_folder = synthetic_folder(layout, fold, plans_name, set_dir=set_dir)
     manifest = load_manifest(syn_folder)
     if not manifest["entries"]:
         raise ValueError(f"{syn_folder} has no synthetic entries; run neonet_generate with --ratio > 0.")
@@ -165,11 +168,12 @@ def generation_metrics(dataset, fold: int, fid_network: str = "pca", fid_weights
             "intensity": roi_stats, "manifest_settings": manifest.get("settings", {})}
 
 
-def save_montage(dataset, fold: int, path: Path, n: int = 4, plans_name: str = "NeoNetPlans",
+def save_montage(dataset, fold: int, path: Path, n: int = 4, plans_name: str = PLANS_NAME,
                  set_dir: str = "synthetic") -> Path:
-    name, pp, _ = dataset_folders(dataset)
+    layout = ResultLayout.for_dataset(dataset, plans_name)
+    name, pp = layout.dataset_name, layout.preprocessed
     axis = view_axes(NeoNetPlans(pp / NEONET_PLANS_FILE)["transpose_forward"])["axial"]
-    syn_folder = synthetic_folder(name, fold, plans_name, set_dir=set_dir)
+    syn_folder = synthetic_folder(layout, fold, plans_name, set_dir=set_dir)
     entries = load_manifest(syn_folder)["entries"]
     # alternate minority / majority examples when both exist
     by_role = {r: [e for e in entries if e["role"] == r] for r in ("minority", "majority")}
@@ -241,25 +245,26 @@ def tables_markdown(report: dict) -> str:
 
 
 def evaluate_gen(dataset, folds=(0,), fid_network: str = "pca", fid_weights: str | None = None, device: str = "cpu",
-                 n_montage: int = 4, plans_name: str = "NeoNetPlans", skip_generation: bool = False,
+                 n_montage: int = 4, plans_name: str = PLANS_NAME, skip_generation: bool = False,
                  lpips_weights: str | None = None, lpips_net: str = "alex", n_boot: int = 200) -> dict:
     """Tables 3 and 4 per fold: every trained autoencoder and every synthetic set of the fold (NeoGen, its DM,
     VQ-VAE, mask-only and rectified-flow variants: whatever was generated)."""
     dev = str(get_device(device))
-    name, _, res = dataset_folders(dataset)
+    layout = ResultLayout.for_dataset(dataset, plans_name)
+    name = layout.dataset_name
     report = {"dataset": name, "folds": {}}
     for fold in folds:
-        out = res / f"gen_evaluation__{plans_name}" / f"fold_{int(fold)}"
-        r = {"reconstruction": reconstruction_metrics(name, fold, dev, plans_name, lpips_weights, lpips_net)}
+        out = layout.report_folder(GEN_EVALUATION_DIR, fold)
+        r = {"reconstruction": reconstruction_metrics(layout, fold, dev, plans_name, lpips_weights, lpips_net)}
         if not skip_generation:
-            sets = list_synthetic_sets(res, fold, plans_name)
+            sets = layout.synthetic_sets(fold)
             if not sets:  # names the command that makes the default set
-                load_manifest(synthetic_folder(name, fold, plans_name))
-            r["generation_sets"] = {d: generation_metrics(name, fold, fid_network, fid_weights, dev, plans_name,
+                load_manifest(synthetic_folder(layout, fold, plans_name))
+            r["generation_sets"] = {d: generation_metrics(layout, fold, fid_network, fid_weights, dev, plans_name,
                                                           set_dir=d, n_boot=n_boot) for d in sets}
             main_set = "synthetic" if "synthetic" in sets else next(iter(sets))
             r["generation"] = r["generation_sets"][main_set]
-            r["montage"] = str(save_montage(name, fold, out / "montage.png", n_montage, plans_name, main_set))
+            r["montage"] = str(save_montage(layout, fold, out / "montage.png", n_montage, plans_name, main_set))
         save_json(r, out / "gen_report.json")
         report["folds"][str(fold)] = r
         rec = r["reconstruction"]
@@ -271,7 +276,7 @@ def evaluate_gen(dataset, folds=(0,), fid_network: str = "pca", fid_weights: str
                         for g in r["generation_sets"].values()))
         save_text(tables_markdown({"folds": {str(fold): r}}), out / "tables.md")
     if len(report["folds"]) > 0:
-        summary = res / f"gen_evaluation__{plans_name}" / "summary.json"
+        summary = layout.report_folder(GEN_EVALUATION_DIR) / "summary.json"
         save_json(report, summary)
     return report
 

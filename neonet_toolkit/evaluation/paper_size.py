@@ -27,6 +27,7 @@ from neonet_toolkit.experiment_planning.plans import gpu_full_settings
 from neonet_toolkit.training.resources import build_stage, estimate_stage, latent_shape
 from neonet_toolkit.utilities.checkpoints import load_checkpoint, save_checkpoint
 from neonet_toolkit.utilities.devices import autocast, get_device, make_grad_scaler
+from neonet_toolkit.utilities.identifiers import FINAL_CHECKPOINT
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def _peak_rss_mb() -> float:
 
 def _round_trip(net: torch.nn.Module) -> None:
     with tempfile.TemporaryDirectory() as d:
-        f = Path(d) / "checkpoint_final.pth"
+        f = Path(d) / FINAL_CHECKPOINT
         save_checkpoint({"network": net.state_dict(), "epoch": 0}, f)
         sd = load_checkpoint(f)["network"]  # weights_only=True
     ref = net.state_dict()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neonet_toolkit import paths
+from neonet_toolkit.utilities.identifiers import NNUNET_VALIDATION_SUMMARY, ResultLayout
 from neonet_toolkit.utilities.io import load_json, save_csv, save_json, save_text
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip nnU-Net's pooled cross-validation summary.json")
 
 
-def _model_folders(results: Path, models=None) -> list[Path]:
+def _model_folders(layout: ResultLayout, models=None) -> list[Path]:
+    results = layout.nnunet_results
     if models:
         out = []
         for m in models:
@@ -47,24 +48,21 @@ def _model_folders(results: Path, models=None) -> list[Path]:
                 raise FileNotFoundError(f"Model folder {m} not found (looked in {results}).")
             out.append(p)
         return out
-    if not results.is_dir():
-        return []
-    return sorted(p for p in results.iterdir() if p.is_dir() and p.name.count("__") == 2)
+    return layout.nnunet_model_folders()
 
 
 def _fmt(mean, sd):
     return "n/a" if mean is None or np.isnan(mean) else (f"{mean:.4f} ± {sd:.4f}" if sd is not None else f"{mean:.4f}")
 
 
-def evaluate_seg(dataset: int | str, folds=None, models=None, pooled: bool = True,
+def evaluate_seg(dataset: int | str | ResultLayout, folds=None, models=None, pooled: bool = True,
                  output_folder: str | Path | None = None) -> dict:
-    env = paths.ensure_environment()
-    name = paths.find_dataset_name(dataset)
-    results = env["nnUNet_results"] / name
-    out_dir = Path(output_folder) if output_folder else env["neonet_results"] / name / "evaluation" / "seg"
+    layout = ResultLayout.for_dataset(dataset)
+    results = layout.nnunet_results
+    out_dir = Path(output_folder) if output_folder else layout.seg_evaluation_folder
     per_fold_rows, summary_rows = [], []
     label_names: list[str] = []
-    for mf in _model_folders(results, models):
+    for mf in _model_folders(layout, models):
         if not (mf / "dataset.json").is_file():
             continue
         ds_json = load_json(mf / "dataset.json")
@@ -72,18 +70,19 @@ def evaluate_seg(dataset: int | str, folds=None, models=None, pooled: bool = Tru
         for n in id_to_name.values():
             if n not in label_names:
                 label_names.append(n)
-        have = sorted(int(d.name[5:]) for d in mf.glob("fold_*") if d.name[5:].isdigit()
-                      and (d / "validation" / "summary.json").is_file())
+        validated = ResultLayout.finished_folds(mf, "seg_validation")
+        have = sorted(validated)
         use = [f for f in have if folds is None or f in folds]
         if folds is not None and set(folds) - set(have):
             logger.warning("%s: fold(s) %s have no validation/summary.json (not trained or not validated); skipped.",
                            mf.name, sorted(set(folds) - set(have)))
         if not use:
             continue
-        trainer = mf.name.split("__")[0]
+        model_id = ResultLayout.parse_nnunet_identifier(mf.name)
+        trainer = model_id.trainer if model_id else mf.name
         model_rows = []
         for f in use:
-            s = load_json(mf / f"fold_{f}" / "validation" / "summary.json")
+            s = load_json(validated[f] / NNUNET_VALIDATION_SUMMARY)
             row = {"model": mf.name, "architecture": ARCH_OF_TRAINER.get(trainer, trainer), "fold": f,
                    "n_cases": len(s.get("metric_per_case", []))}
             for lid, m in s["mean"].items():
@@ -99,7 +98,7 @@ def evaluate_seg(dataset: int | str, folds=None, models=None, pooled: bool = Tru
         if pooled:
             from nnunetv2.evaluation.accumulate_cv_results import accumulate_cv_results
 
-            merged = mf / f"crossval_results_folds_{'_'.join(map(str, use))}"
+            merged = ResultLayout.nnunet_crossval_folder(mf, use)
             accumulate_cv_results(str(mf), str(merged), use, num_processes=1, overwrite=True)
             ps = load_json(merged / "summary.json")
             srow["pooled_summary"] = str(merged / "summary.json")
@@ -136,7 +135,8 @@ def evaluate_seg(dataset: int | str, folds=None, models=None, pooled: bool = Tru
           f"({', '.join(label_names)}) per fold, then mean ± SD over folds. Pooled OOF = nnU-Net's summary.json of "
           "all validation cases together.\n\n" + "\n".join(lines) + "\n")
     save_text(md, out_dir / "seg_dice.md")
-    report = {"dataset": name, "per_fold": per_fold_rows, "models": summary_rows, "output_folder": str(out_dir)}
+    report = {"dataset": layout.dataset_name, "per_fold": per_fold_rows, "models": summary_rows,
+              "output_folder": str(out_dir)}
     save_json(report, out_dir / "seg_dice.json")
     logger.info("NeoSeg evaluation of %d model(s) written to %s\n%s", len(summary_rows), out_dir, md)
     return report

@@ -18,9 +18,11 @@ import math
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
+from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME
+
 logger = logging.getLogger(__name__)
 
-NEONET_NNUNET_PLANS = "NeoNetPlans"
+NEONET_NNUNET_PLANS = NNUNET_PLANS_NAME
 SWIN_DIVISOR = 32
 
 

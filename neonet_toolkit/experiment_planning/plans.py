@@ -3,8 +3,8 @@
 ``nnUNet_preprocessed/DatasetXXX_Name/neonet_plans.json`` looks like nnU-Net's plans::
 
     {
-      "plans_name": "NeoNetPlans",
-      "nnunet_plans": "NeoNetPlans", "seg_configuration": "3d_fullres",
+      "plans_name": <identifiers.PLANS_NAME>,
+      "nnunet_plans": <identifiers.NNUNET_PLANS_NAME>, "seg_configuration": "3d_fullres",
       "target": "PNI", "label_roles": {...},
       "spacing": [...], "transpose_forward": [...],
       "tlcr": {"crop_size": [z, y, x] (array order), "crop_size_xyz": [x, y, z], ...},
@@ -15,7 +15,7 @@
       }
     }
 
-A configuration may ``inherit_from`` another; stage dictionaries are merged key by key, so a
+A configuration may ``inherits_from`` another; stage dictionaries are merged key by key, so a
 user adds ``"my_cfg": {"inherits_from": "cpu_small", "cls": {"epochs": 5}}`` and selects it with
 ``-c my_cfg``. Every size that depends on the data (crop, latent shape, diffusion levels) is
 derived here once, from the fingerprint, so the stages never disagree.
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from neonet_toolkit.experiment_planning.settings import as_dict, validate_stage
-from neonet_toolkit.utilities.identifiers import check_safe_name
+from neonet_toolkit.utilities.identifiers import PLANS_NAME, check_safe_name
 from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def build_neonet_plans(*, dataset_name: str, target: str, label_roles: dict, nnu
     latent = [c // 2 ** n_vae_down for c in crop]
     levels = max_unet_levels(latent, ldm_level_cap)
     plans = {
-        "plans_name": "NeoNetPlans",
+        "plans_name": PLANS_NAME,
         "dataset_name": dataset_name,
         "nnunet_plans": nnunet_plans_name,
         "seg_configuration": seg_configuration,

@@ -53,7 +53,7 @@ from neonet_toolkit.preprocessing.synthetic_sets import MANIFEST, synthetic_fold
 from neonet_toolkit.training.gen_common import case_labels
 from neonet_toolkit.utilities.checkpoints import check_upstream, load_checkpoint
 from neonet_toolkit.utilities.devices import get_device
-from neonet_toolkit.utilities.identifiers import SAMPLER_OF_OBJECTIVE, GenRunId, dataset_folders
+from neonet_toolkit.utilities.identifiers import PLANS_NAME, SAMPLER_OF_OBJECTIVE, GenRunId, ResultLayout
 from neonet_toolkit.utilities.io import load_json, save_json, save_npz
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def _variant_flags(variant) -> str:
     return "".join(f" {k} {v}" for k, v in flags)
 
 
-def load_neogen_models(dataset, fold: int, device: str | torch.device = "cpu", plans_name: str = "NeoNetPlans",
+def load_neogen_models(dataset, fold: int, device: str | torch.device = "cpu", plans_name: str = PLANS_NAME,
                        configuration: str | None = None, variant: GenRunId | None = None) -> NeoGenModels:
     """The fold's frozen autoencoder, diffusion U-Net and (unless ``variant.generator == "dm"``) ControlNet,
     all from their checkpoint_final.pth. ``variant`` (a synthetic-set :class:`GenRunId`) picks the
@@ -133,10 +133,11 @@ def load_neogen_models(dataset, fold: int, device: str | torch.device = "cpu", p
 
     device = torch.device(device)
     variant = variant or GenRunId("synthetic")
-    name, pp, _ = dataset_folders(dataset)
-    ae = load_fold_autoencoder(name, fold, variant.autoencoder, device, plans_name)
+    layout = ResultLayout.for_dataset(dataset, plans_name)
+    name, pp = layout.dataset_name, layout.preprocessed
+    ae = load_fold_autoencoder(layout, fold, variant.autoencoder, device, plans_name)
     if variant.generator == "controlnet":
-        cn_path = stage_checkpoint_path(name, variant.upstream("controlnet").name, fold, plans_name)
+        cn_path = stage_checkpoint_path(layout, variant.upstream("controlnet").name, fold, plans_name)
         if not cn_path.is_file():
             raise FileNotFoundError(
                 f"{cn_path} not found: train it with `neonet_train {name} controlnet {fold}{_variant_flags(variant)}`.")
@@ -147,7 +148,7 @@ def load_neogen_models(dataset, fold: int, device: str | torch.device = "cpu", p
                        f"Retrain it: `neonet_train {name} controlnet {fold}{_variant_flags(variant)} --overwrite`.")
         ldm_path, main_ckpt = Path(ex["ldm_checkpoint"]), cn
     else:
-        ldm_path = stage_checkpoint_path(name, variant.upstream("ldm").name, fold, plans_name)
+        ldm_path = stage_checkpoint_path(layout, variant.upstream("ldm").name, fold, plans_name)
         if not ldm_path.is_file():
             raise FileNotFoundError(f"{ldm_path} not found: train it with `neonet_train {name} ldm {fold} "
                                     f"--autoencoder {variant.autoencoder} --objective {variant.objective}`.")
@@ -272,7 +273,7 @@ def plan_entries(train_labels: dict[str, int], ratio: float, n_majority: int = 0
 
 def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: int = 0, steps: int | None = None,
                            seed: int = 0, eta: float = 0.0, device: str = "cpu", overwrite: bool = False,
-                           plans_name: str = "NeoNetPlans", configuration: str | None = None,
+                           plans_name: str = PLANS_NAME, configuration: str | None = None,
                            generator: str = "controlnet", autoencoder: str | None = None, objective: str | None = None,
                            conditioning: str | None = None, sampler: str | None = None, crop_source: str = "gt") -> Path:
     """Generate (or extend) the fold's synthetic set; returns its folder. See the module docstring.
@@ -284,13 +285,14 @@ def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: i
     writes the ``..._pred`` set; ``gt`` uses the ground-truth masks."""
     synthetic_stage(crop_source)  # validates crop_source before any work
     dev = get_device(device)
-    name, pp, _ = dataset_folders(dataset)
+    layout = ResultLayout.for_dataset(dataset, plans_name)
+    name, pp = layout.dataset_name, layout.preprocessed
     plans = NeoNetPlans(pp / NEONET_PLANS_FILE)
     variant = resolve_variant(plans, configuration, dev.type, generator, autoencoder, objective, conditioning,
                               sampler)
     split = get_fold(load_splits(pp), fold)
     train_ids, val_ids = list(split["train"]), set(split["val"])
-    models = load_neogen_models(name, fold, dev, plans_name, configuration, variant)
+    models = load_neogen_models(layout, fold, dev, plans_name, configuration, variant)
     steps = int(steps or models.sampling.get("steps", 50))
     check_steps(models, steps)  # validates the step count before any work
     if eta and models.objective != "eps":
@@ -306,7 +308,7 @@ def generate_synthetic_set(dataset, fold: int, ratio: float = 1.0, n_majority: i
         raise FileNotFoundError(f"fold {fold}: no {crop_source} TLCR mask patch for training case(s) {missing[:5]} in "
                                 f"{src}; {fix}.")
 
-    out = synthetic_folder(name, fold, plans_name, crop_source, variant.name)
+    out = synthetic_folder(layout, fold, plans_name, crop_source, variant.name)
     settings = {"checkpoint": models.checkpoint, "checkpoint_sha1": file_sha1(models.checkpoint),
                 "upstream_sha1": {k: file_sha1(v) for k, v in models.upstream.items()}, "steps": steps,
                 "seed": int(seed), "eta": float(eta), "sampler": models.sampler, **variant_provenance(models)}

@@ -63,21 +63,21 @@ from neonet_toolkit.inference.postprocessing import (
     ensemble_decision,
 )
 from neonet_toolkit.inference.report import crop_png
-from neonet_toolkit.inference.seg import initialize_predictor
 from neonet_toolkit.inference.writers import CSV_FIELDS, collect
-from neonet_toolkit.preprocessing.orientation import canonical_orientation, canonical_tlcr
-from neonet_toolkit.training.cls_predict import (
+from neonet_toolkit.models.cls import (
     decision_rule,
     load_fold_classifier,
     predict_proba,
 )
-from neonet_toolkit.training.seg.masks import (
+from neonet_toolkit.models.seg import (
     check_model_folder,
     default_model_folder,
+    initialize_predictor,
     label_map_by_name,
     model_folds,
     registered_model,
 )
+from neonet_toolkit.preprocessing.orientation import canonical_orientation, canonical_tlcr
 from neonet_toolkit.utilities.devices import get_device
 from neonet_toolkit.utilities.checkpoints import file_sha256
 from neonet_toolkit.utilities.identifiers import (
@@ -127,7 +127,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
 
     @paths.with_nnunet_environment
     def __init__(self, dataset, seg_model: str | Path | None = None, cls_run: str | None = None,
-                 folds: Sequence[int] | None = None, device: str = "auto", plans_name: str = "NeoNetPlans",
+                 folds: Sequence[int] | None = None, device: str = "auto", plans_name: str = PLANS_NAME,
                  trust_checkpoints: bool = False):
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -147,7 +147,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         # NeoSeg
         self.seg_model = Path(seg_model) if seg_model is not None else default_model_folder(self.dataset_name)
         seg_folds = list(folds) if folds is not None else None
-        check_model_folder(self.seg_model, seg_folds, trust_checkpoints)
+        check_model_folder(self.seg_model, seg_folds, trust_checkpoints, verify=False)  # verified by its one load below
         self.trust_checkpoints = bool(trust_checkpoints)
         self.seg_folds = seg_folds if seg_folds is not None else model_folds(self.seg_model)
         dev = torch.device("cuda", self.device.index or 0) if self.device.type == "cuda" else self.device

@@ -3,29 +3,25 @@
 Everything goes through nnU-Net's ``nnUNetPredictor`` (sliding window, Gaussian weighting,
 mirroring, export to the original image space), so results are those of ``nnUNetv2_predict``
 with the same model and folds. For a model registered from another group
-(:func:`neonet_toolkit.training.seg.masks.register_model`), the written masks are relabelled
+(:func:`neonet_toolkit.models.seg.register_model`), the written masks are relabelled
 by name into the dataset's label ids.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.labels import remap_labels
-from neonet_toolkit.training.seg.masks import (
-    SegCheckpointError,
+from neonet_toolkit.models.seg import (
     check_model_folder,
-    check_seg_checkpoint,
     default_model_folder,
+    initialize_predictor,
     label_map_by_name,
     model_folds,
     registered_model,
 )
-from neonet_toolkit.training.seg.trainers import TRAINERS
-from neonet_toolkit.utilities.checkpoints import load_verified_checkpoint
 from neonet_toolkit.utilities.devices import get_device
 from neonet_toolkit.utilities.io import atomic_path, load_json
 
@@ -38,75 +34,6 @@ def _device(name: str):
 
     dev = get_device(name)
     return torch.device("cuda", dev.index or 0) if dev.type == "cuda" else dev
-
-
-NEOSEG_TRAINERS = {c.__name__: c for c in TRAINERS.values()}  # by trainer name, as checkpoints record it
-
-
-def initialize_predictor(predictor, model_folder: str | Path, folds: Sequence[int | str],
-                         checkpoint_name: str = "checkpoint_final.pth", trust_checkpoints: bool = False) -> None:
-    """Initialise an ``nnUNetPredictor`` from a model folder, as ``initialize_from_trained_model_folder`` does,
-    but loading every checkpoint with ``weights_only=True`` under the allow-list and taking NeoSeg's trainers
-    from NeoNet itself (nnU-Net's trainer search by name is used only for other trainers: in nnU-Net 2.8.1 it
-    iterates ``sys.modules`` while module attribute access may import, which fails on some installations with
-    "dictionary changed size during iteration"). ``trust_checkpoints`` hands the folder to nnU-Net's own
-    loader unchanged (``weights_only=False``)."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunetv2.utilities.label_handling.label_handling import (
-        determine_num_input_channels,
-    )
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    model_folder = Path(model_folder)
-    if trust_checkpoints:
-        predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
-                                                       checkpoint_name=checkpoint_name)
-        return
-    dataset_json = load_json(model_folder / "dataset.json")
-    plans_manager = PlansManager(load_json(model_folder / "plans.json"))
-    files = [model_folder / f"fold_{f}" / checkpoint_name for f in folds]
-    checkpoints = [load_verified_checkpoint(f) for f in files]
-    # what each file says it is, before a network is built from it (an edited trainer_name, a classifier fold)
-    names = [check_seg_checkpoint(c, f, model_folder, plans_manager.available_configurations)
-             for c, f in zip(checkpoints, files)]
-    if len(set(names)) > 1:
-        raise SegCheckpointError(f"The folds of {model_folder} record different trainers "
-                                 f"{dict(zip(map(str, files), names))}: one model's folds share one trainer. Replace "
-                                 "the edited checkpoint(s) with the originals.")
-    first = checkpoints[0]
-    trainer_name = names[0]
-    configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
-    trainer_class = NEOSEG_TRAINERS.get(trainer_name)
-    if trainer_class is None:
-        try:
-            trainer_class = recursive_find_trainer_class_by_name(trainer_name)
-        except (RuntimeError, AssertionError, ImportError) as e:
-            raise SegCheckpointError(
-                f"{files[0]} records trainer_name {trainer_name!r}, which is neither a NeoSeg trainer "
-                f"({sorted(NEOSEG_TRAINERS)}) nor an nnU-Net trainer class (searched nnunetv2.training.nnUNetTrainer "
-                f"and nnUNet_extTrainer: {type(e).__name__}). A model trained with your own trainer: add its folder "
-                "to nnUNet_extTrainer. Otherwise the checkpoint was edited: replace it with the original.") from None
-    if "plans_manager" not in inspect.signature(trainer_class.build_network_architecture).parameters:
-        # a trainer with nnU-Net's old build signature: nnU-Net's own loader knows both (checked files above)
-        predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
-                                                       checkpoint_name=checkpoint_name)
-        return
-    network = trainer_class.build_network_architecture(
-        plans_manager, configuration_manager,
-        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
-        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
-    parameters = [c["network_weights"] for c in checkpoints]
-    for f, weights in zip(files, parameters):
-        try:
-            network.load_state_dict(weights)
-        except RuntimeError as e:
-            raise SegCheckpointError(
-                f"The weights in {f} do not fit the {trainer_name} network built from {model_folder / 'plans.json'} "
-                f"({str(e).strip().splitlines()[0][:200]}): the checkpoint was edited or belongs to another model. "
-                "Replace it with the original, or retrain that fold.") from None
-    network.load_state_dict(parameters[0])
-    predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
-                                    trainer_name, first.get("inference_allowed_mirroring_axes"))
 
 
 def relabel_files(files: Iterable[Path], label_map: dict[int, int], reader_writer) -> None:
@@ -146,7 +73,8 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset:
         model_folder = default_model_folder(dataset, arch)
     model_folder = Path(model_folder)
     folds = list(folds) if folds is not None else None
-    check_model_folder(model_folder, folds, trust_checkpoints, checkpoint_name=checkpoint_name)
+    # each checkpoint is verified by its one load, in initialize_predictor
+    check_model_folder(model_folder, folds, trust_checkpoints, checkpoint_name=checkpoint_name, verify=False)
     folds = folds if folds is not None else model_folds(model_folder)
     input_folder, output_folder = Path(input_folder), Path(output_folder)
     if not input_folder.is_dir():

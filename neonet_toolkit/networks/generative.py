@@ -42,7 +42,7 @@ from monai.networks.nets import VQVAE, AutoencoderKL, ControlNet, DiffusionModel
 from monai.networks.utils import copy_model_state
 
 from neonet_toolkit.utilities.checkpoints import load_checkpoint
-from neonet_toolkit.utilities.identifiers import AUTOENCODERS, stage_fold_folder
+from neonet_toolkit.utilities.identifiers import AUTOENCODERS, PLANS_NAME, stage_fold_folder
 
 logger = logging.getLogger(__name__)
 
@@ -264,17 +264,17 @@ def label_to_condition(label: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- fold checkpoints
-def vae_checkpoint_path(dataset, fold: int, plans_name: str = "NeoNetPlans"):
+def vae_checkpoint_path(dataset, fold: int, plans_name: str = PLANS_NAME):
 
     return stage_fold_folder(dataset, "vae", fold, plans_name) / "checkpoint_final.pth"
 
 
-def stage_checkpoint_path(dataset, stage: str, fold: int, plans_name: str = "NeoNetPlans"):
+def stage_checkpoint_path(dataset, stage: str, fold: int, plans_name: str = PLANS_NAME):
 
     return stage_fold_folder(dataset, stage, fold, plans_name) / "checkpoint_final.pth"
 
 
-def load_fold_vae(dataset, fold: int, device: str | torch.device = "cpu", plans_name: str = "NeoNetPlans"
+def load_fold_vae(dataset, fold: int, device: str | torch.device = "cpu", plans_name: str = PLANS_NAME
                   ) -> tuple[AutoencoderKL, float, dict]:
     """The fold's trained VAE (eval mode), its latent scale factor and its config.
 
@@ -293,7 +293,7 @@ def load_fold_vae(dataset, fold: int, device: str | torch.device = "cpu", plans_
 
 
 def load_fold_autoencoder(dataset, fold: int, kind: str = "vae", device: str | torch.device = "cpu",
-                          plans_name: str = "NeoNetPlans") -> FoldAutoencoder:
+                          plans_name: str = PLANS_NAME) -> FoldAutoencoder:
     """The fold's trained ``vae`` or ``vqvae`` (frozen, eval mode) with its scale factor and config."""
     if kind == "vae":
         vae, sf, cfg = load_fold_vae(dataset, fold, device, plans_name)

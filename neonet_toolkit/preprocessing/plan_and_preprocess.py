@@ -1,4 +1,8 @@
-"""``neonet_plan_and_preprocess``: dataset checks → folds → nnU-Net planning → TLCR patches → NeoNet plans.
+"""The data steps of ``neonet_plan_and_preprocess``: dataset checks → folds → nnU-Net planning → TLCR patches →
+NeoNet plans.
+
+Call :func:`neonet_toolkit.training.planning.plan_and_preprocess` (the CLI, the demo and the tests do): it runs
+these steps and then the resource fitting (GPU batch sizes), so every entry point plans the same way.
 
 Every nnU-Net step goes through nnU-Net's own API (fingerprint extraction, planning with a
 planner subclass, preprocessing), so a folder planned here is a normal nnU-Net preprocessed
@@ -75,11 +79,33 @@ def _write_preprocess_stamp(pp_dataset: Path, plans: dict, ds: NeoNetDataset) ->
     save_json({"hash": _preprocess_hash(plans, ds)}, pp_dataset / PREPROCESS_STAMP)
 
 
+def _merge_user_plans(plans: dict, fresh: dict) -> dict:
+    """The user's ``neonet_plans.json`` wins: refresh only what describes the data, and fill in the settings a
+    newer NeoNet added, never overriding a value the user set. Updates and returns ``plans``."""
+    for key in ("dataset_name", "nnunet_plans", "seg_configuration", "target", "label_roles", "spacing",
+                "transpose_forward", "transpose_backward", "class_counts"):
+        plans[key] = fresh[key]
+    plans.setdefault("postprocessing", fresh["postprocessing"])
+    for k, v in fresh["postprocessing"].items():
+        plans["postprocessing"].setdefault(k, v)
+    for conf_name, conf in fresh["configurations"].items():
+        mine = plans["configurations"].setdefault(conf_name, conf)
+        for stage, values in conf.items():
+            if isinstance(values, dict) and stage not in mine:  # a stage added by a newer NeoNet (e.g. vqvae)
+                mine[stage] = dict(values)
+            elif isinstance(values, dict) and isinstance(mine.get(stage), dict):
+                for k, v in values.items():
+                    mine[stage].setdefault(k, v)
+    return plans
+
+
 @paths.with_nnunet_environment
-def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_dataset_integrity: bool = False,
-                        clean: bool = False, overwrite_splits: bool = False, n_folds: int = 5, seed: int = 12345,
-                        crop_size_xyz=None, repeats: int | None = None) -> dict:
-    """Plan and preprocess one dataset. Returns a short report (timings, counts, warnings).
+def plan_and_preprocess_data(dataset: int | str, num_processes: int = 2, verify_dataset_integrity: bool = False,
+                             clean: bool = False, overwrite_splits: bool = False, n_folds: int = 5, seed: int = 12345,
+                             crop_size_xyz=None, repeats: int | None = None) -> dict:
+    """Plan and preprocess one dataset's data (no resource fitting: use
+    :func:`neonet_toolkit.training.planning.plan_and_preprocess`). Returns a short report (timings, counts,
+    warnings).
 
     ``repeats`` R > 1 extends ``splits_final.json`` to R stratified partitions (repeated CV, seeds
     ``seed + r``; the existing folds are kept)."""
@@ -159,22 +185,7 @@ def plan_and_preprocess(dataset: int | str, num_processes: int = 2, verify_datas
         crop_size_xyz=crop_size_xyz or ds.crop_size_xyz, n_folds=len(splits), split_seed=seed,
         class_counts=ds.class_counts())
     if user_plans is not None:
-        plans = user_plans  # the user's file wins; refresh only what describes the data
-        for key in ("dataset_name", "nnunet_plans", "seg_configuration", "target", "label_roles", "spacing",
-                    "transpose_forward", "transpose_backward", "class_counts"):
-            plans[key] = fresh[key]
-        plans.setdefault("postprocessing", fresh["postprocessing"])
-        for k, v in fresh["postprocessing"].items():
-            plans["postprocessing"].setdefault(k, v)
-        # settings added by a newer NeoNet: filled in, never overriding a value the user set
-        for conf_name, conf in fresh["configurations"].items():
-            mine = plans["configurations"].setdefault(conf_name, conf)
-            for stage, values in conf.items():
-                if isinstance(values, dict) and stage not in mine:  # a stage added by a newer NeoNet (e.g. vqvae)
-                    mine[stage] = dict(values)
-                elif isinstance(values, dict) and isinstance(mine.get(stage), dict):
-                    for k, v in values.items():
-                        mine[stage].setdefault(k, v)
+        plans = _merge_user_plans(user_plans, fresh)
         logger.info("Keeping existing %s (delete it or use --clean to regenerate).", plans_file)
     else:
         if plans_file.is_file():

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neonet_toolkit.utilities.identifiers import CROP_SOURCES, stage_fold_folder
+from neonet_toolkit.utilities.identifiers import CROP_SOURCES, PLANS_NAME, stage_fold_folder
 from neonet_toolkit.utilities.io import load_json
 
 MANIFEST = "manifest.json"
@@ -43,7 +43,7 @@ def synthetic_stage(crop_source: str = "gt", set_dir: str = "synthetic") -> str:
     return set_dir if crop_source == "gt" else f"{set_dir}_{crop_source}"
 
 
-def synthetic_folder(dataset, fold: int, plans_name: str = "NeoNetPlans", crop_source: str = "gt",
+def synthetic_folder(dataset, fold: int, plans_name: str = PLANS_NAME, crop_source: str = "gt",
                      set_dir: str = "synthetic") -> Path:
     """``neonet_results/<ds>/<stage>__<plans>/fold_N`` (:func:`synthetic_stage`); NeoCls reads the NeoGen set
     (``set_dir`` ``synthetic``) of its own crop source."""

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from neonet_toolkit.run.common import add_common, dispatch_main
-from neonet_toolkit.utilities.identifiers import dataset_folders, stage_root
+from neonet_toolkit.utilities.identifiers import GEN_EVALUATION_DIR, ResultLayout
 
 TARGETS = {
     "seg": "neonet_toolkit.evaluation.seg",
@@ -51,11 +51,11 @@ def print_summary(what: str, args, result) -> None:
         folder = Path(result["output_folder"])
         print((folder / "seg_dice.md").read_text(encoding="utf-8"))
     elif what == "gen":
-        _, _, res = dataset_folders(args.dataset)
-        folder = stage_root(res, "gen_evaluation")
+        layout = ResultLayout.for_dataset(args.dataset)
+        folder = layout.report_folder(GEN_EVALUATION_DIR)
         for fold in sorted(result.get("folds", {})):
             print(f"## fold {fold}\n")
-            print((folder / f"fold_{fold}" / "tables.md").read_text(encoding="utf-8"))
+            print((layout.report_folder(GEN_EVALUATION_DIR, fold) / "tables.md").read_text(encoding="utf-8"))
     else:
         folder = Path(result["output"])
         for f in sorted(folder.glob("table2*.md")):

@@ -2,7 +2,7 @@
 
 Runs the NeoCls grid (architectures × real:synthetic ratios × folds), one fold at a time:
 
-* a fold whose run finished (``checkpoint_final.pth`` + ``oof_predictions.csv``) is skipped;
+* a fold whose run finished (``checkpoint_final.pth``: the ``model`` rule of ``ResultLayout``) is skipped;
 * a fold with only ``checkpoint_latest.pth`` (interrupted) is resumed;
 * for every fold with a synthetic set, the real-vs-synthetic shortcut check is computed;
 * at the end ``neonet_evaluate DATASET cls`` writes the Table 2 / Table 5 shaped report;
@@ -20,19 +20,24 @@ from pathlib import Path
 from neonet_toolkit.evaluation.cls import evaluate_cls
 from neonet_toolkit.evaluation.cls_shortcut import shortcut_check
 from neonet_toolkit.experiment_planning.splits import add_repeats, load_splits, repeat_folds
+from neonet_toolkit.models.cls_results import case_labels
 from neonet_toolkit.networks.classifiers import canonical_arch
 from neonet_toolkit.preprocessing.synthetic_sets import synthetic_folder
 from neonet_toolkit.run.common import add_common, run_cli, setup_logging
 from neonet_toolkit.training.cls import ClsTrainer
-from neonet_toolkit.training.cls_artifacts import case_labels
 from neonet_toolkit.training.cls_data import check_ratio
-from neonet_toolkit.training.radiomics import RadiomicsUnavailable, run_late_fusion, run_radiomics_baseline
+from neonet_toolkit.training.radiomics import (
+    RadiomicsUnavailable,
+    radiomics_run_name,
+    run_late_fusion,
+    run_radiomics_baseline,
+)
 from neonet_toolkit.utilities.identifiers import (
     ARMS,
     EARLY_STOPPING_MODES,
     LATEST_CHECKPOINT,
-    dataset_folders,
-    fold_is_finished,
+    PLANS_NAME,
+    ResultLayout,
 )
 
 logger = logging.getLogger(__name__)
@@ -41,7 +46,7 @@ logger = logging.getLogger(__name__)
 def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[int] | None = None,
                    device: str = "auto", configuration: str | None = None, epochs: int | None = None,
                    crop_source: str = "gt", early_stopping: str | None = None, evaluate: bool = True,
-                   shortcut: bool = True, n_boot: int = 2000, plans_name: str = "NeoNetPlans",
+                   shortcut: bool = True, n_boot: int = 2000, plans_name: str = PLANS_NAME,
                    arms: list[str] | None = None, repeats: int | None = None) -> dict:
     """Train every (arch, ratio, arm, fold) not yet finished, then evaluate. Returns a status dict.
 
@@ -55,7 +60,8 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
     from tqdm import tqdm
 
 
-    name, pp, _ = dataset_folders(dataset)
+    layout = ResultLayout.for_dataset(dataset, plans_name)
+    name, pp = layout.dataset_name, layout.preprocessed
     if repeats is not None:
         add_repeats(pp, case_labels(pp, "gt"), int(repeats))  # the labels planning recorded for every case
     n_folds = len(load_splits(pp))
@@ -83,7 +89,7 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
             out = probe.output_folder
             if probe.stage_dir not in deep_runs:
                 deep_runs.append(probe.stage_dir)
-            if fold_is_finished(out):
+            if layout.is_finished("model", out):
                 logger.info("skip %s: finished (%s)", tag, out)
                 status["skipped"].append(tag)
                 continue
@@ -97,7 +103,7 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
     if want_radiomics:
 
         try:
-            run_radiomics_baseline(name, folds, crop_source, plans_name=plans_name)
+            run_radiomics_baseline(layout, folds, crop_source, plans_name=plans_name)
             status["trained"].append(f"radiomics folds={folds}")
         except RadiomicsUnavailable as e:
             logger.warning("radiomics baseline skipped: %s", e)
@@ -106,10 +112,10 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
             logger.error("FAILED radiomics baseline: %s", e)
             status["failed"].append(f"radiomics: {e}")
     if want_fusion:
-        radiomics_run = "cls_radiomics_0" + ("" if crop_source == "gt" else f"_{crop_source}")
+        radiomics_run = radiomics_run_name(crop_source)
         for run in deep_runs:
             try:
-                run_late_fusion(name, run, radiomics_run, folds, plans_name=plans_name)
+                run_late_fusion(layout, run, radiomics_run, folds, plans_name=plans_name)
                 status["trained"].append(f"fusion {run} + {radiomics_run} folds={folds}")
             except FileNotFoundError as e:
                 logger.warning("fusion skipped: %s", e)
@@ -120,7 +126,7 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
     if shortcut and any(r > 0 for r in ratios):
 
         for fold in folds:
-            if not (synthetic_folder(name, fold, plans_name, crop_source) / "manifest.json").is_file():
+            if not layout.is_finished("synthetic_set", synthetic_folder(layout, fold, plans_name, crop_source)):
                 continue
             try:
                 res = shortcut_check(name, fold, max(ratios), crop_source, plans_name=plans_name)

@@ -5,9 +5,9 @@ Generate NeoGen synthetic TLCR patches for one fold (after `neonet_train DATASET
 fill (0.25, 0.5, 0.75, 1.0 = balanced 1:1, Table 2). --n-majority adds synthetic majority-class patches
 too (-1: as many as the minority ones), so that "synthetic" does not stand for "positive".
 Synthetic patches are conditioned on training cases only and written to
-neonet_results/<ds>/synthetic__NeoNetPlans/fold_N/ (patches/*.npz + manifest.json).
+neonet_results/<ds>/synthetic__<plans>/fold_N/ (patches/*.npz + manifest.json).
 
-Generator variants (Table 4 ablations; each writes its own set, e.g. synthetic_dm_vqvae_rflow__NeoNetPlans,
+Generator variants (Table 4 ablations; each writes its own set, e.g. synthetic_dm_vqvae_rflow__<plans>,
 which neonet_evaluate DATASET gen reports and NeoCls does not read): --generator dm (the latent diffusion
 model without ControlNet), --autoencoder vqvae (QNeoGen latents), --objective rflow or --sampler rflow
 (rectified flow; the sampler follows the objective the models were trained with), --conditioning mask
@@ -21,6 +21,7 @@ import sys
 
 from neonet_toolkit.generation.generate import generate_synthetic_set
 from neonet_toolkit.run.common import add_common, run_cli, setup_logging
+from neonet_toolkit.utilities.identifiers import ResultLayout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,9 +61,9 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
 
     def _run(a):
-
+        layout = ResultLayout.for_dataset(a.dataset)  # resolved once for every fold
         for fold in a.fold:
-            out = generate_synthetic_set(a.dataset, fold, ratio=a.ratio, n_majority=a.n_majority, steps=a.steps,
+            out = generate_synthetic_set(layout, fold, ratio=a.ratio, n_majority=a.n_majority, steps=a.steps,
                                          seed=a.seed, eta=a.eta, device=a.device, overwrite=a.overwrite,
                                          configuration=a.configuration, generator=a.generator,
                                          autoencoder=a.autoencoder, objective=a.objective,

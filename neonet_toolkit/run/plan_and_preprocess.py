@@ -5,9 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
 from neonet_toolkit.run.common import add_common, cli_main
-from neonet_toolkit.training.resources import DEFAULT_GPU_MEMORY_TARGET_GB, write_resource_estimates
+from neonet_toolkit.training.planning import plan_and_preprocess
+from neonet_toolkit.training.resources import DEFAULT_GPU_MEMORY_TARGET_GB
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,23 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
-
     for d in args.dataset:
         report = plan_and_preprocess(d, num_processes=args.num_processes,
                                      verify_dataset_integrity=args.verify_dataset_integrity, clean=args.clean,
                                      overwrite_splits=args.overwrite_splits, n_folds=args.n_folds, seed=args.seed,
-                                     crop_size_xyz=args.crop_size, repeats=args.repeats)
-        if not args.no_resource_estimates:
-            est = write_resource_estimates(d, gpu_memory_target_gb=args.gpu_memory_target_gb)
+                                     crop_size_xyz=args.crop_size, repeats=args.repeats,
+                                     resource_estimates=not args.no_resource_estimates,
+                                     gpu_memory_target_gb=args.gpu_memory_target_gb)
+        est = report["resource_estimates"]
+        if est is not None:
             print(f"Estimated peak GPU memory (GB, AMP; target {est['gpu_memory_target_gb']:g} GB) and seconds "
                   "per optimizer step (H200-calibrated) of each stage:")
             for conf, rows in est["configurations"].items():
                 print(f"  {conf}: " + ", ".join(f"{k} {v['peak_gb']:g} GB {v['seconds_per_step']:.3g} s (batch "
-                                                 f"{v['batch_size']})" for k, v in rows.items()))
+                                                 f"{v['batch_size']})" if "error" not in v else f"{k} no estimate"
+                                                 for k, v in rows.items()))
         print(Path(report["planning_summary"]).read_text(encoding="utf-8"))
         print(f"crop montage: {report['planning_montage']}")
         print("plain nnU-Net on this dataset:\n  " + "\n  ".join(report["nnunet_commands"]))
-        print(json.dumps({k: v for k, v in report.items() if k != "nnunet_commands"}, indent=2))
+        print(json.dumps({k: v for k, v in report.items() if k not in ("nnunet_commands", "resource_estimates")},
+                         indent=2))
 
 
 def main(argv=None) -> int:

@@ -44,10 +44,8 @@ from neonet_toolkit.utilities.devices import Distributed, get_device, unwrap
 from neonet_toolkit.utilities.identifiers import (
     FINAL_CHECKPOINT,
     LATEST_CHECKPOINT,
-    dataset_folders,
-    fold_folder_name,
+    ResultLayout,
     fold_is_finished,
-    stage_root,
     staging_fold_folder,
 )
 from neonet_toolkit.utilities.io import move_aside, save_figure, save_json
@@ -89,14 +87,16 @@ class NeoNetTrainer:
     stage: str = "base"          # key in neonet_plans.json configurations
     stage_dir: str | None = None  # result folder prefix, defaults to ``stage``
 
-    def __init__(self, dataset: int | str, fold: int, configuration: str | None = None, device: str = "auto",
-                 epochs: int | None = None, continue_training: bool = False, overwrite: bool = False,
-                 seed: int = 12345, plans: NeoNetPlans | None = None):
+    def __init__(self, dataset: int | str | ResultLayout, fold: int, configuration: str | None = None,
+                 device: str = "auto", epochs: int | None = None, continue_training: bool = False,
+                 overwrite: bool = False, seed: int = 12345, plans: NeoNetPlans | None = None):
         self.device = get_device(device)
         self.dist = Distributed(self.device)
         self.device = self.dist.device
-        self.dataset_name, self.preprocessed, self.results_root = dataset_folders(dataset)
+        layout = ResultLayout.for_dataset(dataset)
+        self.dataset_name, self.preprocessed, self.results_root = layout.folders()
         self.plans = plans or NeoNetPlans(self.preprocessed / NEONET_PLANS_FILE)
+        self.layout = ResultLayout.for_dataset(layout, self.plans["plans_name"])  # where this stage's folds live
         self.configuration_name = configuration or self.plans.default_configuration(self.device.type)
         self.config = dict(self.plans.stage(self.stage, self.configuration_name, self.device.type))
         if epochs is not None:
@@ -120,7 +120,8 @@ class NeoNetTrainer:
         self.upstream.update(upstream_record(checkpoints))
 
     def fold_output_folder(self, stage_dir: str) -> Path:
-        return stage_root(self.results_root, stage_dir, self.plans["plans_name"]) / fold_folder_name(self.fold)
+        """``neonet_results/<ds>/<stage_dir>__<plans>/fold_N`` of this trainer's fold."""
+        return self.layout.fold_folder(stage_dir, self.fold)
 
     # -- to implement
     def build(self) -> None:

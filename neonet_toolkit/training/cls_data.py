@@ -1,15 +1,19 @@
-"""NeoCls training data: real and synthetic patches, training-set arms and step budgets, flips,
-frozen-encoder latents, and the epoch-selection rule of the nested protocol."""
+"""NeoCls training data: one fold's real and synthetic patches (:func:`load_fold_data`), training-set arms
+and step budgets, flips, frozen-encoder latents, and the epoch-selection rule of the nested protocol."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 
-from neonet_toolkit.dataset.case_ids import safe_join
-from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
+from neonet_toolkit.models.cls import load_real, load_synthetic
+from neonet_toolkit.models.cls_results import case_labels
 from neonet_toolkit.preprocessing.synthetic_sets import (
+    MANIFEST,
     load_manifest,
     manifest_crop_source,
     select_for_ratio,
@@ -30,19 +34,6 @@ def check_ratio(ratio: float) -> float:
 
 
 # ----------------------------------------------------------------------------- data
-def load_real(preprocessed: Path, crop_source: str, ids: list[str]) -> np.ndarray:
-    folder = patch_folder(preprocessed, crop_source)
-    out = []
-    for cid in ids:
-        try:
-            img, _ = load_patch(folder, cid)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"No {crop_source} TLCR patch for case {cid!r} in {folder}"
-                                    + (" (run NeoSeg prediction first)." if crop_source == "pred" else ".")) from None
-        out.append(img.astype(np.float32))
-    return np.stack(out) if out else np.zeros((0, 2, 1, 1, 1), np.float32)
-
-
 def select_synthetic(dataset, fold: int, ratio: float, train_ids: list[str], val_ids: list[str],
                      plans_name: str = PLANS_NAME, both_classes: bool = False,
                      crop_source: str = "gt") -> tuple[list[dict], Path]:
@@ -76,25 +67,8 @@ def select_synthetic(dataset, fold: int, ratio: float, train_ids: list[str], val
     return entries, folder / "patches"
 
 
-def load_synthetic(entries: list[dict], folder: Path, crop) -> np.ndarray:
-
-    out = []
-    for e in entries:
-        f = safe_join(folder, e["id"], ".npz")
-        if not f.is_file():
-            raise FileNotFoundError(f"Synthetic patch {f} listed in the manifest is missing.")
-        with np.load(f) as z:
-            img = z["image"].astype(np.float32)
-        if list(img.shape) != [2, *crop]:
-            raise ValueError(f"Synthetic patch {f} has shape {img.shape}, expected {(2, *crop)}.")
-        out.append(img)
-    return np.stack(out) if out else np.zeros((0, 2, *crop), np.float32)
-
-
 def inner_split(ids: list[str], labels: dict[str, int], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Stratified (train, inner-val) split of a training fold, at least one case of each class held out."""
-    from sklearn.model_selection import train_test_split
-
     y = [labels[i] for i in ids]
     n_val = max(2, int(round(fraction * len(ids))))
     if min(np.bincount(y, minlength=2)) < 2:
@@ -144,22 +118,6 @@ def encoder_is_frozen(model: torch.nn.Module) -> bool:
     enc = getattr(model, "encoder", None)
     return (hasattr(model, "encode") and hasattr(model, "forward_latents") and enc is not None
             and not any(p.requires_grad for p in enc.parameters()))
-
-
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
-                   batch_size: int = 8) -> np.ndarray:
-    model.eval()
-    out = []
-    for s in range(0, len(images), batch_size):
-        x = torch.as_tensor(np.asarray(images[s:s + batch_size]), dtype=torch.float32, device=device)
-        with autocast(device):
-            out.append(model(x).float().reshape(-1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=float)))
 
 
 # ----------------------------------------------------------------------------- training sets and step budgets
@@ -242,3 +200,68 @@ def select_epoch(curve_auc: np.ndarray, curve_bce: np.ndarray, min_epochs: int =
     return int(best)
 
 
+# ----------------------------------------------------------------------------- one fold's data
+@dataclass
+class FoldData:
+    """What one NeoCls fold trains and is evaluated on. Training items are ``real (fit_ids) + synthetic``."""
+
+    labels: dict[str, int]
+    fit_ids: list[str]
+    inner_ids: list[str]
+    synthetic_entries: list[dict]
+    dropped_synthetic: int      # synthetic patches left out because derived from inner-validation cases
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    real_labels: list[int]
+    train_item_ids: list[str]
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_inner: np.ndarray | None
+    y_inner: np.ndarray | None
+    real_prevalence: float
+
+    def training_set(self, allowed: set[str], ratio: float, arm: str, seed: int) -> dict:
+        """:func:`arm_training_set` over this fold's items (a ratio without synthetic patches in the synthetic
+        arm counts as 0)."""
+        syn_labels = [int(e["label"]) for e in self.synthetic_entries]
+        return arm_training_set(self.real_labels, syn_labels, [e["source_case"] for e in self.synthetic_entries],
+                                self.fit_ids, allowed, ratio if arm != "synthetic" or self.synthetic_entries else 0.0,
+                                arm, seed)
+
+
+def load_fold_data(dataset: str, preprocessed: Path, fold: int, train_ids: list[str], val_ids: list[str],
+                   split_training: Callable[[dict[str, int]], tuple[list[str], list[str]]], ratio: float, arm: str,
+                   crop_source: str, plans_name: str, crop, check_manifest: Callable[[Path], None]) -> FoldData:
+    """Real patches of the fit / inner / validation cases and the fold's synthetic patches for ``ratio``.
+
+    ``split_training(labels)``: (fit ids, inner-validation ids) from the selection protocol; synthetic patches
+    derived from an inner-validation case are left out. ``check_manifest(manifest_file)`` runs before the synthetic patches load
+    (the trainer's upstream check)."""
+    labels = case_labels(preprocessed, crop_source)
+    bad = sorted(set(train_ids) & set(val_ids))
+    if bad:
+        raise ValueError(f"splits_final.json fold {fold}: {bad[:5]} in both train and val.")
+    fit_ids, inner_ids = split_training(labels)
+    entries: list[dict] = []
+    dropped = 0
+    if ratio > 0 and arm in ("synthetic", "both"):
+        entries, syn_folder = select_synthetic(dataset, fold, ratio, train_ids, val_ids, plans_name,
+                                               both_classes=arm == "both", crop_source=crop_source)
+        dropped = len([e["id"] for e in entries if e["source_case"] in set(inner_ids)])
+        entries = [e for e in entries if e["source_case"] not in set(inner_ids)]
+        check_manifest(syn_folder.parent / MANIFEST)
+        syn = load_synthetic(entries, syn_folder, crop)
+    else:
+        syn = np.zeros((0, 2, *crop), np.float32)
+    real = load_real(preprocessed, crop_source, fit_ids)
+    real_labels = [labels[c] for c in fit_ids]
+    return FoldData(
+        labels=labels, fit_ids=fit_ids, inner_ids=inner_ids, synthetic_entries=entries, dropped_synthetic=dropped,
+        x_train=torch.from_numpy(np.concatenate([real, syn]) if len(syn) else real),
+        y_train=torch.tensor(real_labels + [int(e["label"]) for e in entries], dtype=torch.float32),
+        real_labels=real_labels,
+        train_item_ids=list(fit_ids) + [f"synthetic:{e['id']}<-{e['source_case']}" for e in entries],
+        x_val=load_real(preprocessed, crop_source, val_ids), y_val=np.array([labels[c] for c in val_ids]),
+        x_inner=load_real(preprocessed, crop_source, inner_ids) if inner_ids else None,
+        y_inner=np.array([labels[c] for c in inner_ids]) if inner_ids else None,
+        real_prevalence=float(np.array([labels[c] for c in train_ids]).mean()))

@@ -57,7 +57,7 @@ class ControlNetTrainer(LatentDiffusionTrainer):
     def setup(self) -> None:
         self.load_vae_latents()
         ldm_dir = self.run_id.upstream("ldm").name
-        ldm_path = stage_checkpoint_path(self.dataset_name, ldm_dir, self.fold, self.plans["plans_name"])
+        ldm_path = stage_checkpoint_path(self.layout, ldm_dir, self.fold, self.plans["plans_name"])
         if not ldm_path.is_file():
             raise FileNotFoundError(
                 f"{ldm_path} not found: the ControlNet ({self.run_id.name}) is built on the LDM of the same "

@@ -61,7 +61,7 @@ class LatentDiffusionTrainer(GenTrainer):
         return GenRunId(self.stage, autoencoder=self.autoencoder_kind, objective=self.objective_name)
 
     def load_vae_latents(self) -> None:
-        ae = load_fold_autoencoder(self.dataset_name, self.fold, self.autoencoder_kind, self.device,
+        ae = load_fold_autoencoder(self.layout, self.fold, self.autoencoder_kind, self.device,
                                    self.plans["plans_name"])
         self.scale_factor, self.vae_config = ae.scale_factor, ae.config
         self.vae_checkpoint = ae.checkpoint

@@ -26,22 +26,21 @@ from pathlib import Path
 import numpy as np
 
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder
-from neonet_toolkit.training.cls_artifacts import (
+from neonet_toolkit.models.cls_results import (
     OOF_FILE,
     SUMMARY_FILE,
     TRAIN_PRED_FILE,
     case_labels,
+    read_predictions_csv,
     write_predictions_csv,
 )
+from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder
 from neonet_toolkit.utilities import stats
-from neonet_toolkit.training.cls_artifacts import read_predictions_csv
 from neonet_toolkit.utilities.identifiers import (
+    PLANS_NAME,
+    ResultLayout,
     cls_run_name,
-    dataset_folders,
-    fold_folders,
     parse_cls_run_name,
-    stage_root,
 )
 from neonet_toolkit.utilities.io import load_json, save_json
 
@@ -53,6 +52,14 @@ INSTALL_HINT = ("pyradiomics is not installed: `pip install numpy && pip install
 
 class RadiomicsUnavailable(ImportError):
     pass
+
+
+def radiomics_run_name(crop_source: str = "gt") -> str:
+    """``cls_radiomics_0[_pred]``: the baseline's run name (a classifier run at ratio 0)."""
+    return cls_run_name("radiomics", 0.0, crop_source)
+
+
+RADIOMICS_RUN = radiomics_run_name()
 
 
 def radiomics_available() -> bool:
@@ -113,7 +120,7 @@ def extract_case_features(image: np.ndarray, label: np.ndarray, spacing_xyz, ext
 
 
 def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source: str = "gt", C: float = 1.0,
-                           plans_name: str = "NeoNetPlans", overwrite: bool = False) -> Path:
+                           plans_name: str = PLANS_NAME, overwrite: bool = False) -> Path:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -121,9 +128,10 @@ def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source:
 
 
     ext = _extractor()
-    name, pp, res_root = dataset_folders(dataset)
-    run = "cls_radiomics_0" + ("" if crop_source == "gt" else f"_{crop_source}")
-    root = res_root / f"{run}__{plans_name}"
+    layout = ResultLayout.for_dataset(dataset, plans_name)
+    name, pp = layout.dataset_name, layout.preprocessed
+    run = radiomics_run_name(crop_source)
+    root = layout.stage_root(run)
     splits = load_splits(pp)
     folds = list(range(len(splits))) if folds is None else [int(f) for f in folds]
     labels = case_labels(pp, crop_source)
@@ -153,7 +161,7 @@ def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source:
         ptr = clf.predict_proba(np.stack([X[c] for c in tr]))[:, 1]
         pva = clf.predict_proba(np.stack([X[c] for c in va]))[:, 1]
         thr = stats.select_threshold(ytr, ptr)
-        out = root / f"fold_{k}"
+        out = layout.fold_folder(run, k)
         write_predictions_csv(out / OOF_FILE, [{"case_id": c, "label": int(y), "probability": float(p),
                                                "probability_raw": float(p)} for c, y, p in zip(va, yva, pva)],
                               ["case_id", "label", "probability", "probability_raw"])
@@ -219,19 +227,20 @@ def stacked_fusion(x_train: np.ndarray, score_train: np.ndarray, y_train: np.nda
     return clf.predict_proba(xv)[:, 1], clf.predict_proba(xt)[:, 1]
 
 
-def run_late_fusion(dataset, deep_run: str, radiomics_run: str = "cls_radiomics_0", folds: list[int] | None = None,
-                    plans_name: str = "NeoNetPlans") -> Path:
+def run_late_fusion(dataset, deep_run: str, radiomics_run: str = RADIOMICS_RUN, folds: list[int] | None = None,
+                    plans_name: str = PLANS_NAME) -> Path:
     """Fuse two finished runs fold by fold with :func:`fuse_scores`; writes
     ``cls_fusion_<deep arch>_<ratio>[_es<mode>]__<plans>/fold_N`` (oof_predictions.csv, cls_summary.json).
 
     Both runs must hold the same validation cases per fold. The fused score is a ranking score (no
     calibration); its threshold is 0.5 (the fused logit's mean over the fold)."""
-    name, _, res_root = dataset_folders(dataset)
+    layout = ResultLayout.for_dataset(dataset, plans_name)
+    name, res_root = layout.dataset_name, layout.results
     deep_id = parse_cls_run_name(deep_run)
     if deep_id is None:
         raise ValueError(f"{deep_run!r} is not a classifier run name (e.g. cls_pattennet_fine_0_esnone).")
-    roots = {r: stage_root(res_root, r, plans_name) for r in (deep_run, radiomics_run)}
-    have = {r: {k: f for k, f in fold_folders(root).items() if (f / OOF_FILE).is_file()} for r, root in roots.items()}
+    roots = {r: layout.stage_root(r) for r in (deep_run, radiomics_run)}
+    have = {r: ResultLayout.finished_folds(root, "cls_predictions") for r, root in roots.items()}
     common = sorted(set(have[deep_run]) & set(have[radiomics_run]))
     folds = common if folds is None else [int(k) for k in folds]
     missing = [k for k in folds if k not in common]
@@ -240,7 +249,7 @@ def run_late_fusion(dataset, deep_run: str, radiomics_run: str = "cls_radiomics_
                                 f"{radiomics_run} under {res_root}; train / run the radiomics baseline first.")
     run = cls_run_name(f"fusion_{deep_id.arch}", deep_id.ratio, deep_id.crop_source, deep_id.early_stopping,
                        deep_id.arm)
-    out_root = stage_root(res_root, run, plans_name)
+    out_root = layout.stage_root(run)
     for k in folds:
         rows = {r: {row["case_id"]: row for row in read_predictions_csv(have[r][k] / OOF_FILE)} for r in roots}
         ids = sorted(rows[deep_run])
@@ -249,7 +258,7 @@ def run_late_fusion(dataset, deep_run: str, radiomics_run: str = "cls_radiomics_
                              "both must use the same splits_final.json.")
         y = np.array([rows[deep_run][c]["label"] for c in ids])
         fused = fuse_scores(*(np.array([rows[r][c]["probability"] for c in ids]) for r in roots))
-        out = out_root / f"fold_{k}"
+        out = layout.fold_folder(run, k)
         write_predictions_csv(out / OOF_FILE, [{"case_id": c, "label": int(t), "probability": float(p),
                                                "probability_raw": float(p)} for c, t, p in zip(ids, y, fused)],
                               ["case_id", "label", "probability", "probability_raw"])

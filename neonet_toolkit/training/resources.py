@@ -293,7 +293,8 @@ def plan_resources(plans: dict, resolve: Callable[[str], dict], crop_zyx, seg_pl
     GPU configurations (every configuration whose name does not start with ``cpu``) get their batch sizes
     lowered, stage by stage, until the estimate fits ``gpu_memory_target_gb``; each change is logged and
     recorded under ``resource_estimates[conf][stage]["changed"]``. Nothing is changed for CPU presets (their
-    memory is host RAM; the estimate is still written)."""
+    memory is host RAM; the estimate is still written). A stage whose network these settings cannot build (e.g.
+    SwinUNETR on a 32-voxel patch) gets ``{"error": <the builder's message>}`` and a warning; planning goes on."""
     plans = copy.deepcopy(plans)
     out: dict = {"gpu_memory_target_gb": gpu_memory_target_gb, "reference_tflops": reference_tflops,
                  "per_op_seconds": PER_OP_SECONDS,
@@ -307,11 +308,16 @@ def plan_resources(plans: dict, resolve: Callable[[str], dict], crop_zyx, seg_pl
             if stage not in conf or (stage == "seg" and conf["seg"]["architecture"] == "nnunet"):
                 continue
             kw = {"seg_plan": seg_plan, "seg_io": seg_io, "reference_tflops": reference_tflops, "amp": gpu}
-            if gpu:
-                est, tried = fit_batch(stage, conf, crop_zyx, gpu_memory_target_gb, **kw)
-            else:
-                est = estimate_stage(stage, conf, crop_zyx, **kw)
-                tried = [est]
+            try:
+                if gpu:
+                    est, tried = fit_batch(stage, conf, crop_zyx, gpu_memory_target_gb, **kw)
+                else:
+                    est = estimate_stage(stage, conf, crop_zyx, **kw)
+                    tried = [est]
+            except ValueError as e:  # a network these settings cannot build: its trainer refuses with the same message
+                logger.warning("%s %s: no resource estimate: %s", name, stage, e)
+                rows[stage] = {"error": str(e)}
+                continue
             first = tried[0]
             if est["batch_size"] != first["batch_size"]:
                 plans["configurations"][name].setdefault(stage, {})["batch_size"] = est["batch_size"]
@@ -350,5 +356,5 @@ def write_resource_estimates(dataset: int | str, gpu_memory_target_gb: float = D
     est = updated["resource_estimates"]
     for conf, rows in est["configurations"].items():
         logger.info("%s %s: estimated peak GPU memory (GB) %s", name, conf,
-                    {k: v["peak_gb"] for k, v in rows.items()})
+                    {k: v.get("peak_gb", "no estimate") for k, v in rows.items()})
     return est

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from neonet_toolkit.utilities.identifiers import (
+    FINAL_CHECKPOINT,
+    ResultLayout,
     parse_cls_run_name,
     parse_fold_folder_name,
     parse_gen_stage_dir,
@@ -153,12 +155,13 @@ def load_verified_checkpoint(path: str | Path, allowed=NNUNET_CHECKPOINT_GLOBALS
                                     "you trust it.") from None
 
 
-def verify_model_folder(folder: str | Path, folds=None, checkpoint_name: str = "checkpoint_final.pth",
+def verify_model_folder(folder: str | Path, folds=None, checkpoint_name: str = FINAL_CHECKPOINT,
                         trust: bool = False) -> list[Path]:
     """Check every ``fold_N/<checkpoint_name>`` (all folds, or ``folds``) of an nnU-Net model folder before
     nnU-Net loads it. With ``trust=True`` nothing is checked and a warning is logged. Returns the files."""
     folder = Path(folder)
-    fold_dirs = sorted(folder.glob("fold_*")) if folds is None else [folder / f"fold_{f}" for f in folds]
+    fold_dirs = (ResultLayout.nnunet_fold_candidates(folder) if folds is None
+                 else [folder / ResultLayout.fold_folder_name(f) for f in folds])
     files = [d / checkpoint_name for d in fold_dirs if (d / checkpoint_name).is_file()]
     if trust:
         logger.warning("--trust-checkpoints: %d checkpoint(s) in %s are loaded by nnU-Net WITHOUT the safety check "

@@ -1,34 +1,70 @@
-"""Every run / stage identifier and output folder, built and parsed in one place.
+"""Every result folder NeoNet writes or reads, built and parsed in one place: :class:`ResultLayout`.
 
-In the spirit of nnU-Net's ``utilities/file_path_utilities.py``: a name is built by one function
-and parsed back by its inverse, and no other module assembles ``<stage>__<plans>/fold_N`` by hand.
+In the spirit of nnU-Net's ``utilities/file_path_utilities.py``: a name is built by one method and parsed back by
+its inverse, and no other module assembles ``<stage>__<plans>/fold_N`` or ``<Trainer>__<Plans>__<config>`` by hand.
+A command resolves its dataset once (``layout = ResultLayout.for_dataset(ds)``) and passes the layout down.
 
 Layout (``neonet_results`` is the NeoNet results root, see :mod:`neonet_toolkit.paths`)::
 
     neonet_results/<DatasetXXX_Name>/<stage_dir>__<plans_name>/fold_<N>/checkpoint_final.pth
+    neonet_results/<DatasetXXX_Name>/<report>__<plans_name>/...          (evaluation reports, shortcut checks)
+    neonet_results/<DatasetXXX_Name>/evaluation/seg/                       (NeoSeg Dice tables)
     nnUNet_results/<DatasetXXX_Name>/<Trainer>__<nnunet_plans>__<configuration>/fold_<N>/...
 
-``stage_dir`` is the stage key (``vae``, ``ldm``, ``controlnet``, ``synthetic``...) or, for a
-classifier, a run name built by :func:`cls_run_name` (``cls_<arch>_<ratio>[_pred][_es<mode>]``).
+``stage_dir`` is the stage key (``vae``, ``vqvae``, ``ldm``, ``controlnet``, ``synthetic``... see
+:func:`gen_stage_dir`) or, for a classifier, a run name built by :func:`cls_run_name`
+(``cls_<arch>_<ratio>[_pred][_es<mode>]``).
 
-One rule decides whether a fold is finished, for every stage (:func:`fold_is_finished`): its
-``checkpoint_final.pth`` exists. Every trainer writes that file last, after all its other outputs
-(predictions, summaries), so its presence means the fold completed.
+One "finished" rule per artefact kind (:meth:`ResultLayout.is_finished`, :data:`FINISHED_RULES`):
+
+* ``model`` -- a trained fold of any stage (NeoNet trainers, NeoCls runs, nnU-Net/NeoSeg folds):
+  ``fold_N/checkpoint_final.pth`` exists. Every trainer writes it last, after its other outputs.
+  (The ``extra.finished`` flag inside a NeoCls checkpoint and the "--c with more epochs?" check of the
+  classifier trainer are not finished rules: the first is a content check when loading, the second a resume
+  decision about an already finished fold.)
+* ``seg_validation`` -- an nnU-Net fold that was validated: ``fold_N/validation/summary.json`` exists
+  (nnU-Net writes it after ``checkpoint_final.pth``; the NeoSeg Dice tables read it).
+* ``cls_predictions`` -- a classifier fold's out-of-fold predictions (deep runs, the radiomics baseline and
+  late fusion, which have no checkpoint): ``fold_N/oof_predictions.csv`` and ``fold_N/cls_summary.json`` exist
+  (the summary is written after the CSV).
+* ``synthetic_set`` -- a generated set: ``fold_N/manifest.json`` exists (written after the patches).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from nnunetv2.utilities.file_path_utilities import (
+    convert_identifier_to_trainer_plans_config,
+    convert_trainer_plans_config_to_identifier,
+    folds_tuple_to_string,
+)
 
 from neonet_toolkit import paths
 
-PLANS_NAME = "NeoNetPlans"          # NeoNet plans name; also the nnU-Net plans identifier NeoNet writes
-NNUNET_PLANS_NAME = "NeoNetPlans"   # nnU-Net plans file written by the NeoNet planner (<name>.json)
+PLANS_NAME = "NeoNetPlans"          # NeoNet plans name: the only place the literal is written
+NNUNET_PLANS_NAME = PLANS_NAME      # nnU-Net plans identifier the NeoNet planner writes (<name>.json)
 SEG_CONFIGURATION = "3d_fullres"    # the nnU-Net configuration NeoSeg trains
 FINAL_CHECKPOINT = "checkpoint_final.pth"
 LATEST_CHECKPOINT = "checkpoint_latest.pth"
 BEST_CHECKPOINT = "checkpoint_best.pth"
+NNUNET_VALIDATION_SUMMARY = "validation/summary.json"  # nnU-Net's per-fold validation metrics
+OOF_FILE = "oof_predictions.csv"    # a classifier fold's out-of-fold predictions
+CLS_SUMMARY_FILE = "cls_summary.json"
+SYNTHETIC_MANIFEST = "manifest.json"
+GEN_EVALUATION_DIR = "gen_evaluation"  # report folders: <report>__<plans>[/fold_N] (ResultLayout.report_folder)
+CLS_EVALUATION_DIR = "cls_evaluation"
+CLS_SHORTCUT_DIR = "cls_shortcut"
+SEG_EVALUATION_DIR = ("evaluation", "seg")  # neonet_results/<ds>/evaluation/seg (NeoSeg Dice tables)
+DEMO_DIR = "demo"  # neonet_results/<ds>/demo (the demo's report and predictions)
+# the one "finished" rule per artefact kind: the files whose presence means the artefact is complete
+FINISHED_RULES: dict[str, tuple[str, ...]] = {
+    "model": (FINAL_CHECKPOINT,),
+    "seg_validation": (NNUNET_VALIDATION_SUMMARY,),
+    "cls_predictions": (OOF_FILE, CLS_SUMMARY_FILE),
+    "synthetic_set": (SYNTHETIC_MANIFEST,),
+}
 
 CLS_PREFIX = "cls_"
 CROP_SOURCES = ("gt", "pred")
@@ -79,26 +115,262 @@ _CLS_RUN_RE = re.compile(r"^cls_(?P<arch>[a-z0-9]+(?:_[a-z][a-z0-9]*)*?)_(?P<rat
 
 
 # ----------------------------------------------------------------------------- folders
+_FOLD_RE = re.compile(r"fold_(\d+)")
+
+
+@dataclass(frozen=True)
+class NnUNetModelId:
+    """What nnU-Net's model folder name ``<Trainer>__<Plans>__<configuration>`` encodes."""
+
+    trainer: str
+    plans: str = NNUNET_PLANS_NAME
+    configuration: str = SEG_CONFIGURATION
+
+    @property
+    def name(self) -> str:
+        return ResultLayout.nnunet_identifier(self.trainer, self.plans, self.configuration)
+
+
+@dataclass(frozen=True)
+class ResultLayout:
+    """Builds and parses every result folder of one dataset; owns the "finished" rules (module docstring).
+
+    ``dataset_name`` is a resolved name (``Dataset501_Name``); :meth:`for_dataset` resolves an id once. The
+    environment folders are read once at construction unless given (tests pass them)."""
+
+    dataset_name: str
+    plans_name: str = PLANS_NAME
+    nnunet_plans: str = NNUNET_PLANS_NAME
+    env: dict | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        check_safe_name(self.dataset_name, "dataset name", allow_double_underscore=True)
+        check_safe_name(self.plans_name, "plans name")
+        check_safe_name(self.nnunet_plans, "nnU-Net plans name")
+        env = paths.ensure_environment() if self.env is None else {k: Path(v) for k, v in self.env.items()}
+        object.__setattr__(self, "env", env)
+
+    def __str__(self) -> str:
+        return self.dataset_name
+
+    @classmethod
+    def for_dataset(cls, dataset: int | str | ResultLayout, plans_name: str = PLANS_NAME) -> ResultLayout:
+        """The layout of ``dataset`` (an id, a name, or a layout, returned as it is when its plans name matches):
+        the dataset name is resolved here, once per command."""
+        if isinstance(dataset, ResultLayout):
+            return dataset if dataset.plans_name == plans_name else replace(dataset, plans_name=plans_name)
+        return cls(paths.find_dataset_name(dataset), plans_name)
+
+    # -- dataset folders
+    @property
+    def preprocessed(self) -> Path:
+        """``nnUNet_preprocessed/<ds>``."""
+        return self.env["nnUNet_preprocessed"] / self.dataset_name
+
+    @property
+    def results(self) -> Path:
+        """``neonet_results/<ds>``."""
+        return self.env["neonet_results"] / self.dataset_name
+
+    @property
+    def nnunet_results(self) -> Path:
+        """``nnUNet_results/<ds>``."""
+        return self.env["nnUNet_results"] / self.dataset_name
+
+    @property
+    def nnunet_plans_file(self) -> Path:
+        """``nnUNet_preprocessed/<ds>/<nnunet_plans>.json`` (the nnU-Net plans the NeoNet planner writes)."""
+        return self.preprocessed / f"{self.nnunet_plans}.json"
+
+    def folders(self) -> tuple[str, Path, Path]:
+        """(dataset name, preprocessed folder, NeoNet results folder): :func:`dataset_folders`."""
+        return self.dataset_name, self.preprocessed, self.results
+
+    # -- NeoNet stage / run / report folders
+    @staticmethod
+    def stage_folder_name(stage_dir: str, plans_name: str = PLANS_NAME) -> str:
+        """``<stage_dir>__<plans_name>`` (both parts checked with :func:`check_safe_name`)."""
+        check_safe_name(stage_dir, "stage/run name")
+        check_safe_name(plans_name, "plans name")
+        return f"{stage_dir}__{plans_name}"
+
+    @staticmethod
+    def parse_stage_folder_name(folder_name: str) -> tuple[str, str]:
+        """Inverse of :meth:`stage_folder_name`: ``(stage_dir, plans_name)``."""
+        stage_dir, sep, plans_name = folder_name.rpartition("__")
+        if not sep or not stage_dir or not plans_name:
+            raise ValueError(f"{folder_name!r} is not a '<stage>__<plans>' result folder name.")
+        return stage_dir, plans_name
+
+    def stage_root(self, stage_dir: str) -> Path:
+        """``neonet_results/<ds>/<stage_dir>__<plans>``: a stage, a classifier run, a synthetic set or a report."""
+        return self.results / self.stage_folder_name(stage_dir, self.plans_name)
+
+    def fold_folder(self, stage_dir: str, fold: int) -> Path:
+        """``neonet_results/<ds>/<stage_dir>__<plans>/fold_N``."""
+        return self.stage_root(stage_dir) / self.fold_folder_name(fold)
+
+    def checkpoint(self, stage_dir: str, fold: int, name: str = FINAL_CHECKPOINT) -> Path:
+        """A checkpoint file of a NeoNet stage fold (default ``checkpoint_final.pth``)."""
+        return self.fold_folder(stage_dir, fold) / name
+
+    def report_folder(self, report: str, fold: int | None = None) -> Path:
+        """``neonet_results/<ds>/<report>__<plans>[/fold_N]`` (e.g. ``gen_evaluation``, ``cls_evaluation``)."""
+        root = self.stage_root(report)
+        return root if fold is None else root / self.fold_folder_name(fold)
+
+    def shortcut_check_file(self, fold: int, ratio: float, crop_source: str = "gt") -> Path:
+        """``neonet_results/<ds>/cls_shortcut__<plans>/fold_N_r<ratio>_<crop>.json`` (one real-vs-synthetic check)."""
+        if crop_source not in CROP_SOURCES:
+            raise ValueError(f"crop_source must be one of {CROP_SOURCES}, got {crop_source!r}.")
+        name = f"{self.fold_folder_name(fold)}_r{ratio_tag(ratio)}_{crop_source}.json"
+        return self.report_folder(CLS_SHORTCUT_DIR) / name
+
+    def shortcut_check_files(self) -> list[Path]:
+        """Every shortcut-check file written by :meth:`shortcut_check_file`, sorted."""
+        d = self.report_folder(CLS_SHORTCUT_DIR)
+        return sorted(d.glob("fold_*.json")) if d.is_dir() else []
+
+    @property
+    def seg_evaluation_folder(self) -> Path:
+        """``neonet_results/<ds>/evaluation/seg`` (NeoSeg Dice tables)."""
+        return self.results.joinpath(*SEG_EVALUATION_DIR)
+
+    @property
+    def demo_folder(self) -> Path:
+        """``neonet_results/<ds>/demo`` (the one-command demo's report and predictions)."""
+        return self.results / DEMO_DIR
+
+    # -- fold folders (the one parser)
+    @staticmethod
+    def fold_folder_name(fold: int | str) -> str:
+        """``fold_N`` (``fold_all`` for nnU-Net's fold ``"all"``: trained on every case, never parsed as a fold)."""
+        return "fold_all" if fold == "all" else f"fold_{int(fold)}"
+
+    @staticmethod
+    def parse_fold_folder_name(name: str) -> int | None:
+        """Inverse of :meth:`fold_folder_name`; ``None`` for anything else (``fold_0.overwriting``, ``fold_x``)."""
+        m = _FOLD_RE.fullmatch(name)
+        return int(m.group(1)) if m else None
+
+    @staticmethod
+    def fold_folders(run_root: Path) -> dict[int, Path]:
+        """{fold: folder} for every ``fold_N`` directory under a stage/run/nnU-Net model folder."""
+        out: dict[int, Path] = {}
+        if Path(run_root).is_dir():
+            for p in sorted(Path(run_root).iterdir()):
+                k = ResultLayout.parse_fold_folder_name(p.name)
+                if k is not None and p.is_dir():
+                    out[k] = p
+        return out
+
+    @staticmethod
+    def staging_fold_folder(fold_folder: Path, prefix: str = "") -> Path:
+        """``<prefix>fold_N.overwriting`` next to ``fold_N``: where ``--overwrite`` trains until the new model is
+        finished and verified (never parsed as a fold). nnU-Net model folders use ``prefix="new-"``: nnU-Net
+        takes every ``fold_*`` folder of a model for a fold."""
+        return Path(fold_folder).with_name(f"{prefix}{Path(fold_folder).name}.overwriting")
+
+    # -- "finished": one rule per artefact kind
+    @staticmethod
+    def is_finished(kind: str, fold_folder: Path) -> bool:
+        """Whether the artefact of ``kind`` (:data:`FINISHED_RULES`) in ``fold_folder`` is complete."""
+        if kind not in FINISHED_RULES:
+            raise ValueError(f"Unknown artefact kind {kind!r}; known: {sorted(FINISHED_RULES)}.")
+        return all((Path(fold_folder) / f).is_file() for f in FINISHED_RULES[kind])
+
+    @staticmethod
+    def finished_folds(run_root: Path, kind: str = "model") -> dict[int, Path]:
+        """{fold: folder} of the folds under ``run_root`` whose ``kind`` artefact is finished."""
+        return {k: f for k, f in ResultLayout.fold_folders(run_root).items() if ResultLayout.is_finished(kind, f)}
+
+    # -- classifier runs and synthetic sets
+    def cls_runs(self, finished_only: bool = True, kind: str = "model") -> list[str]:
+        """Classifier run names with at least one fold (finished by the ``kind`` rule if ``finished_only``).
+        Folders that are not classifier runs (reports, shortcut checks...) never match."""
+        out = []
+        if not self.results.is_dir():
+            return out
+        for d in sorted(self.results.glob(f"{CLS_PREFIX}*__{self.plans_name}")):
+            run, plans = self.parse_stage_folder_name(d.name)
+            if plans != self.plans_name or parse_cls_run_name(run) is None:
+                continue
+            if self.finished_folds(d, kind) if finished_only else self.fold_folders(d):
+                out.append(run)
+        return out
+
+    def synthetic_sets(self, fold: int) -> dict[str, GenRunId]:
+        """{folder prefix: id} of every finished synthetic set of ``fold`` (rule ``synthetic_set``)."""
+        out = {}
+        for d in sorted(self.results.glob(f"synthetic*__{self.plans_name}")):
+            prefix, plans = self.parse_stage_folder_name(d.name)
+            rid = parse_gen_stage_dir(prefix)
+            if (plans == self.plans_name and rid is not None and rid.stage == "synthetic"
+                    and self.is_finished("synthetic_set", d / self.fold_folder_name(fold))):
+                out[prefix] = rid
+        return out
+
+    # -- nnU-Net model folders
+    @staticmethod
+    def nnunet_identifier(trainer: str, nnunet_plans: str = NNUNET_PLANS_NAME,
+                          configuration: str = SEG_CONFIGURATION) -> str:
+        """nnU-Net's ``<Trainer>__<Plans>__<configuration>`` model folder name (each part checked)."""
+        for what, part in (("nnU-Net trainer name", trainer), ("nnU-Net plans name", nnunet_plans),
+                           ("nnU-Net configuration", configuration)):
+            check_safe_name(part, what)
+        return convert_trainer_plans_config_to_identifier(trainer, nnunet_plans, configuration)
+
+    @staticmethod
+    def parse_nnunet_identifier(name: str) -> NnUNetModelId | None:
+        """Inverse of :meth:`nnunet_identifier` (nnU-Net's ``convert_identifier_to_trainer_plans_config``);
+        ``None`` for a name that is not exactly three non-empty ``__``-separated parts."""
+        parts = convert_identifier_to_trainer_plans_config(name)
+        if len(parts) != 3 or not all(parts):
+            return None
+        return NnUNetModelId(*parts)
+
+    def nnunet_model_folder(self, trainer: str, configuration: str = SEG_CONFIGURATION) -> Path:
+        """``nnUNet_results/<ds>/<Trainer>__<nnunet_plans>__<configuration>``."""
+        return self.nnunet_results / self.nnunet_identifier(trainer, self.nnunet_plans, configuration)
+
+    def nnunet_fold_folder(self, trainer: str, fold: int | str, configuration: str = SEG_CONFIGURATION) -> Path:
+        """``nnUNet_results/<ds>/<Trainer>__<Plans>__<configuration>/fold_N``."""
+        return self.nnunet_model_folder(trainer, configuration) / self.fold_folder_name(fold)
+
+    @staticmethod
+    def nnunet_fold_candidates(model_folder: Path) -> list[Path]:
+        """Every ``fold_*`` entry of an nnU-Net model folder, as nnU-Net's own fold detection sees it (any
+        ``fold_*`` name, ``fold_all`` and ``fold_N.overwriting`` included): what a checkpoint safety check must
+        cover, wider than :meth:`fold_folders`."""
+        return sorted(Path(model_folder).glob("fold_*"))
+
+    @staticmethod
+    def nnunet_crossval_folder(model_folder: Path, folds) -> Path:
+        """``<model>/crossval_results_folds_<0_1_...>``: nnU-Net's pooled out-of-fold validation of ``folds``."""
+        return Path(model_folder) / f"crossval_results_folds_{folds_tuple_to_string(folds)}"
+
+    def nnunet_model_folders(self) -> list[Path]:
+        """Every nnU-Net model folder (any trainer, plans, configuration) of the dataset, sorted."""
+        root = self.nnunet_results
+        if not root.is_dir():
+            return []
+        return sorted(p for p in root.iterdir() if p.is_dir() and self.parse_nnunet_identifier(p.name) is not None)
+
+
+# ----------------------------------------------------------------------------- module-level helpers (delegate)
 def dataset_folders(dataset: int | str) -> tuple[str, Path, Path]:
     """(dataset name, nnUNet_preprocessed/<name>, neonet_results/<name>)."""
-    env = paths.ensure_environment()
-    name = check_safe_name(paths.find_dataset_name(dataset), "dataset name", allow_double_underscore=True)
-    return name, env["nnUNet_preprocessed"] / name, env["neonet_results"] / name
+    return ResultLayout.for_dataset(dataset).folders()
 
 
-def stage_folder_name(stage_dir: str, plans_name: str = PLANS_NAME) -> str:
-    """``<stage_dir>__<plans_name>`` (both parts checked with :func:`check_safe_name`)."""
-    check_safe_name(stage_dir, "stage/run name")
-    check_safe_name(plans_name, "plans name")
-    return f"{stage_dir}__{plans_name}"
-
-
-def parse_stage_folder_name(folder_name: str) -> tuple[str, str]:
-    """Inverse of :func:`stage_folder_name`: ``(stage_dir, plans_name)``."""
-    stage_dir, sep, plans_name = folder_name.rpartition("__")
-    if not sep or not stage_dir or not plans_name:
-        raise ValueError(f"{folder_name!r} is not a '<stage>__<plans>' result folder name.")
-    return stage_dir, plans_name
+stage_folder_name = ResultLayout.stage_folder_name
+parse_stage_folder_name = ResultLayout.parse_stage_folder_name
+fold_folder_name = ResultLayout.fold_folder_name
+parse_fold_folder_name = ResultLayout.parse_fold_folder_name
+fold_folders = ResultLayout.fold_folders
+staging_fold_folder = ResultLayout.staging_fold_folder
+nnunet_trainer_folder_name = ResultLayout.nnunet_identifier
+parse_nnunet_identifier = ResultLayout.parse_nnunet_identifier
 
 
 def stage_root(results_root: Path, stage_dir: str, plans_name: str = PLANS_NAME) -> Path:
@@ -106,63 +378,27 @@ def stage_root(results_root: Path, stage_dir: str, plans_name: str = PLANS_NAME)
     return Path(results_root) / stage_folder_name(stage_dir, plans_name)
 
 
-def fold_folder_name(fold: int) -> str:
-    return f"fold_{int(fold)}"
-
-
-def parse_fold_folder_name(name: str) -> int | None:
-    m = re.fullmatch(r"fold_(\d+)", name)
-    return int(m.group(1)) if m else None
-
-
-def stage_fold_folder(dataset: int | str, stage_dir: str, fold: int, plans_name: str = PLANS_NAME) -> Path:
+def stage_fold_folder(dataset: int | str | ResultLayout, stage_dir: str, fold: int,
+                      plans_name: str = PLANS_NAME) -> Path:
     """``neonet_results/<ds>/<stage_dir>__<plans>/fold_N``."""
-    _, _, res = dataset_folders(dataset)
-    return stage_root(res, stage_dir, plans_name) / fold_folder_name(fold)
-
-
-def staging_fold_folder(fold_folder: Path, prefix: str = "") -> Path:
-    """``<prefix>fold_N.overwriting`` next to ``fold_N``: where ``--overwrite`` trains until the new model is
-    finished and verified (never taken for a fold: :func:`parse_fold_folder_name` does not match it). nnU-Net
-    model folders use ``prefix="new-"``: nnU-Net takes every ``fold_*`` folder of a model for a fold."""
-    return Path(fold_folder).with_name(f"{prefix}{Path(fold_folder).name}.overwriting")
-
-
-def fold_folders(run_root: Path) -> dict[int, Path]:
-    """{fold: folder} for every ``fold_N`` directory under a stage/run root."""
-    out: dict[int, Path] = {}
-    if Path(run_root).is_dir():
-        for p in sorted(Path(run_root).iterdir()):
-            k = parse_fold_folder_name(p.name)
-            if k is not None and p.is_dir():
-                out[k] = p
-    return out
+    return ResultLayout.for_dataset(dataset, plans_name).fold_folder(stage_dir, fold)
 
 
 def fold_is_finished(fold_folder: Path) -> bool:
-    """The one "finished" rule for every stage (NeoNet and nnU-Net): ``checkpoint_final.pth`` exists."""
-    return (Path(fold_folder) / FINAL_CHECKPOINT).is_file()
+    """A trained fold (NeoNet stage, NeoCls run, nnU-Net fold): rule ``model``, ``checkpoint_final.pth`` exists."""
+    return ResultLayout.is_finished("model", fold_folder)
 
 
 def finished_folds(run_root: Path) -> dict[int, Path]:
-    return {k: f for k, f in fold_folders(run_root).items() if fold_is_finished(f)}
+    """{fold: folder} of the trained folds (rule ``model``) under ``run_root``."""
+    return ResultLayout.finished_folds(run_root, "model")
 
 
-def nnunet_trainer_folder_name(trainer: str, nnunet_plans: str = NNUNET_PLANS_NAME,
-                               configuration: str = SEG_CONFIGURATION) -> str:
-    """nnU-Net's ``<Trainer>__<Plans>__<configuration>`` result folder name (each part checked)."""
-    for what, part in (("nnU-Net trainer name", trainer), ("nnU-Net plans name", nnunet_plans),
-                       ("nnU-Net configuration", configuration)):
-        check_safe_name(part, what)
-    return f"{trainer}__{nnunet_plans}__{configuration}"
-
-
-def nnunet_model_folder(dataset: int | str, trainer: str, nnunet_plans: str = NNUNET_PLANS_NAME,
+def nnunet_model_folder(dataset: int | str | ResultLayout, trainer: str, nnunet_plans: str = NNUNET_PLANS_NAME,
                         configuration: str = SEG_CONFIGURATION) -> Path:
     """``nnUNet_results/<ds>/<Trainer>__<Plans>__<configuration>``."""
-    env = paths.ensure_environment()
-    name = check_safe_name(paths.find_dataset_name(dataset), "dataset name", allow_double_underscore=True)
-    return env["nnUNet_results"] / name / nnunet_trainer_folder_name(trainer, nnunet_plans, configuration)
+    layout = ResultLayout.for_dataset(dataset)
+    return layout.nnunet_results / nnunet_trainer_folder_name(trainer, nnunet_plans, configuration)
 
 
 # ----------------------------------------------------------------------------- classifier runs
@@ -230,25 +466,9 @@ def parse_cls_run_name(name: str) -> ClsRunId | None:
 
 
 def list_cls_runs(results_root: Path, plans_name: str = PLANS_NAME, finished_only: bool = True) -> list[str]:
-    """Classifier run names under ``neonet_results/<ds>`` with at least one (finished) fold.
-
-    Folders that are not trained runs (evaluation reports, shortcut checks, ...) never match."""
-    out = []
-    root = Path(results_root)
-    check_safe_name(plans_name, "plans name")
-    if not root.is_dir():
-        return out
-    for d in sorted(root.glob(f"{CLS_PREFIX}*__{plans_name}")):
-        try:
-            run, _ = parse_stage_folder_name(d.name)
-        except ValueError:
-            continue
-        if parse_cls_run_name(run) is None:
-            continue
-        folds = finished_folds(d) if finished_only else fold_folders(d)
-        if folds:
-            out.append(run)
-    return out
+    """Classifier run names under ``neonet_results/<ds>`` with at least one (trained) fold:
+    :meth:`ResultLayout.cls_runs`."""
+    return _layout_of_results(results_root, plans_name).cls_runs(finished_only)
 
 
 # ----------------------------------------------------------------------------- NeoGen stage and synthetic-set names
@@ -330,15 +550,13 @@ def parse_gen_stage_dir(name: str) -> GenRunId | None:
 
 
 def list_synthetic_sets(results_root: Path, fold: int, plans_name: str = PLANS_NAME) -> dict[str, GenRunId]:
-    """{folder prefix: id} of every synthetic set of ``fold`` under ``neonet_results/<ds>`` that has a manifest."""
-    out = {}
-    check_safe_name(plans_name, "plans name")
-    for d in sorted(Path(results_root).glob(f"synthetic*__{plans_name}")):
-        try:
-            prefix, _ = parse_stage_folder_name(d.name)
-        except ValueError:
-            continue
-        rid = parse_gen_stage_dir(prefix)
-        if rid is not None and rid.stage == "synthetic" and (d / fold_folder_name(fold) / "manifest.json").is_file():
-            out[prefix] = rid
-    return out
+    """{folder prefix: id} of every synthetic set of ``fold`` under ``neonet_results/<ds>`` that has a manifest:
+    :meth:`ResultLayout.synthetic_sets`."""
+    return _layout_of_results(results_root, plans_name).synthetic_sets(fold)
+
+
+def _layout_of_results(results_root: Path, plans_name: str) -> ResultLayout:
+    """The layout whose :attr:`ResultLayout.results` is ``results_root`` (``<neonet_results>/<ds>``)."""
+    root = Path(results_root)
+    env = dict(paths.ensure_environment(), neonet_results=root.parent)
+    return ResultLayout(root.name, plans_name, env=env)

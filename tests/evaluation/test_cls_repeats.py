@@ -66,7 +66,7 @@ def test_add_repeats_keeps_repeat_0_and_appends_stratified_partitions(tmp_path):
 
 def test_evaluation_reports_each_repeat_and_pools_only_within_it(tmp_path, monkeypatch, planned_phantom):
     from neonet_toolkit.evaluation.cls import evaluate_cls
-    from neonet_toolkit.training.cls_artifacts import OOF_FILE, SUMMARY_FILE, write_predictions_csv
+    from neonet_toolkit.models.cls_results import OOF_FILE, SUMMARY_FILE, write_predictions_csv
     from neonet_toolkit.utilities.io import save_json
 
     env = U.copy_planned(planned_phantom, tmp_path, monkeypatch)

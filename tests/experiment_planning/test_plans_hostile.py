@@ -128,7 +128,7 @@ def test_wrong_setting_type_is_a_user_error_not_a_traceback(planned_phantom, tmp
 def test_garbage_plans_refused_by_planning_before_any_work(planned_phantom, tmp_path, monkeypatch):
     import nnunetv2.experiment_planning.plan_and_preprocess_api as api
 
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.planning import plan_and_preprocess
 
     pp = _copy(planned_phantom, tmp_path, monkeypatch, raw=True)
     monkeypatch.setattr(api, "extract_fingerprint_dataset", lambda *a, **k: pytest.fail("nnU-Net was started"))

@@ -17,7 +17,7 @@ from e2e_models import DS, trained_env
 @pytest.fixture(scope="session")
 def trained_models(tmp_path_factory):
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.planning import plan_and_preprocess
     from neonet_toolkit.training.cls import ClsTrainer
     from neonet_toolkit.training.seg.api import train_seg
     from neonet_toolkit.training.vae import VAETrainer

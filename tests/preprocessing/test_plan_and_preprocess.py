@@ -67,7 +67,7 @@ def test_patch_equals_tlcr_on_preprocessed_grid(planned_phantom):
 
 
 def test_rerun_is_idempotent(planned_phantom, monkeypatch):
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.planning import plan_and_preprocess
 
     for k, v in planned_phantom["env"].items():
         monkeypatch.setenv(k, v)
@@ -96,7 +96,7 @@ def test_nnunet_own_planner_accepts_the_dataset(planned_phantom, monkeypatch):
 def test_other_label_ids_extra_labels_and_spacing(isolated_env):
     """A dataset we did not generate the default way: ids {bg 0, liver 1, vessel 2, tumor 3}, other spacing."""
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.planning import plan_and_preprocess
 
     raw = make_phantom_dataset(isolated_env / "nnUNet_raw", 612, "OtherLabels", n_train=10, n_test=0,
                                shape_xyz=(41, 37, 15), spacing=(0.9, 0.9, 2.5),
@@ -125,12 +125,12 @@ def test_other_label_ids_extra_labels_and_spacing(isolated_env):
 
 def test_tumor_larger_than_crop_is_reported(isolated_env, caplog):
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.planning import plan_and_preprocess
 
     make_phantom_dataset(isolated_env / "nnUNet_raw", 613, "BigTumour", n_train=10, n_test=0,
                          shape_xyz=(32, 32, 16), spacing=(1.5, 1.5, 3.0), seed=2,
                          neonet_options={"crop_size": [8, 8, 8]})
-    report = plan_and_preprocess(613, num_processes=1, n_folds=3)
+    report = plan_and_preprocess(613, num_processes=1, n_folds=3, resource_estimates=False)
     assert report["cases_tumor_exceeds_crop"]
     assert "Tumour larger than" in caplog.text
 
@@ -156,11 +156,11 @@ def test_paths_defaults_and_user_variables_win(monkeypatch, tmp_path):
     assert env["neonet_results"] == tmp_path / "neonet_results"
     # reading the folders never writes the environment (issue #9); nnU-Net calls see them in a scope
     assert "nnUNet_preprocessed" not in os.environ
-    with paths.nnunet_environment({"NEONET_SEG_EPOCHS": 3}):
+    with paths.nnunet_environment({"NEONET_EXAMPLE_SETTING": 3}):
         assert os.environ["nnUNet_preprocessed"] == str(tmp_path / "neonet_results" / "nnUNet_preprocessed")
-        assert os.environ["NEONET_SEG_EPOCHS"] == "3"
+        assert os.environ["NEONET_EXAMPLE_SETTING"] == "3"
         assert str(paths.nnunet_ext_trainer_dir()) in os.environ["nnUNet_extTrainer"].split(os.pathsep)
-    assert "nnUNet_preprocessed" not in os.environ and "NEONET_SEG_EPOCHS" not in os.environ
+    assert "nnUNet_preprocessed" not in os.environ and "NEONET_EXAMPLE_SETTING" not in os.environ
     monkeypatch.setenv("nnUNet_raw", "/data/mine")
     assert paths.ensure_environment()["nnUNet_raw"] == Path("/data/mine")
 
@@ -201,12 +201,13 @@ def test_replaced_case_refreshes_fingerprint_preprocessing_and_patch(isolated_en
     import shutil
 
     from neonet_toolkit.demo.phantom import make_phantom_dataset
-    from neonet_toolkit.preprocessing.plan_and_preprocess import FINGERPRINT_STAMP, plan_and_preprocess
+    from neonet_toolkit.preprocessing.plan_and_preprocess import FINGERPRINT_STAMP
+    from neonet_toolkit.training.planning import plan_and_preprocess
 
     raw = make_phantom_dataset(isolated_env / "nnUNet_raw", 512, "Swap", n_train=6, n_test=0,
                                shape_xyz=(32, 32, 16), shape_jitter=0, seed=5, positive_fraction=0.5,
                                neonet_options={"crop_size": [16, 16, 8]})
-    plan_and_preprocess(512, num_processes=1, n_folds=2)
+    plan_and_preprocess(512, num_processes=1, n_folds=2, resource_estimates=False)
     pp = isolated_env / "nnUNet_preprocessed" / raw.name
     stamp_before = (pp / FINGERPRINT_STAMP).read_text()
     ids = sorted(p.name[: -len("_0000.nii.gz")] for p in (raw / "imagesTr").glob("*_0000.nii.gz"))
@@ -216,7 +217,7 @@ def test_replaced_case_refreshes_fingerprint_preprocessing_and_patch(isolated_en
     # case a is re-exported: it now holds the scan of case b (same size on disk is possible; mtime changes)
     shutil.copyfile(raw / "imagesTr" / f"{b}_0000.nii.gz", raw / "imagesTr" / f"{a}_0000.nii.gz")
     shutil.copyfile(raw / "labelsTr" / f"{b}.nii.gz", raw / "labelsTr" / f"{a}.nii.gz")
-    plan_and_preprocess(512, num_processes=1, n_folds=2)
+    plan_and_preprocess(512, num_processes=1, n_folds=2, resource_estimates=False)
     assert (pp / FINGERPRINT_STAMP).read_text() != stamp_before
     img_a, lab_a = load_patch(patch_folder(pp, "gt"), a)
     np.testing.assert_array_equal(img_a, img_b)

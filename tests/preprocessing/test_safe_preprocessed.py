@@ -57,7 +57,7 @@ def test_plan_and_preprocess_refuses_planted_properties(planned_phantom, tmp_pat
     assert f"delete {c['pp'] / DATA}" in err and "neonet_plan_and_preprocess -d Dataset501_NeoNetPhantom`" in err
     assert not c["marker"].exists()
     # the API raises the named error too (nothing was unpickled in between)
-    from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
+    from neonet_toolkit.training.planning import plan_and_preprocess
 
     with pytest.raises(UnsafePickleError, match=c["case"]):
         plan_and_preprocess(501, num_processes=1)

@@ -160,7 +160,7 @@ def test_train_fold_pattennet_rs(cls_env):
     from neonet_toolkit.networks.generative import vae_checkpoint_path
     from neonet_toolkit.utilities.checkpoints import load_checkpoint
     from neonet_toolkit.training.cls import ClsTrainer
-    from neonet_toolkit.training.cls_predict import load_fold_classifier, predict_proba
+    from neonet_toolkit.models.cls import load_fold_classifier, predict_proba
     from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
 
     ds, pp = cls_env["dataset_name"], cls_env["preprocessed"]
@@ -224,7 +224,7 @@ def test_latent_cache_matches_uncached_training(cls_env):
     """Caching the frozen encoder's latents (all flip variants) is a pure speed-up: same augmentation
     draws, same updates, same out-of-fold probabilities as encoding every batch."""
     from neonet_toolkit.training.cls import ClsTrainer
-    from neonet_toolkit.training.cls_artifacts import OOF_FILE, read_predictions_csv
+    from neonet_toolkit.models.cls_results import OOF_FILE, read_predictions_csv
 
     ds, pp = cls_env["dataset_name"], cls_env["preprocessed"]
     U.make_fold_vae(ds, pp, 0)
@@ -236,7 +236,7 @@ def test_latent_cache_matches_uncached_training(cls_env):
         out = tr.run()
         assert (tr.z_train is not None) == cache
         if cache:
-            assert tuple(tr.z_train.shape[:2]) == (len(tr.y_train), 8)  # every flip variant encoded once
+            assert tuple(tr.z_train.shape[:2]) == (len(tr.data.y_train), 8)  # every flip variant encoded once
         probs[cache] = [r["probability_raw"] for r in read_predictions_csv(out / OOF_FILE)]
         for f in out.iterdir():
             f.unlink()
@@ -327,7 +327,7 @@ def test_evaluation_numbers_match_stats(tmp_path, monkeypatch, planned_phantom, 
     from sklearn.metrics import roc_auc_score
 
     from neonet_toolkit.evaluation.cls import evaluate_cls
-    from neonet_toolkit.training.cls_artifacts import OOF_FILE, SUMMARY_FILE, write_predictions_csv
+    from neonet_toolkit.models.cls_results import OOF_FILE, SUMMARY_FILE, write_predictions_csv
     from neonet_toolkit.utilities.io import save_json
 
     env = U.copy_planned(planned_phantom, tmp_path, monkeypatch)

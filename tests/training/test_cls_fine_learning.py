@@ -20,9 +20,9 @@ import time
 import pytest
 
 from neonet_toolkit.demo.phantom import make_phantom_dataset
-from neonet_toolkit.preprocessing.plan_and_preprocess import plan_and_preprocess
 from neonet_toolkit.training.cls import ClsTrainer
-from neonet_toolkit.training.cls_artifacts import read_predictions_csv
+from neonet_toolkit.models.cls_results import read_predictions_csv
+from neonet_toolkit.training.planning import plan_and_preprocess
 from neonet_toolkit.training.vae import VAETrainer
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.io import load_json, save_json

@@ -104,7 +104,7 @@ def _summary(out: Path) -> dict:
 def test_default_is_nested_and_nothing_fitted_sees_the_reported_fold(proto_env):
     from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
     from neonet_toolkit.training.cls import ClsTrainer
-    from neonet_toolkit.training.cls_predict import load_fold_classifier, predict_proba
+    from neonet_toolkit.models.cls import load_fold_classifier, predict_proba
 
     ds, pp = proto_env["dataset_name"], proto_env["preprocessed"]
     U.make_fold_vae(ds, pp, 0)

@@ -47,7 +47,7 @@ def test_vae_checkpoint_with_payload_is_refused_by_name(isolated_env):
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "not_a_dict"])
 def test_damaged_classifier_checkpoint_is_refused_by_name(isolated_env, damage, capsys):
     from neonet_toolkit.run.common import run_cli
-    from neonet_toolkit.training.cls_predict import load_fold_classifier
+    from neonet_toolkit.models.cls import load_fold_classifier
 
     fold = isolated_env / "neonet_results" / "Dataset501_X" / "cls_pattennet_1_esnested__NeoNetPlans" / "fold_2"
     ck = fold / "checkpoint_final.pth"
@@ -190,7 +190,7 @@ def test_seg_overwrite_replaces_the_fold_only_after_the_new_checkpoint_verifies(
     import nnunetv2.run.run_training as nnunet_run_training
 
     from neonet_toolkit.training.seg.api import train_seg
-    from neonet_toolkit.training.seg.masks import model_folds
+    from neonet_toolkit.models.seg import model_folds
     from neonet_toolkit.utilities.checkpoints import load_verified_checkpoint
 
     for k, v in planned_phantom["env"].items():
@@ -266,7 +266,7 @@ def seg_model(planned_phantom, tmp_path):
 def _init(folder: Path):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from neonet_toolkit.inference.seg import initialize_predictor
+    from neonet_toolkit.models.seg import initialize_predictor
 
     predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
     initialize_predictor(predictor, folder, [0])
@@ -282,9 +282,9 @@ def _rewrite(folder: Path, state: dict) -> Path:
 def test_seg_checkpoint_with_edited_trainer_name_is_named(seg_model, capsys):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from neonet_toolkit.inference.seg import initialize_predictor
+    from neonet_toolkit.models.seg import initialize_predictor
     from neonet_toolkit.run.common import run_cli
-    from neonet_toolkit.training.seg.masks import SegCheckpointError
+    from neonet_toolkit.models.seg import SegCheckpointError
 
     folder, state = seg_model
     assert _init(folder).trainer_name == "NeoSegTrainer_nnUNet"  # the untouched model loads
@@ -314,7 +314,7 @@ def test_seg_checkpoint_with_edited_trainer_name_is_named(seg_model, capsys):
 
 def test_classifier_checkpoint_given_as_seg_model_says_what_it_is(seg_model, capsys):
     from neonet_toolkit.run.common import run_cli
-    from neonet_toolkit.training.seg.masks import SegCheckpointError
+    from neonet_toolkit.models.seg import SegCheckpointError
 
     folder, _ = seg_model
     ck = _rewrite(folder, {"network": {"w": torch.ones(2)}, "epoch": 3, "stage": "cls", "fold": 0,

@@ -87,3 +87,16 @@ def test_plan_resources_lowers_gpu_batches_loudly_and_leaves_cpu_presets(caplog)
     assert plans["configurations"]["gpu_full"]["controlnet"]["batch_size"] == 8  # the input is not mutated
     assert set(est["gpu_full"]) == {"seg", "vae", "vqvae", "ldm", "controlnet", "cls"}
     assert est["gpu_full"]["seg"]["input"] == [1, 64, 160, 160]
+
+
+def test_plan_resources_records_a_stage_it_cannot_build_and_goes_on(caplog):
+    """SwinUNETR on nnU-Net's 32-voxel patch of a small dataset: the seg estimate is an error entry with the
+    builder's message (the trainer refuses with the same one), the other stages are still estimated."""
+    gpu = gpu_full_settings()
+    plans = {"configurations": {"gpu_full": copy.deepcopy(gpu)}}
+    with caplog.at_level(logging.WARNING):
+        out = plan_resources(plans, lambda name: copy.deepcopy(gpu), CROP, {"patch_size": [32, 32, 32]}, (1, 3))
+    est = out["resource_estimates"]["configurations"]["gpu_full"]
+    assert "SwinUNETR" in est["seg"]["error"] and "peak_gb" not in est["seg"]
+    assert all("peak_gb" in est[s] for s in ("vae", "vqvae", "ldm", "controlnet", "cls"))
+    assert any("gpu_full seg: no resource estimate" in r.message for r in caplog.records)

@@ -21,8 +21,10 @@ TINY = {"inherits_from": "cpu_small",
         "seg": {"feature_size": 12, "window_size": 4, "epochs": 8, "iterations_per_epoch": 4,
                 "val_iterations_per_epoch": 1, "initial_lr": 1e-3}}
 ENV_KEYS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "neonet_results", "nnUNet_extTrainer",
-            "NEONET_SEG_CONFIGURATION", "NEONET_SEG_EPOCHS", "NEONET_SEG_ITERATIONS", "NEONET_SEG_VAL_ITERATIONS",
             "nnUNet_def_n_proc")
+# plain nnUNetv2_train runs the plans' default configuration for the device: a one-epoch one on top of seg_tiny
+PLAIN_TINY = {"inherits_from": "seg_tiny",
+              "seg": {"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1}}
 
 
 def _copy_planned(planned, root: Path) -> dict:
@@ -203,7 +205,7 @@ def test_seg_interrupted_overwrite_leaves_no_stale_final(planned_phantom, tmp_pa
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from neonet_toolkit.training.seg.api import train_seg
-    from neonet_toolkit.training.seg.masks import model_folds
+    from neonet_toolkit.models.seg import model_folds
     from neonet_toolkit.utilities.identifiers import fold_is_finished
 
     for k, v in planned_phantom["env"].items():
@@ -320,7 +322,7 @@ def test_seg_reuse_existing_model_maps_labels_by_name(trained, tmp_path):
 
     from neonet_toolkit.inference.seg import predict_folder
     from neonet_toolkit.run.train import main as train_main
-    from neonet_toolkit.training.seg.masks import registered_model
+    from neonet_toolkit.models.seg import registered_model
 
     ext = tmp_path / "other_group" / "Dataset777_Liver" / "nnUNetTrainer_theirs__nnUNetPlans__3d_fullres"
     shutil.copytree(trained["model"], ext, ignore=shutil.ignore_patterns("crossval_results*"))
@@ -371,10 +373,14 @@ def test_seg_reuse_model_without_organ_label_is_refused(trained, tmp_path):
 @pytest.fixture(scope="module")
 def plain_nnunet(planned_phantom, tmp_path_factory):
     env = _copy_planned(planned_phantom, tmp_path_factory.mktemp("seg_plain"))
+    f = Path(env["nnUNet_preprocessed"]) / DATASET / "neonet_plans.json"
+    plans = json.loads(f.read_text(encoding="utf-8"))
+    plans["configurations"]["seg_plain_tiny"] = PLAIN_TINY
+    plans["default_configuration"]["cpu"] = "seg_plain_tiny"
+    f.write_text(json.dumps(plans, indent=1), encoding="utf-8")
     from neonet_toolkit.training.seg import trainer_dir
 
-    sub = _sub_env(env, nnUNet_extTrainer=trainer_dir(), NEONET_SEG_CONFIGURATION="seg_tiny", NEONET_SEG_EPOCHS=1,
-                   NEONET_SEG_ITERATIONS=2, NEONET_SEG_VAL_ITERATIONS=1)
+    sub = _sub_env(env, nnUNet_extTrainer=trainer_dir())
     _run([_bin("nnUNetv2_train"), "501", "3d_fullres", "0", "-p", "NeoNetPlans", "-tr", "NeoSegTrainer_UNet",
           "-device", "cpu"], sub)
     return {"env": env, "sub": sub,

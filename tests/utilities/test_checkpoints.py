@@ -59,7 +59,7 @@ def _model_folder(root, checkpoint_writer):
 
 
 def test_planted_pickle_in_a_model_folder_is_refused_without_running(tmp_path, caplog):
-    from neonet_toolkit.training.seg.masks import check_model_folder
+    from neonet_toolkit.models.seg import check_model_folder
     from neonet_toolkit.utilities.checkpoints import UnsafeCheckpointError
 
     marker = tmp_path / "PWNED"
@@ -73,7 +73,7 @@ def test_planted_pickle_in_a_model_folder_is_refused_without_running(tmp_path, c
 
 
 def test_nnunet_style_checkpoint_passes_and_corrupt_file_is_named(tmp_path):
-    from neonet_toolkit.training.seg.masks import check_model_folder
+    from neonet_toolkit.models.seg import check_model_folder
     from neonet_toolkit.utilities.checkpoints import UnsafeCheckpointError, verify_checkpoint
 
     folder = _model_folder(tmp_path / "ok", _nnunet_like_checkpoint)

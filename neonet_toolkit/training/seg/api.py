@@ -5,9 +5,10 @@ Equivalent plain nnU-Net command (same result folder)::
     export nnUNet_extTrainer=$(python -m neonet_toolkit.training.seg.trainer_path)
     nnUNetv2_train 501 3d_fullres 0 -p NeoNetPlans -tr NeoSegTrainer -device cpu
 
-``--epochs/--iterations/--val-iterations/--configuration`` reach the trainer through the
-environment variables documented in :mod:`neonet_toolkit.training.seg.trainers`, so the DDP
-worker processes that nnU-Net spawns see them too.
+``--configuration`` (a configuration of ``neonet_plans.json``) and ``--epochs/--iterations/--val-iterations``
+(resolved as a configuration inheriting from it) reach the trainer through a record beside the fold
+(:func:`neonet_toolkit.training.seg.trainers.write_run_configuration`, in the model folder), so the DDP worker
+processes that nnU-Net spawns read them too.
 """
 from __future__ import annotations
 
@@ -20,16 +21,20 @@ from pathlib import Path
 from neonet_toolkit import paths
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, PlansError, load_nnunet_plans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
-from neonet_toolkit.training.seg.masks import check_seg_checkpoint, register_model
+from neonet_toolkit.models.seg import check_seg_checkpoint
+from neonet_toolkit.training.seg.masks import register_model
 from neonet_toolkit.training.seg.networks import ARCHITECTURES, check_architecture
-from neonet_toolkit.training.seg.trainers import ENV_REPLACES, trainer_name
+from neonet_toolkit.training.seg.trainers import ENV_REPLACES, seg_overrides, trainer_name, write_run_configuration
 from neonet_toolkit.utilities.checkpoints import load_verified_checkpoint, verify_checkpoint
 from neonet_toolkit.utilities.devices import get_device
 from neonet_toolkit.utilities.identifiers import (
+    BEST_CHECKPOINT,
+    FINAL_CHECKPOINT,
+    LATEST_CHECKPOINT,
     NNUNET_PLANS_NAME,
+    NNUNET_VALIDATION_SUMMARY,
     SEG_CONFIGURATION,
-    fold_is_finished,
-    nnunet_model_folder,
+    ResultLayout,
     staging_fold_folder,
 )
 from neonet_toolkit.utilities.io import atomic_path, move_aside, save_text
@@ -40,11 +45,11 @@ logger = logging.getLogger(__name__)
 NNUNET_PLANS = NNUNET_PLANS_NAME
 NNUNET_CONFIGURATION = SEG_CONFIGURATION
 # what nnU-Net's ``--c`` may load (nnUNetTrainer.maybe_load_checkpoint: final, else latest, else best)
-NNUNET_RESUME_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+NNUNET_RESUME_CHECKPOINTS = (FINAL_CHECKPOINT, LATEST_CHECKPOINT, BEST_CHECKPOINT)
 # model-level files nnU-Net (re)writes beside the folds when a training starts
 NNUNET_MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 # files of a fold in which nnU-Net records the fold's own path (validation predictions, its debug dump)
-NNUNET_FOLD_PATH_RECORDS = ("validation/summary.json", "debug.json")
+NNUNET_FOLD_PATH_RECORDS = (NNUNET_VALIDATION_SUMMARY, "debug.json")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("-num_gpus", "--num-gpus", dest="num_gpus", type=int, default=1,
                    help="nnU-Net DDP training on this many GPUs (CUDA only)")
     g.add_argument("--nnunet-configuration", dest="nnunet_configuration", default=NNUNET_CONFIGURATION,
-                   help="nnU-Net configuration in NeoNetPlans.json (default 3d_fullres)")
+                   help=f"nnU-Net configuration in {NNUNET_PLANS}.json (default {NNUNET_CONFIGURATION})")
     g.add_argument("--npz", action="store_true", help="also save validation softmax (nnU-Net --npz)")
     g.add_argument("--from-model", dest="from_model", default=None,
                    help="do not train: use this existing nnU-Net model folder (any trainer) as NeoSeg")
@@ -77,16 +82,15 @@ def _device(name: str):
     return torch.device(dev.type)
 
 
-def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, device: str = "auto",
+def train_seg(dataset: int | str | ResultLayout, fold: int | str, arch: str | None = None, device: str = "auto",
               epochs: int | None = None, iterations: int | None = None, val_iterations: int | None = None,
               configuration: str | None = None, continue_training: bool = False, overwrite: bool = False,
               num_gpus: int = 1, nnunet_configuration: str = NNUNET_CONFIGURATION, npz: bool = False,
               trust_checkpoints: bool = False) -> Path:
     """Train one NeoSeg fold with nnU-Net's ``run_training``; returns the fold folder."""
-    env = paths.ensure_environment()
-    name = paths.find_dataset_name(dataset)
-    pp = env["nnUNet_preprocessed"] / name
-    plans_file = pp / f"{NNUNET_PLANS}.json"
+    layout = ResultLayout.for_dataset(dataset)
+    name, pp = layout.dataset_name, layout.preprocessed
+    plans_file = layout.nnunet_plans_file
     if not plans_file.is_file():
         raise FileNotFoundError(f"{plans_file} not found: run `neonet_plan_and_preprocess -d {dataset}` first.")
     # before nnU-Net sees anything: the names nnU-Net turns into folders, and every properties pickle it will load
@@ -112,9 +116,10 @@ def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, devi
     dev = _device(device)
     if configuration is not None and (pp / NEONET_PLANS_FILE).is_file():
         NeoNetPlans(pp / NEONET_PLANS_FILE).configuration(configuration)  # clear error for an unknown name
+    run_seg = seg_overrides(epochs, iterations, val_iterations)  # clear error for an out-of-range budget
     tr = trainer_name(arch)
-    fold_dir = nnunet_model_folder(name, tr, NNUNET_PLANS, nnunet_configuration) / f"fold_{fold}"
-    if fold_is_finished(fold_dir) and not (continue_training or overwrite):
+    fold_dir = layout.nnunet_fold_folder(tr, fold, nnunet_configuration)
+    if layout.is_finished("model", fold_dir) and not (continue_training or overwrite):
         raise FileExistsError(f"{fold_dir} already holds a finished training; use --overwrite to retrain it or "
                               "--c to continue/re-validate.")
     # --overwrite of an existing fold: nnU-Net trains under a staging results folder (nnUNet_results for this call),
@@ -136,14 +141,15 @@ def train_seg(dataset: int | str, fold: int | str, arch: str | None = None, devi
         else:
             for ck in resumable:
                 verify_checkpoint(ck)
-    # the NeoSeg trainer reads these (and nnU-Net its folders + nnUNet_extTrainer) for this call only
-    overrides = {"NEONET_SEG_CONFIGURATION": configuration, "NEONET_SEG_EPOCHS": epochs,
-                 "NEONET_SEG_ITERATIONS": iterations, "NEONET_SEG_VAL_ITERATIONS": val_iterations,
-                 "nnUNet_def_n_proc": os.environ.get("nnUNet_def_n_proc") or max(1, min(8, os.cpu_count() or 1))}
+    # nnU-Net reads its folders + nnUNet_extTrainer (and the NeoSeg trainer ENV_REPLACES) for this call only
+    overrides = {"nnUNet_def_n_proc": os.environ.get("nnUNet_def_n_proc") or max(1, min(8, os.cpu_count() or 1))}
     if staged:
         overrides.update({"nnUNet_results": staging, ENV_REPLACES: fold_dir.parent})
         logger.warning("--overwrite: training in %s; %s stays as it is until the new model is finished and verified",
                        staging, fold_dir)
+    # the NeoNet configuration (and epoch budget) of this run, read by the trainer in every (DDP) process
+    write_run_configuration(staging / name / fold_dir.parent.name if staged else fold_dir.parent, fold,
+                            configuration, run_seg)
     from nnunetv2.run.run_training import run_training
 
     logger.info("NeoSeg: nnUNetv2_train %s %s %s -p %s -tr %s -device %s%s", name, nnunet_configuration, fold,
@@ -160,7 +166,7 @@ def _publish_staged_fold(staged_fold: Path, fold_dir: Path, staging: Path) -> No
     """After a staged ``--overwrite``: check the new ``checkpoint_final.pth`` (allow-listed ``weights_only`` load, an
     nnU-Net segmentation checkpoint), then move the old fold aside (``old-fold_N.replaced-<time>``), give the new
     one its name and take over nnU-Net's model-level files. A failed check leaves the working fold as it was."""
-    ck = staged_fold / "checkpoint_final.pth"
+    ck = staged_fold / FINAL_CHECKPOINT
     if not ck.is_file():
         raise FileNotFoundError(f"nnU-Net finished without writing {ck}; {fold_dir} was left as it was. Rerun with "
                                 "--overwrite.")
@@ -186,7 +192,6 @@ def _publish_staged_fold(staged_fold: Path, fold_dir: Path, staging: Path) -> No
 
 def train_from_args(args) -> None:
     if args.from_model:
-
         register_model(args.dataset, args.from_model, folds=[args.fold], trust_checkpoints=args.trust_checkpoints)
         return
     train_seg(args.dataset, args.fold, arch=args.arch, device=args.device, epochs=args.epochs,

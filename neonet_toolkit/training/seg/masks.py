@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Iterable
 
@@ -28,203 +27,38 @@ from neonet_toolkit.dataset.file_checks import file_problem
 from neonet_toolkit.dataset.labels import remap_labels
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, load_nnunet_plans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
+from neonet_toolkit.models.seg import (
+    check_model_folder,
+    default_model_folder,
+    is_own_model,
+    label_map_by_name,
+    model_folds,
+    record_model,
+)
 from neonet_toolkit.preprocessing.orientation import ORIENTATION_CONVENTION, canonical_orientation
 from neonet_toolkit.preprocessing.patches import METADATA_FILE, extract_patch_for_case, patch_folder, settings_hash
-from neonet_toolkit.training.seg.trainers import result_folder
-from neonet_toolkit.utilities.checkpoints import verify_model_folder
-from neonet_toolkit.utilities.identifiers import fold_is_finished
 from neonet_toolkit.utilities.io import load_json, save_json
 from neonet_toolkit.utilities.safe_pickle import verify_preprocessed_folder
 
 logger = logging.getLogger(__name__)
 
-REGISTERED_MODEL_FILE = "neoseg_model.json"
-_ALIASES = {"tumour": "tumor"}
 
-
-# ----------------------------------------------------------------------------- model folders
-def _canon(name: str) -> str:
-    n = str(name).strip().lower()
-    return _ALIASES.get(n, n)
-
-
-def label_map_by_name(source_labels: dict, target_labels: dict, extra: dict | None = None,
-                      where: str = "model") -> dict[int, int]:
-    """Map the label ids of a model (``source_labels``: name → id) onto the dataset's ids by name.
-
-    Names match case-insensitively (``tumour`` = ``tumor``). ``extra`` maps source names to target
-    names for labels named differently (e.g. ``{"hepatic_tumor": "tumor"}``). A source label with
-    no counterpart maps to background (0) with a warning.
-    """
-    extra = {_canon(k): _canon(v) for k, v in (extra or {}).items()}
-    tgt = {}
-    for n, v in target_labels.items():
-        if isinstance(v, (list, tuple)):
-            raise ValueError(f"Region-based labels ({n}: {v}) are not supported for label mapping.")
-        tgt[_canon(n)] = int(v)
-    out, dropped = {}, []
-    for n, v in source_labels.items():
-        if isinstance(v, (list, tuple)):
-            raise ValueError(f"{where}: region-based label {n}: {v} cannot be mapped; NeoSeg needs one id per label.")
-        if _canon(n) == "ignore":
-            continue
-        name = extra.get(_canon(n), _canon(n))
-        if name in tgt:
-            out[int(v)] = tgt[name]
-        else:
-            out[int(v)] = 0
-            dropped.append(n)
-    if dropped:
-        logger.warning("%s: label(s) %s have no counterpart in the dataset's labels %s and become background "
-                       "(pass label_names={'<model name>': '<dataset name>'} to map them).", where, dropped,
-                       sorted(target_labels))
-    return out
-
-
-def model_folds(model_folder: str | Path) -> list[int | str]:
-    """Finished folds of an nnU-Net model folder (:func:`~neonet_toolkit.utilities.identifiers.fold_is_finished`:
-    ``checkpoint_final.pth`` exists); folders moved aside by ``--overwrite`` are not folds."""
-    model_folder = Path(model_folder)
-    out = []
-    for d in sorted(model_folder.glob("fold_*")):
-        if d.is_dir() and "." not in d.name and fold_is_finished(d):
-            f = d.name[5:]
-            out.append(int(f) if f.isdigit() else f)
-    return out
-
-
-def check_model_folder(model_folder: str | Path, folds: Iterable | None = None,
-                       trust_checkpoints: bool = False, checkpoint_name: str = "checkpoint_final.pth") -> Path:
-    """Validate an nnU-Net model folder (``<Trainer>__<Plans>__<config>``); raise naming what is missing.
-
-    Every ``fold_N/<checkpoint_name>`` that will be used is verified loadable with
-    ``weights_only=True`` under an allow-list before nnU-Net (which loads with ``weights_only=False``)
-    ever touches it (:func:`neonet_toolkit.utilities.checkpoints.verify_model_folder`);
-    ``trust_checkpoints=True`` skips that check (logged)."""
-    model_folder = Path(model_folder)
-    if not model_folder.is_dir():
-        raise FileNotFoundError(f"NeoSeg model folder {model_folder} does not exist.")
-    missing = [f for f in ("plans.json", "dataset.json") if not (model_folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{model_folder} is not an nnU-Net model folder (no {missing}); point at "
-                                "nnUNet_results/DatasetXXX/<Trainer>__<Plans>__<configuration>.")
-    have = model_folds(model_folder)
-    if not have:
-        raise FileNotFoundError(f"{model_folder} has no trained fold (no fold_N/checkpoint_final.pth).")
-    if folds is not None:
-        lacking = [f for f in folds if f not in have]
-        if lacking:
-            raise FileNotFoundError(
-                f"NeoSeg model {model_folder} lacks fold(s) {lacking} (trained folds: {have}). Train them "
-                f"(e.g. `neonet_train {model_folder.parent.name} seg {lacking[0]}`) or restrict to the trained "
-                "folds (--folds).")
-    if checkpoint_name != "checkpoint_final.pth":
-        lacking = [f for f in (folds if folds is not None else have)
-                   if not (model_folder / f"fold_{f}" / checkpoint_name).is_file()]
-        if lacking:
-            raise FileNotFoundError(f"NeoSeg model {model_folder} has no {checkpoint_name} in fold(s) {lacking}.")
-    verify_model_folder(model_folder, folds if folds is not None else have, checkpoint_name=checkpoint_name,
-                        trust=trust_checkpoints)
-    return model_folder
-
-
-class SegCheckpointError(ValueError):
-    """A file in a NeoSeg/nnU-Net model folder that is not the nnU-Net checkpoint of that model."""
-
-
-SEG_MODEL_EXPECTED = ("-m/--seg-model expects an nnU-Net model folder (nnUNet_results/DatasetXXX/"
-                      "<Trainer>__<Plans>__<configuration>) whose fold_N/checkpoint_final.pth nnU-Net's trainer wrote")
-
-
-def check_seg_checkpoint(state, path: str | Path, model_folder: str | Path, configurations=None) -> str:
-    """Check a loaded (``weights_only``) NeoSeg/nnU-Net checkpoint before a network is built from it; return its
-    ``trainer_name``.
-
-    Refused with :class:`SegCheckpointError` naming the file and the fix: a NeoNet stage checkpoint (e.g. a
-    classifier fold) given as a segmentation model, a file without nnU-Net's keys, a ``trainer_name`` that is not
-    a class name, and an ``init_args`` configuration missing from the model's plans (``configurations``, when
-    given). A trainer that does not exist, or whose network the weights do not fit, is refused where the network
-    is built (:func:`neonet_toolkit.inference.seg.initialize_predictor`)."""
-    path, model_folder = Path(path), Path(model_folder)
-    restore = "Replace it with the model's original checkpoint, or retrain that fold."
-    if not isinstance(state, dict):
-        raise SegCheckpointError(f"{path} holds a {type(state).__name__}, not an nnU-Net checkpoint. "
-                                 f"{SEG_MODEL_EXPECTED}.")
-    missing = [k for k in ("trainer_name", "network_weights", "init_args") if k not in state]
-    if missing:
-        stage = state.get("stage")
-        if isinstance(stage, str) and "network" in state:
-            where = f"dataset {state.get('dataset_name', '?')}, fold {state.get('fold', '?')}"
-            hint = ("; a classifier run is chosen with --cls-run" if stage == "cls" else "")
-            raise SegCheckpointError(
-                f"{path} is a NeoNet {stage!r} checkpoint ({where}), not a NeoSeg/nnU-Net segmentation checkpoint "
-                f"(it has no {missing}). {SEG_MODEL_EXPECTED}{hint}.")
-        raise SegCheckpointError(f"{path} is not an nnU-Net checkpoint: it has no {missing} (keys: "
-                                 f"{sorted(map(str, state))[:12]}). {SEG_MODEL_EXPECTED}.")
-    name = state["trainer_name"]
-    if not isinstance(name, str) or not name.isidentifier():
-        raise SegCheckpointError(f"{path} records trainer_name {name!r}, which is not a class name: the file was "
-                                 f"edited or damaged. {restore}")
-    parts = model_folder.name.split("__")
-    if len(parts) == 3 and parts[0] != name:  # a renamed or shared folder is legitimate; the weights must still fit
-        logger.warning("%s records trainer %s but its folder is named for %s; building %s's network", path, name,
-                       parts[0], name)
-    init_args = state["init_args"]
-    conf = init_args.get("configuration") if isinstance(init_args, dict) else None
-    if not isinstance(conf, str) or (configurations is not None and conf not in configurations):
-        raise SegCheckpointError(
-            f"{path} records configuration {conf!r}, which is not one of the configurations of "
-            f"{model_folder / 'plans.json'} ({sorted(configurations or [])}). {restore}")
-    return name
-
-
-def registered_model(dataset: int | str) -> dict | None:
-    name = paths.find_dataset_name(dataset)
-    f = paths.neonet_results() / name / REGISTERED_MODEL_FILE
-    return load_json(f) if f.is_file() else None
-
-
-def default_model_folder(dataset: int | str, arch: str | None = None) -> Path:
-    """The registered external model if any (and no arch given), else NeoSeg's result folder for ``arch``."""
-
-    reg = registered_model(dataset) if arch is None else None
-    if reg is not None:
-        return Path(reg["model_folder"])
-    return result_folder(dataset, arch or "swinunetr")
-
-
+# ----------------------------------------------------------------------------- external models
 def register_model(dataset: int | str, model_folder: str | Path, folds: Iterable | None = None,
                    label_names: dict | None = None, build_patches: bool = True,
                    trust_checkpoints: bool = False) -> dict:
     """Use an existing nnU-Net model (any trainer) as NeoSeg for ``dataset``.
 
     Checks the folder, maps its labels by name onto the dataset's (organ and tumour must be
-    found), records it in ``neonet_results/<dataset>/neoseg_model.json`` and, if its validation
-    folders hold out-of-fold predictions of the requested folds' cases, builds pred patches.
+    found), records it in ``neonet_results/<dataset>/neoseg_model.json``
+    (:func:`neonet_toolkit.models.seg.record_model`) and, if its validation folders hold out-of-fold
+    predictions of the requested folds' cases, builds pred patches.
     """
-    name = paths.find_dataset_name(dataset)
-    model_folder = check_model_folder(Path(model_folder).resolve(), folds, trust_checkpoints)
-    ds = NeoNetDataset.load(paths.nnunet_raw() / name)
-    model_labels = load_json(model_folder / "dataset.json")["labels"]
-    mapping = label_map_by_name(model_labels, ds.dataset_json["labels"], label_names, where=str(model_folder))
-    needed = {"organ": ds.roles.organ_ids, "tumour": ds.roles.tumor_ids}
-    for role, ids in needed.items():
-        if not set(ids) & set(mapping.values()):
-            raise DatasetError(
-                f"Model {model_folder} has labels {sorted(model_labels)}, none of which maps to the dataset's {role} "
-                f"label(s) {[n for n, v in ds.dataset_json['labels'].items() if v in ids]}. Name them alike or pass "
-                "label_names={'<model label>': '<dataset label>'}.")
-    rec = {"model_folder": str(model_folder), "label_names": label_names or {},
-           "label_map": {str(k): v for k, v in mapping.items()}, "folds": model_folds(model_folder),
-           "registered": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "checkpoint_check": ("SKIPPED (--trust-checkpoints): the checkpoints were accepted unchecked"
-                                if trust_checkpoints else "verified loadable with weights_only=True and the "
-                                "nnU-Net allow-list")}
-    save_json(rec, paths.neonet_results() / name / REGISTERED_MODEL_FILE)
-    logger.info("NeoSeg for %s: using existing model %s (label map %s)", name, model_folder, mapping)
+    rec = record_model(dataset, model_folder, folds, label_names, trust_checkpoints)
     if build_patches:
-        build_pred_patches(name, model_folder, folds=list(folds) if folds is not None else None,
-                           label_names=label_names, trust_checkpoints=trust_checkpoints)
+        build_pred_patches(paths.find_dataset_name(dataset), Path(rec["model_folder"]),
+                           folds=list(folds) if folds is not None else None, label_names=label_names,
+                           trust_checkpoints=trust_checkpoints)
     return rec
 
 
@@ -313,7 +147,7 @@ def build_pred_patches(dataset: int | str, model_folder: str | Path | None = Non
         for k in folds:
             get_fold(splits, k)
         # a model of this dataset must have the requested folds; an external one may hold them under other folds
-        check_model_folder(model_folder, folds if _own_model(model_folder, name) else None, trust_checkpoints)
+        check_model_folder(model_folder, folds if is_own_model(model_folder, name) else None, trust_checkpoints)
         file_ending = load_json(model_folder / "dataset.json")["file_ending"]
         found = collect_oof_predictions(model_folder, splits, folds, file_ending)
         items = {c: (fold_of.get(c), p) for c, (_, p) in found.items()}
@@ -376,14 +210,6 @@ def build_pred_patches(dataset: int | str, model_folder: str | Path | None = Non
     save_json(meta, meta_file)
     logger.info("TLCR pred: %d patches (%d new) in %s", len(records), len(items), out)
     return meta
-
-
-def _own_model(model_folder: Path, dataset_name: str) -> bool:
-    """True when the folder is a model of this dataset trained on its splits (NeoSeg or nnU-Net here)."""
-    try:
-        return model_folder.resolve().parent.name == dataset_name
-    except OSError:
-        return False
 
 
 def clear_pred_patches(dataset: int | str) -> None:

@@ -10,13 +10,16 @@ trainer (``-tr``)            ``--arch``   network
 ``NeoSegTrainer_nnUNet``     nnunet       nnU-Net's own U-Net from the plans (reference)
 =========================== ============ ===============================================
 
-Settings come from the ``seg`` stage of ``neonet_plans.json`` (configuration chosen by the
-environment variable ``NEONET_SEG_CONFIGURATION``, else ``cpu_small`` on CPU / ``gpu_full`` on
-CUDA), falling back to the paper's values when the dataset has no NeoNet plans. The MONAI
-networks use AdamW (lr 1e-4, paper) with nnU-Net's poly schedule, nnU-Net's Dice+CE loss and no
-deep supervision; the nnU-Net reference keeps nnU-Net's own recipe (SGD, lr 1e-2, deep supervision).
-Environment overrides for short runs: ``NEONET_SEG_EPOCHS``, ``NEONET_SEG_ITERATIONS``,
-``NEONET_SEG_VAL_ITERATIONS``.
+Settings come from the ``seg`` stage of ``neonet_plans.json``, read through the typed settings, falling
+back to the paper's values when the dataset has no NeoNet plans. The configuration is the one
+``neonet_train ... --configuration`` selected (a configuration of the plans, e.g. a user's own with
+``inherits_from``), else the plans' ``default_configuration`` for the device (``cpu_small`` on CPU /
+``gpu_full`` on CUDA; plain ``nnUNetv2_train`` runs always use it). nnU-Net builds the trainer from its own
+arguments only (also in its DDP worker processes), so ``train_seg`` records the selection beside the fold it
+trains (``<model folder>/neoseg_configuration_fold_N.json``: ``{"inherits_from": <configuration>, "seg":
+{<epoch budget>}}``, a configuration resolved like those of the plans) before nnU-Net starts. The MONAI networks use AdamW (lr 1e-4,
+paper) with nnU-Net's poly schedule, nnU-Net's Dice+CE loss and no deep supervision; the nnU-Net reference
+keeps nnU-Net's own recipe (SGD, lr 1e-2, deep supervision).
 
 The network settings are written into the trained model's ``plans.json`` (key ``neoseg`` of
 the configuration), so ``nnUNetv2_predict`` and the toolkit rebuild exactly the trained network.
@@ -38,54 +41,106 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from neonet_toolkit.experiment_planning.plans import (
     NEONET_PLANS_FILE,
     NeoNetPlans,
+    PlansError,
     check_nnunet_plans,
     paper_seg_settings,
+    read_plans_json,
 )
+from neonet_toolkit.experiment_planning.settings import as_dict, validate_stage
 from neonet_toolkit.training.seg.networks import NETWORK_KEYS, build_network, check_architecture
 from neonet_toolkit.utilities.devices import unwrap
 from neonet_toolkit.utilities.identifiers import NNUNET_PLANS_NAME, SEG_CONFIGURATION, nnunet_model_folder
-from neonet_toolkit.utilities.io import load_json
+from neonet_toolkit.utilities.io import load_json, save_json
 from neonet_toolkit.utilities.safe_pickle import verify_preprocessed_folder
 
 logger = logging.getLogger(__name__)
 
-ENV_CONFIGURATION = "NEONET_SEG_CONFIGURATION"
-ENV_EPOCHS = "NEONET_SEG_EPOCHS"
-ENV_ITERATIONS = "NEONET_SEG_ITERATIONS"
-ENV_VAL_ITERATIONS = "NEONET_SEG_VAL_ITERATIONS"
 # set by ``neonet_train ... seg --overwrite``, which trains the new fold under a staging results folder: the model
 # folder the new fold will replace a fold of (its other folds must share the network)
 ENV_REPLACES = "NEONET_SEG_REPLACES"
 PLANS_KEY = "neoseg"
+# the NeoNet configuration a toolkit run selected, recorded in the model folder before nnU-Net starts (out of
+# nnU-Net's fold_* pattern; nnU-Net creates the fold folder itself)
+RUN_CONFIGURATION_FILE = "neoseg_configuration_fold_{fold}.json"
+# the name under which that record is resolved among the plans' configurations
+RUN_CONFIGURATION_NAME = "neoseg_run"
+# the seg settings a run may set besides the configuration (the epoch budget of short runs), with their minimum
+RUN_OVERRIDES = {"epochs": 0, "iterations_per_epoch": 1, "val_iterations_per_epoch": 1}
 
 
-def resolve_seg_settings(dataset_name: str, device: torch.device | str = "cpu",
-                         configuration: str | None = None) -> dict:
-    """The NeoSeg settings for a dataset: paper defaults < neonet_plans.json ``seg`` < environment."""
+def seg_overrides(epochs: int | None = None, iterations: int | None = None,
+                  val_iterations: int | None = None) -> dict:
+    """The epoch budget of a short run as ``seg`` settings (only those given); ``ValueError`` when out of range."""
+    out = {}
+    for key, value, option in (("epochs", epochs, "--epochs"), ("iterations_per_epoch", iterations, "--iterations"),
+                               ("val_iterations_per_epoch", val_iterations, "--val-iterations")):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{option} {value!r} must be an integer.")
+        if value < RUN_OVERRIDES[key]:
+            raise ValueError(f"{option} {value} is out of range (at least {RUN_OVERRIDES[key]}).")
+        out[key] = int(value)
+    return out
 
+
+def run_configuration_file(model_folder: str | Path, fold: int | str) -> Path:
+    """Where :func:`write_run_configuration` records a fold's NeoNet configuration."""
+    return Path(model_folder) / RUN_CONFIGURATION_FILE.format(fold=fold)
+
+
+def write_run_configuration(model_folder: str | Path, fold: int | str, configuration: str | None,
+                            seg: dict | None = None) -> Path:
+    """Record, in the model folder nnU-Net will train fold ``fold`` in, the NeoNet configuration (``None``: the
+    plans' default for the device) and the ``seg`` settings this run sets on top of it; the trainer reads it in
+    ``__init__``."""
+    target = run_configuration_file(model_folder, fold)
+    save_json({"inherits_from": configuration, "seg": dict(seg or {})}, target)
+    return target
+
+
+def read_run_configuration(model_folder: str | Path, fold: int | str) -> dict:
+    """The record :func:`write_run_configuration` left for the fold (``{"inherits_from": None, "seg": {}}`` when
+    there is none: a plain ``nnUNetv2_train`` run); :class:`PlansError` naming the file when it is damaged."""
+    f = run_configuration_file(model_folder, fold)
+    if not f.is_file():
+        return {"inherits_from": None, "seg": {}}
+    fix = "Delete it and rerun `neonet_train` (it writes the file again from --configuration)."
+    rec = read_plans_json(f, fix)
+    if (not isinstance(rec, dict) or set(rec) != {"inherits_from", "seg"} or not isinstance(rec["seg"], dict)
+            or not isinstance(rec["inherits_from"], (str, type(None)))
+            or not set(rec["seg"]) <= set(RUN_OVERRIDES)):
+        raise PlansError(f"{f} must be {{\"inherits_from\": <configuration or null>, \"seg\": {{...}}}} with seg "
+                         f"settings among {sorted(RUN_OVERRIDES)}, got {rec!r}. {fix}")
+    return rec
+
+
+def resolve_seg_settings(dataset_name: str, device: torch.device | str = "cpu", configuration: str | None = None,
+                         overrides: dict | None = None) -> dict:
+    """The NeoSeg settings for a dataset: the ``seg`` stage of the ``neonet_plans.json`` configuration
+    (``None``: the default for the device), with ``overrides`` resolved as a configuration inheriting from it;
+    the paper's settings when the dataset has no NeoNet plans."""
     settings = copy.deepcopy(paper_seg_settings())
-    configuration = configuration or os.environ.get(ENV_CONFIGURATION) or None
+    overrides = dict(overrides or {})
     pp = os.environ.get("nnUNet_preprocessed")
     plans_file = Path(pp) / dataset_name / NEONET_PLANS_FILE if pp else None
     if plans_file is not None and plans_file.is_file():
         plans = NeoNetPlans(plans_file)
-        settings.update(plans.stage("seg", configuration, str(device)))
-        settings["neonet_configuration"] = plans.configuration(configuration, str(device))["name"]
+        base = plans.configuration(configuration, str(device))["name"]
+        name = base
+        if overrides:
+            with_run = copy.deepcopy(plans.plans)
+            with_run["configurations"][RUN_CONFIGURATION_NAME] = {"inherits_from": base, "seg": overrides}
+            plans, name = NeoNetPlans(with_run), RUN_CONFIGURATION_NAME
+        settings.update(plans.stage("seg", name, str(device)))
+        settings["neonet_configuration"] = base
     else:
         if configuration:
-            raise FileNotFoundError(f"{ENV_CONFIGURATION}={configuration} but {plans_file} does not exist; run "
-                                    "`neonet_plan_and_preprocess` first or unset the variable.")
+            raise FileNotFoundError(f"--configuration {configuration} but {plans_file} does not exist; run "
+                                    "`neonet_plan_and_preprocess` first or leave --configuration out.")
         logger.info("No neonet_plans.json for %s: NeoSeg uses the paper's settings.", dataset_name)
+        settings = as_dict(validate_stage("seg", {**settings, **overrides}, "paper"))
         settings["neonet_configuration"] = None
-    for env, key in ((ENV_EPOCHS, "epochs"), (ENV_ITERATIONS, "iterations_per_epoch"),
-                     (ENV_VAL_ITERATIONS, "val_iterations_per_epoch")):
-        if os.environ.get(env):
-            try:
-                settings[key] = int(os.environ[env])
-            except ValueError:
-                raise ValueError(f"{env}={os.environ[env]!r} must be an integer.") from None
-            if settings[key] < (0 if key == "epochs" else 1):
-                raise ValueError(f"{env}={settings[key]} is out of range.")
     return settings
 
 
@@ -104,7 +159,9 @@ class NeoSegTrainerBase(nnUNetTrainer):
         if self.preprocessed_dataset_folder is not None:
             verify_preprocessed_folder(self.preprocessed_dataset_folder)
         arch = check_architecture(self.architecture)
-        settings = resolve_seg_settings(self.plans_manager.dataset_name, self.device)
+        run = (read_run_configuration(self.output_folder_base, self.fold) if self.output_folder_base is not None
+               else {"inherits_from": None, "seg": {}})
+        settings = resolve_seg_settings(self.plans_manager.dataset_name, self.device, run["inherits_from"], run["seg"])
         settings["architecture"] = arch
         network_settings = {k: settings[k] for k in NETWORK_KEYS}
         network_settings = self._check_same_network_as_saved(network_settings)
@@ -145,7 +202,7 @@ class NeoSegTrainerBase(nnUNetTrainer):
                     raise ValueError(
                         f"{base} holds {others} trained with NeoSeg network {saved}, but the current NeoNet "
                         f"configuration gives {network_settings}. All folds of one model must share the network: "
-                        f"train with the same --configuration ({ENV_CONFIGURATION}) or move that folder away.")
+                        f"train with the same --configuration or move that folder away.")
         return network_settings
 
     def _check_fold_exists(self) -> None:

@@ -1,6 +1,6 @@
 """NeoCls result files: their names, the predictions CSVs, and the case labels of a patch set.
 
-Read by the classifier trainers, the radiomics baseline, the evaluation and the predictor.
+Written by the classifier trainers and the radiomics baseline; read by them, the evaluation and the predictor.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ SUMMARY_FILE = "cls_summary.json"
 
 
 def case_labels(preprocessed: Path, crop_source: str) -> dict[str, int]:
+    """``{case: target label}`` of a TLCR patch set (``gt`` labels fill in for cases a ``pred`` set lacks)."""
     meta = load_metadata(patch_folder(preprocessed, crop_source))["cases"]
     labels = {c: r.get("label") for c, r in meta.items()}
     if crop_source != "gt" and any(v is None for v in labels.values()):
