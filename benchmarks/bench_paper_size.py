@@ -6,7 +6,7 @@
 Builds every stage's ``gpu_full`` network for the paper's 96×96×48 crop (SwinUNETR fs48 on a
 64×160×160 patch), runs one AdamW step with the paper's batch size and checks shapes, latent
 divisibility, a finite loss, gradients and a checkpoint round trip
-(:mod:`neonet_toolkit.evaluation.paper_size`). Prints seconds per step and peak memory (RSS on CPU;
+(:mod:`neonet_toolkit.training.paper_size`). Prints seconds per step and peak memory (RSS on CPU;
 ``torch.cuda.max_memory_allocated`` on CUDA, with AMP). CPU activation memory scales like GPU memory, so
 the RSS column is also a first check of the GPU estimate. Beside each measurement: the planner's
 estimate for the same network (``neonet_toolkit.training.resources.estimate_stage``, written into
@@ -21,10 +21,10 @@ import os
 import subprocess
 import sys
 
-from neonet_toolkit.evaluation.paper_size import STAGES
+from neonet_toolkit.training.paper_size import STAGES
 
 CODE = ("import json, sys, torch; torch.set_num_threads(int(sys.argv[3])); "
-        "from neonet_toolkit.evaluation.paper_size import step_stage; "
+        "from neonet_toolkit.training.paper_size import step_stage; "
         "print('RESULT ' + json.dumps(step_stage(sys.argv[1], sys.argv[2], batch=int(sys.argv[4]) or None, "
         "steps=int(sys.argv[5]))))")
 
@@ -33,7 +33,7 @@ def run_stage(stage: str, device: str, threads: int, batch: int = 0, steps: int 
     if device.startswith("cuda"):
         import torch
 
-        from neonet_toolkit.evaluation.paper_size import step_stage
+        from neonet_toolkit.training.paper_size import step_stage
         try:
             r = step_stage(stage, device, batch=batch or None, steps=steps)
         except Exception as e:  # noqa: BLE001 - a benchmark row, not a crash of the whole table

@@ -25,12 +25,7 @@ LAYERS = {
 # packages that must not import a lower package although the ranks allow it: {importer: forbidden packages}
 FORBIDDEN = {"inference": {"training"}, "evaluation": {"training"}}
 # (importer, imported) pairs exempt from FORBIDDEN, each with its reason; keep this empty
-FORBIDDEN_EXEMPT = {
-    # one real optimizer step of every stage at the paper's size: training code filed under evaluation/, to move
-    # to training/ (issue 22) -- not a use of a trained model
-    ("neonet_toolkit.evaluation.paper_size", "neonet_toolkit.training.resources"):
-        "paper_size runs training steps (to move into training/)",
-}
+FORBIDDEN_EXEMPT: dict[tuple[str, str], str] = {}
 
 
 def _module(path: Path) -> str:

@@ -245,7 +245,7 @@ class FinePattenNet(nn.Module):
     """
 
     def __init__(self, encoder: FrozenVAEEncoder, taps: bool = False, fine_branch: bool = True,
-                 fine_channels: int = 8, n_dab: int = 2, dab_mode: str = "channel_spatial",
+                 fine_channels: int = 16, n_dab: int = 2, dab_mode: str = "channel_spatial",
                  input_mode: str = "shared", adapter_channels: int = 32, reduction: int = 4,
                  spatial_kernel: int = 7, head_hidden: int = 64, dropout: float = 0.2, in_channels: int = 2):
         super().__init__()

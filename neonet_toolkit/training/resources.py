@@ -18,7 +18,7 @@ serves two callers:
   and the time per step as 3 × forward FLOPs × batch / ``reference_tflops`` (forward + backward ≈ 3×
   forward) + forward operations × ``PER_OP_SECONDS`` (launch-bound small networks). Both are validated against measured figures in ``benchmarks/bench_paper_size.py``
   (CPU peak RSS in fp32, ``torch.cuda.max_memory_allocated`` with AMP), and the README records the ratio.
-* ``neonet_toolkit.evaluation.paper_size`` runs one real step of the same builds at the paper's size.
+* ``neonet_toolkit.training.paper_size`` runs one real step of the same builds at the paper's size.
 
 :func:`plan_resources` writes the estimates into ``neonet_plans.json`` (``resource_estimates``) and, for
 GPU configurations, lowers a stage's batch size until the estimate fits ``gpu_memory_target_gb``

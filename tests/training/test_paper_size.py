@@ -1,7 +1,7 @@
 """gpu_full at the paper's size (96×96×48 crop, SwinUNETR fs48): one optimizer step of every stage on CPU."""
 import pytest
 
-from neonet_toolkit.evaluation.paper_size import STAGES, step_stage
+from neonet_toolkit.training.paper_size import STAGES, step_stage
 
 
 @pytest.mark.slow
