@@ -18,7 +18,7 @@ import pytest
 
 DATASET = "Dataset501_NeoNetPhantom"
 TINY = {"inherits_from": "cpu_small",
-        "seg": {"feature_size": 12, "window_size": 4, "epochs": 8, "iterations_per_epoch": 4,
+        "seg": {"feature_size": 12, "window_size": 4, "epochs": 8, "iterations_per_epoch": 8,
                 "val_iterations_per_epoch": 1, "initial_lr": 1e-3}}
 ENV_KEYS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "neonet_results", "nnUNet_extTrainer",
             "nnUNet_def_n_proc")
