@@ -530,7 +530,8 @@ def plan_batch(out: Path, cases: list[InputCase], predictor: NeoNetPredictor, sa
     """(complete, to compute, result keys) for this batch; stops before any work when the output folder
     holds files NeoNet did not write, or results these inputs/models/settings would not reproduce (unless
     ``overwrite``: then they are computed again)."""
-    problems = {"": foreign_tables(out, CSV_FIELDS)} if foreign_tables(out, CSV_FIELDS) else {}
+    tables = foreign_tables(out, CSV_FIELDS)
+    problems = {"": tables} if tables else {}
     stale, done, todo, keys = {}, [], [], {}
     for c in cases:
         keys[c.case_id] = key = predictor.result_key(c, save_crops, saliency)
