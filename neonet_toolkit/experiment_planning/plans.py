@@ -116,7 +116,16 @@ def _gpu_full(n_vae_down: int, ldm_levels: int) -> dict:
                 "optimizer": "AdamW", "early_stopping": "nested", "inner_folds": 3, "selection_window": 3,
                 "calibration": "auto", "isotonic_min_per_class": 50, "inner_val_fraction": 0.2, "augment": True,
                 "cache_latents": True, "threshold_method": "youden", "swin_feature_size": 24,
-                "resnet_conv1_stride": 2, "fine_channels": 16},
+                "resnet_conv1_stride": 2, "fine_channels": 16,
+                # --synthetic-ratio auto: the ratios (0 = no synthetic) compared on the inner folds
+                "ratio_candidates": [0.0, 0.25, 0.5, 0.75, 1.0]},
+        # the generation-quality suite and the gate a synthetic set must pass before NeoCls trains on it
+        # (docs/neogen.md): held-out C2ST AUC per class <= c2st_auc_max and copy rate <= copy_rate_max; a copy
+        # is a synthetic patch closer to a training patch than the copy_quantile of real held-out cases;
+        # bin_width: pyradiomics' fixed bin width on the z-scored patches; FRD/KID CIs: n_subsets subsets
+        # without replacement of subset_fraction of each set (delete-d jackknife)
+        "gen_quality": {"c2st_auc_max": 0.75, "copy_rate_max": 0.05, "copy_quantile": 0.05, "bin_width": 0.25,
+                        "n_subsets": 50, "subset_fraction": 0.5},
     }
 
 

@@ -140,10 +140,22 @@ class ClsSettings:
     swin_feature_size: int
     resnet_conv1_stride: int
     fine_channels: int
+    ratio_candidates: list
+
+
+@dataclass(frozen=True)
+class GenQualitySettings:
+    """The generation-quality suite (``neonet_evaluate DATASET gen``) and the gate in front of NeoCls."""
+    c2st_auc_max: float
+    copy_rate_max: float
+    copy_quantile: float
+    bin_width: float
+    n_subsets: int
+    subset_fraction: float
 
 
 STAGE_SETTINGS = {"seg": SegSettings, "vae": VAESettings, "vqvae": VQVAESettings, "ldm": LDMSettings, "controlnet": ControlNetSettings,
-                  "sampling": SamplingSettings, "cls": ClsSettings}
+                  "sampling": SamplingSettings, "cls": ClsSettings, "gen_quality": GenQualitySettings}
 _TYPES = {"int": int, "float": Num, "str": str, "bool": bool, "list": list}
 
 
