@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from neonet_toolkit.preprocessing.tlcr import tlcr
 from neonet_toolkit.utilities.io import save_json
 
 logger = logging.getLogger(__name__)
@@ -243,3 +244,25 @@ def make_phantom_dataset(raw_root: str | Path, dataset_id: int = 501, name: str 
     logger.info("Wrote %s: %d train (%d positive), %d test; cue %s, width %s", folder, n_train,
                 int(np.sum(train_labels)), n_test, cue_kind, "default" if cue_width is None else f"{cue_width} voxels")
     return folder
+
+
+def make_phantom_patches(n: int, seed: int = 0, positive_fraction: float = 1 / 3,
+                         crop_size_zyx: Sequence[int] = (16, 32, 32), shape_xyz: Sequence[int] = (64, 64, 32),
+                         spacing: Sequence[float] = (1.5, 1.5, 3.0), **case_kw) -> tuple[np.ndarray, np.ndarray,
+                                                                                           np.ndarray]:
+    """``n`` phantom TLCR patches in memory, as the pipeline stores them: images (n, 2, *crop) z-scored per
+    volume (nnU-Net's ZScore), labels (n, 2, *crop) and PNI classes (n,); the first ``round(n * positive_fraction)``
+    are positive. For metric checks that need real-looking patches without planning a dataset."""
+    rng = np.random.default_rng(seed)
+    n_pos = int(round(n * positive_fraction))
+    images, labels, classes = [], [], []
+    for i in range(n):
+        img, masks = make_case(rng, shape_xyz, spacing, positive=i < n_pos, with_vessel=False, **case_kw)
+        img = (img - img.mean()) / (img.std() + 1e-8)
+        im, lab, info = tlcr(img, masks["liver"], masks["tumor"], crop_size_zyx)
+        if info.empty_tumor:
+            raise RuntimeError(f"phantom patch {i} (seed {seed}) has no tumour")
+        images.append(im)
+        labels.append(lab)
+        classes.append(int(i < n_pos))
+    return np.stack(images), np.stack(labels), np.array(classes)

@@ -19,7 +19,6 @@ pyradiomics itself: they read finished runs' predictions (or any feature matrix)
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -35,6 +34,14 @@ from neonet_toolkit.models.cls_results import (
     write_predictions_csv,
 )
 from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder
+from neonet_toolkit.preprocessing.radiomics_features import (
+    INSTALL_HINT,
+    RadiomicsUnavailable,
+    make_extractor,
+    quiet_radiomics,
+    radiomics_available,
+    region_features,
+)
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.identifiers import (
     PLANS_NAME,
@@ -46,12 +53,7 @@ from neonet_toolkit.utilities.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = ("pyradiomics is not installed: `pip install numpy && pip install --no-build-isolation "
-                "pyradiomics==3.0.1` (or `pip install neonet_toolkit[radiomics]`); the radiomics baseline is skipped.")
-
-
-class RadiomicsUnavailable(ImportError):
-    pass
+SKIP_HINT = INSTALL_HINT + " The radiomics baseline is skipped."
 
 
 def radiomics_run_name(crop_source: str = "gt") -> str:
@@ -62,60 +64,18 @@ def radiomics_run_name(crop_source: str = "gt") -> str:
 RADIOMICS_RUN = radiomics_run_name()
 
 
-def radiomics_available() -> bool:
-    try:
-        import radiomics  # noqa: F401
-        from radiomics import featureextractor  # noqa: F401
-    except Exception:  # pyradiomics missing or its C extensions broken
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _quiet_radiomics():
-    """pyradiomics logs every feature at INFO: quiet it for the duration of an extraction, then restore."""
-    log = logging.getLogger("radiomics")
-    old = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(old)
-
-
 def _extractor():
     if not radiomics_available():
-        raise RadiomicsUnavailable(INSTALL_HINT)
-    from radiomics import featureextractor
-
-    ext = featureextractor.RadiomicsFeatureExtractor(binCount=32, force2D=False, label=1, minimumROIDimensions=1,
-                                                     minimumROISize=1)
-    ext.disableAllFeatures()
-    for c in ("firstorder", "shape", "glcm", "glrlm", "glszm", "gldm", "ngtdm"):
-        ext.enableFeatureClassByName(c)
-    return ext
+        raise RadiomicsUnavailable(SKIP_HINT)
+    return make_extractor(("firstorder", "shape", "glcm", "glrlm", "glszm", "gldm", "ngtdm"), bin_count=32)
 
 
 def extract_case_features(image: np.ndarray, label: np.ndarray, spacing_xyz, extractor=None) -> dict[str, float]:
     """Features of one TLCR patch (image (2, D, H, W), label (2, D, H, W)) for the tumour and the ROI."""
-    import SimpleITK as sitk
-
     ext = extractor or _extractor()
-    img = sitk.GetImageFromArray(image[0].astype(np.float32))
-    img.SetSpacing(tuple(float(s) for s in spacing_xyz))
     out = {}
     for name, m in (("tumor", label[1]), ("roi", label[0])):
-        m = (np.asarray(m) > 0).astype(np.uint8)
-        if m.sum() < 2:
-            continue
-        mask = sitk.GetImageFromArray(m)
-        mask.CopyInformation(img)
-        for k, v in ext.execute(img, mask).items():
-            if k.startswith("original_"):
-                try:
-                    out[f"{name}_{k[len('original_'):]}"] = float(v)
-                except (TypeError, ValueError):
-                    continue
+        out.update({f"{name}_{k}": v for k, v in region_features(image[0], m, spacing_xyz, ext).items()})
     return out
 
 
@@ -143,7 +103,7 @@ def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source:
     todo = [c for c in needed if c not in cache]
     for c in tqdm(todo, desc="radiomics", disable=None):
         img, lab = load_patch(pf, c)
-        with _quiet_radiomics():
+        with quiet_radiomics():
             cache[c] = extract_case_features(img, lab, list(meta[c]["spacing"])[::-1], ext)
     if todo:
         save_json(cache, cache_f)
