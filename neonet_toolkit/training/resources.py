@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from neonet_toolkit.experiment_planning.planner import swin_compatible_patch
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.networks.classifiers import build_classifier
+from neonet_toolkit.networks.diffusion import DiffusionObjective
 from neonet_toolkit.networks.generative import (
     build_controlnet,
     build_unet,
@@ -49,6 +50,7 @@ from neonet_toolkit.networks.generative import (
     check_latent_divisible,
     controlled_unet_output,
     freeze,
+    init_controlnet_from_unet,
     kl_loss,
     vae_downsampling_factor,
 )
@@ -102,17 +104,44 @@ def _check(cond: bool, what: str) -> None:
         raise AssertionError(what)
 
 
+def stand_in_for_trained_unet(unet: torch.nn.Module) -> list[str]:
+    """Give the zero-initialised layers of a fresh diffusion U-Net (MONAI's output convolution, the residual
+    blocks' second convolution, the attention output projections) PyTorch's default initialisation, in place, so
+    that the frozen U-Net of a ControlNet step responds to its input like a trained one. A fresh U-Net outputs
+    exactly 0 whatever the ControlNet adds, so every ControlNet gradient would be 0. Returns the re-initialised
+    modules' names; nothing on the meta device (no values there)."""
+    if any(p.is_meta for p in unet.parameters()):
+        return []
+    names = []
+    with torch.no_grad():
+        for name, mod in unet.named_modules():
+            own = list(mod.parameters(recurse=False))
+            if own and hasattr(mod, "reset_parameters") and not any(bool(p.any()) for p in own):
+                mod.reset_parameters()
+                names.append(name)
+    return names
+
+
 def latent_shape(conf: dict, crop_zyx) -> list[int]:
     down = vae_downsampling_factor(conf["vae"])
     return [int(conf["vae"]["latent_channels"])] + [int(s) // down for s in crop_zyx]
 
 
 def build_stage(stage: str, conf: dict, crop_zyx, seg_plan: dict | None = None, arch: str | None = None,
-                batch: int | None = None, seg_io: tuple[int, int] = (1, 3)) -> StageBuild:
+                batch: int | None = None, seg_io: tuple[int, int] = (1, 3), objective: str | None = None) -> StageBuild:
     """Build ``stage`` of the resolved configuration ``conf`` (a dict of stage settings) for a TLCR crop
     ``crop_zyx``. ``seg_plan``: nnU-Net's configuration plan (``patch_size`` and ``architecture.arch_kwargs``)
     for the seg stage; ``arch``: the NeoCls architecture (default: the configuration's); ``seg_io``: the
-    segmentation network's input channels and output classes."""
+    segmentation network's input channels and output classes; ``objective``: the LDM / ControlNet objective
+    (``eps`` | ``rflow``; default: the configuration's ``ldm.objective``).
+
+    The LDM and ControlNet steps train against the trainers' objective (:class:`DiffusionObjective`, as
+    ``LatentDiffusionTrainer.noisy``): noise and timesteps drawn, noisy latents from the scheduler (DDPM
+    ``add_noise`` for ε, ``RFlowScheduler`` for rectified flow), L2 against ε or the velocity ``x0 - noise``.
+    The latents are standard-normal stand-ins for the scaled autoencoder latents. The ControlNet goes through
+    ``controlled_unet_output`` (ControlNet residuals into the frozen U-Net), initialised from the U-Net as its
+    trainer does; the frozen U-Net is a stand-in for a trained one (:func:`stand_in_for_trained_unet`),
+    since a fresh MONAI U-Net's zero output layer would pass no gradient back to the ControlNet."""
     crop = [int(s) for s in crop_zyx]
     lat = latent_shape(conf, crop)
     if stage in ("vae", "vqvae"):
@@ -138,21 +167,30 @@ def build_stage(stage: str, conf: dict, crop_zyx, seg_plan: dict | None = None, 
         check_latent_divisible(lat[1:], len(conf["ldm"]["channels"]))
         unet = build_unet(conf["ldm"], lat[0])
         b = int(batch or conf[stage]["batch_size"])
-        steps = int(conf["ldm"]["num_train_timesteps"])
-        if stage == "ldm":
-            def make(n, dev):
-                return (torch.randn(n, *lat, device=dev), torch.randint(0, steps, (n,), device=dev))
+        with torch.device("cpu"):  # the noise tables stay on the CPU even under estimate_stage's meta device
+            diffusion = DiffusionObjective(conf["ldm"], objective)
 
-            def loss(m, inp):
-                z, t = inp
-                eps = m(x=z, timesteps=t)
-                _check(tuple(eps.shape) == tuple(z.shape), f"U-Net output {tuple(eps.shape)} != latent {tuple(z.shape)}")
-                return torch.nn.functional.mse_loss(eps.float(), torch.zeros_like(z))
-            return StageBuild(stage, unet, make, loss, b, lat)
+        def noisy_latents(n, dev):
+            """(noisy latents, target, timesteps) of the trainers' objective (LatentDiffusionTrainer.noisy) for
+            n standard-normal stand-ins of the scaled autoencoder latents, drawn on the CPU, then moved."""
+            gen = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31 - 1, (), device="cpu")))
+            zt, target, t = diffusion.noisy(torch.randn(n, *lat, device="cpu"), gen)
+            return zt.to(dev), target.to(dev), t.to(dev)
+
+        if stage == "ldm":
+            def loss(m, inp):  # LDMTrainer.compute_loss
+                zt, target, t = inp
+                pred = m(x=zt, timesteps=t)
+                _check(tuple(pred.shape) == tuple(zt.shape), f"U-Net output {tuple(pred.shape)} != latent {tuple(zt.shape)}")
+                return torch.nn.functional.mse_loss(pred.float(), target.float())
+            return StageBuild(stage, unet, noisy_latents, loss, b, lat)
+        stand_in_for_trained_unet(unet)
         freeze(unet)
         cc = conf["controlnet"]
         ctrl = build_controlnet(conf["ldm"], cc, lat[0], vae_downsampling_factor(conf["vae"]),
                                 num_class_embeds=2 if cc["class_conditional"] else None)
+        if not any(p.is_meta for p in ctrl.parameters()):
+            init_controlnet_from_unet(ctrl, unet)  # as ControlNetTrainer.setup (values only: nothing to copy on meta)
 
         class _Pair(torch.nn.Module):  # the frozen U-Net travels with the ControlNet (memory, device)
             def __init__(self):
@@ -160,15 +198,14 @@ def build_stage(stage: str, conf: dict, crop_zyx, seg_plan: dict | None = None, 
                 self.controlnet, self.unet = ctrl, unet
 
         def make(n, dev):
-            return (torch.randn(n, *lat, device=dev), torch.randint(0, steps, (n,), device=dev),
-                    mask_batch(n, crop, dev), torch.randint(0, 2, (n,), device=dev))
+            return (*noisy_latents(n, dev), mask_batch(n, crop, dev), torch.randint(0, 2, (n,), device=dev))
 
-        def loss(m, inp):
-            z, t, cond, cls = inp
-            eps = controlled_unet_output(m.unet, m.controlnet, z, t, cond,
-                                         class_labels=cls if cc["class_conditional"] else None)
-            _check(tuple(eps.shape) == tuple(z.shape), f"ControlNet output {tuple(eps.shape)}")
-            return torch.nn.functional.mse_loss(eps.float(), torch.zeros_like(z))
+        def loss(m, inp):  # ControlNetTrainer.compute_loss
+            zt, target, t, cond, cls = inp
+            pred = controlled_unet_output(m.unet, m.controlnet, zt, t, cond,
+                                          class_labels=cls if cc["class_conditional"] else None)
+            _check(tuple(pred.shape) == tuple(zt.shape), f"ControlNet output {tuple(pred.shape)}")
+            return torch.nn.functional.mse_loss(pred.float(), target.float())
         return StageBuild(stage, _Pair(), make, loss, b, [2] + crop)
     if stage == "seg":
         s = conf["seg"]
@@ -248,13 +285,15 @@ def _count(build: StageBuild) -> tuple[int, int, float, int]:
 
 def estimate_stage(stage: str, conf: dict, crop_zyx, seg_plan: dict | None = None, arch: str | None = None,
                    batch: int | None = None, amp: bool = True, reference_tflops: float = DEFAULT_REFERENCE_TFLOPS,
-                   seg_io: tuple[int, int] = (1, 3)) -> dict:
+                   seg_io: tuple[int, int] = (1, 3), objective: str | None = None) -> dict:
     """Estimated peak GPU memory (GB) and seconds per optimizer step of ``stage`` (module docstring)."""
     try:
         with torch.device("meta"):
-            build = build_stage(stage, conf, crop_zyx, seg_plan=seg_plan, arch=arch, batch=batch, seg_io=seg_io)
+            build = build_stage(stage, conf, crop_zyx, seg_plan=seg_plan, arch=arch, batch=batch, seg_io=seg_io,
+                                objective=objective)
     except RuntimeError:  # a constructor that reads values (e.g. MONAI's Swin drop-path schedule): build, then move
-        build = build_stage(stage, conf, crop_zyx, seg_plan=seg_plan, arch=arch, batch=batch, seg_io=seg_io)
+        build = build_stage(stage, conf, crop_zyx, seg_plan=seg_plan, arch=arch, batch=batch, seg_io=seg_io,
+                            objective=objective)
         build.net.to("meta")
     trainable = sum(p.numel() for p in build.net.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in build.net.parameters() if not p.requires_grad)

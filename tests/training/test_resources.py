@@ -6,13 +6,16 @@ import pytest
 import torch
 
 from neonet_toolkit.experiment_planning.plans import gpu_full_settings
+from neonet_toolkit.networks.generative import build_unet
 from neonet_toolkit.training.resources import (
     CUDA_CONTEXT_GB,
     StageBuild,
     _count,
+    build_stage,
     estimate_stage,
     fit_batch,
     plan_resources,
+    stand_in_for_trained_unet,
 )
 
 CROP = (48, 96, 96)
@@ -100,3 +103,30 @@ def test_plan_resources_records_a_stage_it_cannot_build_and_goes_on(caplog):
     assert "SwinUNETR" in est["seg"]["error"] and "peak_gb" not in est["seg"]
     assert all("peak_gb" in est[s] for s in ("vae", "vqvae", "ldm", "controlnet", "cls"))
     assert any("gpu_full seg: no resource estimate" in r.message for r in caplog.records)
+
+
+def test_controlnet_build_stands_in_for_a_trained_unet_and_copies_it():
+    tiny = gpu_full_settings(n_vae_down=1, ldm_levels=2)
+    tiny["ldm"].update(channels=[8, 16], num_res_blocks=1, norm_num_groups=8, attention_levels=[False, True],
+                            num_head_channels=8)
+    tiny["controlnet"].update(conditioning_embedding_num_channels=[8, 16])
+    fresh = build_unet(tiny["ldm"], 4)
+    out_conv = [m for m in fresh.out.modules() if isinstance(m, torch.nn.Conv3d)][-1]
+    assert not out_conv.weight.any()  # MONAI's zero-initialised output layer
+    names = stand_in_for_trained_unet(fresh)
+    assert out_conv.weight.any() and len(names) >= 3  # output conv, residual conv2s, attention projection
+    assert all(any(p.any() for p in m.parameters(recurse=False)) for n, m in fresh.named_modules()
+               if list(m.parameters(recurse=False)) and hasattr(m, "reset_parameters"))
+    b = build_stage("controlnet", tiny, (8, 16, 16))
+    ctrl, unet = b.net.controlnet, b.net.unet
+    assert not any(p.requires_grad for p in unet.parameters())
+    assert torch.equal(ctrl.conv_in.conv.weight, unet.conv_in.conv.weight)  # init_controlnet_from_unet, as the trainer
+    assert not any(p.any() for p in ctrl.controlnet_mid_block.parameters())  # the ControlNet's own zero convolutions stay zero
+
+
+def test_estimate_accepts_either_objective():
+    cfg = gpu_full_settings()
+    eps, rflow = (estimate_stage("ldm", cfg, CROP, objective=o) for o in ("eps", "rflow"))
+    assert eps["peak_gb"] == rflow["peak_gb"] > 1.0
+    with pytest.raises(ValueError, match="objective must be one of"):
+        estimate_stage("ldm", cfg, CROP, objective="v")
