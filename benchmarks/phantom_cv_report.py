@@ -11,7 +11,9 @@ What it does, with the toolkit's own APIs and nothing stood in:
    that balance 1:1, plus as many majority-class patches for the both-classes control arm);
 3. ``run_experiment`` for the NeoCls grid (archs × ratios × arms × folds, the plans' default model
    selection — nested — unless ``--early-stopping`` says otherwise; finished runs are skipped, so the
-   script resumes after an interruption) with the shortcut check;
+   script resumes after an interruption) with the shortcut check; the CPU-tiny generators fail any honest
+   synthetic quality gate, so the grid runs with ``allow_failed_gate=True`` (logged, and recorded as
+   overridden in every run's ``cls_summary.json``); ``--ratios ... auto`` adds the inner-fold ratio choice;
 4. ``evaluate_cls``: Table 2, pooled AUCs with DeLong and bootstrap CIs, paired DeLong tests,
    ROC / calibration PNGs, under ``neonet_results/<ds>/cls_evaluation__NeoNetPlans/``.
 
@@ -75,8 +77,11 @@ def _cls_group(args) -> dict:
     from neonet_toolkit.run.experiment import run_experiment
 
     t = time.perf_counter()
+    # tiny CPU generators cannot pass the realism / copy-rate gate: override it, on the record
+    logging.getLogger(__name__).warning("phantom benchmark: synthetic quality gate overridden (--allow-failed-gate): "
+                                        "the CPU-tiny NeoGen models are not meant to pass it")
     st = run_experiment(dataset_id, archs, ratios, folds, device="cpu", epochs=epochs, evaluate=False,
-                        shortcut=shortcut, arms=arms, early_stopping=early_stopping)
+                        shortcut=shortcut, arms=arms, early_stopping=early_stopping, allow_failed_gate=True)
     return {"archs": archs, "seconds": round(time.perf_counter() - t, 1), "failed": st["failed"],
             "shortcut": st["shortcut"]}
 
@@ -87,7 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("-d", "--dataset-id", type=int, default=501)
     p.add_argument("--n-cases", type=int, default=60)
     p.add_argument("--archs", nargs="+", default=["pattennet", "resnet18", "densenet121"])
-    p.add_argument("--ratios", nargs="+", type=float, default=[0.0, 1.0])
+    p.add_argument("--ratios", nargs="+", default=["0", "1.0"], help="synthetic ratios (floats) and/or auto")
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--epochs", type=int, default=None, help="NeoCls epochs (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's)")

@@ -10,11 +10,14 @@ import numpy as np
 from neonet_toolkit.models.cls_results import OOF_FILE, SUMMARY_FILE, read_predictions_csv
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.identifiers import (
+    AUTO_RATIO,
     PLANS_NAME,
     PROTOCOL_LABELS,
     fold_folders,
     list_cls_runs,
+    is_auto_ratio,
     parse_cls_run_name,
+    ratio_sort_key,
     stage_root,
 )
 from neonet_toolkit.utilities.io import load_json
@@ -167,13 +170,17 @@ def auto_comparisons(results: dict[str, dict]) -> list[tuple[str, str]]:
             else:
                 arms.setdefault(r["arch"], {})[(r["ratio"], r["arm"])] = r["run"]
         for arch, rr in archs.items():
-            if len(rr) > 1:
-                pairs.append((rr[max(rr)], rr[min(rr)]))
+            fixed = [k for k in rr if not is_auto_ratio(k)]
+            if len(fixed) > 1:
+                pairs.append((rr[max(fixed)], rr[min(fixed)]))
             if 0.0 in rr:
-                for (ratio, arm), run in sorted(arms.get(arch, {}).items()):
+                if AUTO_RATIO in rr:  # the ratio chosen on inner folds vs real data only
+                    pairs.append((rr[AUTO_RATIO], rr[0.0]))
+                for (ratio, arm), run in sorted(arms.get(arch, {}).items(),
+                                                key=lambda kv: (ratio_sort_key(kv[0][0]), kv[0][1])):
                     pairs.append((run, rr[0.0]))
         if "pattennet" in archs:
-            for ratio, run in sorted(archs["pattennet"].items()):
+            for ratio, run in sorted(archs["pattennet"].items(), key=lambda kv: ratio_sort_key(kv[0])):
                 for arch, rr in sorted(archs.items()):
                     if arch != "pattennet" and not arch.startswith("pattennet") and ratio in rr:
                         pairs.append((run, rr[ratio]))

@@ -9,10 +9,18 @@ from matplotlib.figure import Figure
 
 from neonet_toolkit.evaluation.cls_shortcut import SHORTCUT_WARN_AUC
 from neonet_toolkit.experiment_planning.splits import load_splits, split_layout
+from neonet_toolkit.models.cls_results import SUMMARY_FILE
 from neonet_toolkit.networks.classifiers import PRETTY, TABLE2_ARCHS, TABLE5_ARCHS
 from neonet_toolkit.utilities import stats
-from neonet_toolkit.utilities.identifiers import PROTOCOL_LABELS
-from neonet_toolkit.utilities.io import save_csv, save_figure, save_text
+from neonet_toolkit.utilities.identifiers import (
+    AUTO_RATIO,
+    PLANS_NAME,
+    PROTOCOL_LABELS,
+    ResultLayout,
+    is_auto_ratio,
+    ratio_sort_key,
+)
+from neonet_toolkit.utilities.io import load_json, save_csv, save_figure, save_text
 
 
 # ----------------------------------------------------------------------------- plots
@@ -89,12 +97,12 @@ def tables(results: dict[str, dict], crop_source: str, early_stopping: str,
     # radiomics has no model selection: it belongs in every table of its crop source
     sel = {n: r for n, r in results.items() if r.get("crop_source") == crop_source
            and (r.get("early_stopping") == early_stopping or r.get("arch") == "radiomics")}
-    ratios = sorted({r["ratio"] for r in sel.values()})
+    ratios = sorted({r["ratio"] for r in sel.values()}, key=ratio_sort_key)
     archs = sorted({r["arch"] for r in sel.values() if r["arch"] in TABLE2_ARCHS or not r["arch"].startswith("pattennet")},
                    key=lambda a: (list(TABLE2_ARCHS).index(a) if a in TABLE2_ARCHS else 100, a))
     arm_order = {"synthetic": 0, "both": 1, "oversample": 2, "weighted": 3}
     cols = sorted({(r["ratio"], r.get("arm", "synthetic")) for r in sel.values()},
-                  key=lambda c: (c[0], arm_order.get(c[1], 9)))
+                  key=lambda c: (ratio_sort_key(c[0]), arm_order.get(c[1], 9)))
     get = {(r["arch"], r["ratio"], r.get("arm", "synthetic")): r for r in sel.values()}
     head = [column_label(x, arm) for x, arm in cols]
     md = ["| Model (3D) | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -111,7 +119,8 @@ def tables(results: dict[str, dict], crop_source: str, early_stopping: str,
         means.append(_fmt(float(np.mean(v))) if v else "—")
     if archs:
         md.append("| Mean AUC (complete runs) | " + " | ".join(means) + " |")
-    t5_ratio = table5_ratio if table5_ratio is not None else (max(ratios) if ratios else 1.0)
+    fixed = [x for x in ratios if not is_auto_ratio(x)]
+    t5_ratio = table5_ratio if table5_ratio is not None else (max(fixed) if fixed else 1.0)
     md5 = [f"| Configuration (ratio {t5_ratio:g}) | AUC |", "|---|---|"]
     rows5 = []
     for a in TABLE5_ARCHS:
@@ -130,7 +139,11 @@ def tables(results: dict[str, dict], crop_source: str, early_stopping: str,
             "table5_rows": rows5, "note": es_note, "ratios": ratios, "archs": archs}
 
 
-def column_label(ratio: float, arm: str = "synthetic") -> str:
+def column_label(ratio: float | str, arm: str = "synthetic") -> str:
+    if is_auto_ratio(ratio):
+        return {"synthetic": "R+S (auto ratio)", "both": "R+S both classes (auto ratio)",
+                "oversample": "R oversampled (auto ratio)", "weighted": "R class-weighted (auto ratio)"}.get(
+            arm, f"{arm} (auto ratio)")
     if ratio == 0:
         return "R (imbalanced)"
     pct = f"{ratio * 100:g}%{' balanced' if ratio == 1 else ''}"
@@ -185,11 +198,64 @@ def report_markdown(name: str, n_folds: int, n_repeats: int, results: dict[str, 
               f"Real validation cases only; {n_folds} folds. Cell: mean ± SD of per-fold AUC (as in the paper) "
               "(pooled out-of-fold AUC [DeLong 95 % CI]).", ""]
     report += table_section
+    report += auto_ratio_section(name, results)
     report += _repeats_section(results, n_folds, n_repeats)
     report += _operating_point_section(results)
     report += _paired_tests_section(tests)
     report += _shortcut_section(shortcuts, clf_checks)
     return "\n".join(report) + "\n"
+
+
+def auto_ratio_choices(dataset: str, results: dict[str, dict], plans_name: str = PLANS_NAME) -> dict[str, list[dict]]:
+    """Per ``--synthetic-ratio auto`` run, per fold: the chosen ratio, each candidate's pooled inner-OOF AUC and
+    the quality-gate verdict, read from the folds' ``cls_summary.json``."""
+    layout = None
+    out: dict[str, list[dict]] = {}
+    for rn, r in sorted(results.items()):
+        if not is_auto_ratio(r.get("ratio")):
+            continue
+        layout = layout or ResultLayout.for_dataset(dataset, plans_name)
+        rows = []
+        for f in r["fold_results"]:
+            path = layout.fold_folder(rn, f["fold"]) / SUMMARY_FILE
+            if not path.is_file():
+                continue
+            s = load_json(path)
+            rows.append({"fold": f["fold"], "chosen": s.get("synthetic_ratio_choice"),
+                         "candidates": s.get("synthetic_ratio_candidates") or [], "gate": s.get("synthetic_gate"),
+                         "val_auc": f["auc"]})
+        out[rn] = rows
+    return out
+
+
+def _gate_text(gate: dict | None) -> str:
+    if not gate:
+        return "not gated (no synthetic patches)"
+    if gate.get("passed"):
+        return "passed"
+    why = "; ".join(gate.get("reasons") or [])
+    return f"**overridden** (failed: {why})" if gate.get("overridden") else f"failed: {why} → ratio 0 only"
+
+
+def auto_ratio_section(dataset: str, results: dict[str, dict], plans_name: str = PLANS_NAME) -> list[str]:
+    """``report.md``: for ``auto`` runs, each fold's chosen ratio, the candidates' inner AUCs and the gate."""
+    choices = auto_ratio_choices(dataset, results, plans_name)
+    if not choices:
+        return []
+    report = ["## Synthetic ratio chosen on the inner folds (--synthetic-ratio auto)", "",
+              "| run | fold | chosen ratio | inner-OOF AUC per candidate ratio | quality gate | validation AUC |",
+              "|---|---|---|---|---|---|"]
+    for rn, rows in choices.items():
+        for row in rows:
+            cands = ", ".join(f"{c['ratio']:g}: {_fmt(c.get('inner_auc'))}" for c in row["candidates"]) or "—"
+            chosen = "—" if row["chosen"] is None else f"{float(row['chosen']):g}"
+            report.append(f"| {rn} | {row['fold']} | {chosen} | {cands} | {_gate_text(row['gate'])} | "
+                          f"{_fmt(row['val_auc'])} |")
+    report += ["", "_Each training fold chose its ratio (0 = no synthetic data) by the pooled inner-OOF AUC of the "
+               "nested protocol, ties to the smaller ratio; the reported fold never saw the choice. Known "
+               "limitation: the fold's generator was trained on all its training cases, inner-validation cases "
+               "included (bounded by the copy-rate gate)._", ""]
+    return report
 
 
 def _repeats_section(results: dict[str, dict], n_folds: int, n_repeats: int) -> list[str]:
@@ -283,9 +349,14 @@ def methods_summary(name: str, pp: Path, results: dict, tests: list[dict], short
         lines.append(f"- fold {k}: {len(sp['train'])} training ({tr_pos} positive) / {len(sp['val'])} validation "
                      f"({va_pos} positive)")
     protos = sorted({r["early_stopping"] for r in results.values() if r["arch"] != "radiomics"})
-    arms = sorted({(r["ratio"], r.get("arm", "synthetic")) for r in results.values() if r["ratio"] > 0})
+    arms = sorted({(r["ratio"], r.get("arm", "synthetic")) for r in results.values()
+                   if is_auto_ratio(r["ratio"]) or r["ratio"] > 0}, key=lambda c: (ratio_sort_key(c[0]), c[1]))
     summ = [fr for r in results.values() for fr in r["fold_results"]]
     lines += ["", "**Model selection.** " + " ".join(f"{p}: {PROTOCOL_LABELS.get(p, p)}." for p in protos)]
+    if any(is_auto_ratio(r["ratio"]) for r in results.values()):
+        lines.append(f"With synthetic ratio '{AUTO_RATIO}', each training fold chose its ratio among the candidates by "
+                     "the pooled inner-OOF AUC of its nested inner folds (ties to the smaller ratio), only if its "
+                     "synthetic set passed the quality gate (realism C2ST and copy rate), else ratio 0.")
     if "nested" in protos:
         lines.append("Under the nested protocol each training fold is split into stratified inner folds; the epoch "
                      "is chosen on the pooled inner out-of-fold AUC (centred moving average, ties by lower BCE), "

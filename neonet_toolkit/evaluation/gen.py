@@ -1,12 +1,20 @@
 """``neonet_evaluate DATASET gen``: NeoGen quality report per fold (Tables 3-4 shape) and a montage.
 
+* **Generation quality (headline)**, per synthetic set of the fold, from
+  :mod:`neonet_toolkit.evaluation.gen_quality`: held-out C2ST AUC per PNI class (real validation vs held-out
+  synthetic; 0.5 = indistinguishable), FRD and KID in a standardised pyradiomics feature space with CIs from
+  subsets without replacement, precision / recall / density / coverage, and the copy rate (memorisation) with a
+  montage of the closest synthetic–training pairs; the same metrics for real validation vs real training as the
+  reference row. The gate verdict (plans' ``gen_quality`` thresholds) is written beside the set as
+  ``quality.json``, which NeoCls reads before it trains on the set.
+
 * Reconstruction (Table 3): every trained autoencoder of the fold (the VAE, NeoGen; the VQ-VAE,
   QNeoGen, with its codebook usage) on the fold's **validation** patches (channel 0, in the
   patches' z-scored intensity scale), SSIM (3D) and PSNR, next to a trivial baseline that predicts
   the mean training patch for every case. LPIPS (per view, averaged) only with ``--lpips-weights
   PATH`` (a local torchvision AlexNet/VGG/SqueezeNet ``state_dict``) and the optional ``lpips``
   package; otherwise reported as not computed.
-* Generation (Table 4): FID between the fold's real training patches (the set NeoGen imitates) and
+* Legacy (Table 4 shape, kept for comparison with earlier reports; no verdict rests on it): FID between the fold's real training patches (the set NeoGen imitates) and
   each synthetic set of the fold (one row per generator variant that was generated: NeoGen, NeoGen DM,
   QNeoGen, QNeoGen DM, mask-only, rectified flow; see ``neonet_generate --generator/--autoencoder/
   --conditioning/--sampler``), on axial, sagittal and coronal slices (slices with ≥ 5 % ROI) and their
@@ -17,7 +25,8 @@
   ``--fid-weights PATH``.
 * ``montage.png``: real source patch vs synthetic patch (channel 0) with the conditioning masks.
 
-Outputs: ``neonet_results/<ds>/gen_evaluation__<plans>/fold_N/{gen_report.json, tables.md, montage.png}``.
+Outputs: ``neonet_results/<ds>/gen_evaluation__<plans>/fold_N/{gen_report.json, tables.md, montage.png,
+copies_<set>.png}`` and ``<synthetic set folder>/quality.json``.
 """
 from __future__ import annotations
 
@@ -28,6 +37,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from neonet_toolkit.evaluation.gen_quality import (
+    PatchSet,
+    RealReference,
+    quality_report,
+    reference_report,
+    save_copy_montage,
+)
 from neonet_toolkit.evaluation.image_metrics import (
     VIEWS,
     LPIPSMetric,
@@ -48,7 +64,14 @@ from neonet_toolkit.networks.generative import (
     to_vae_input,
 )
 from neonet_toolkit.preprocessing.patches import load_patch, patch_folder
-from neonet_toolkit.preprocessing.synthetic_sets import load_manifest, synthetic_folder
+from neonet_toolkit.models.cls_results import case_labels
+from neonet_toolkit.preprocessing.synthetic_sets import (
+    gate_verdict,
+    load_manifest,
+    manifest_sha256,
+    save_quality,
+    synthetic_folder,
+)
 from neonet_toolkit.utilities.checkpoints import load_checkpoint
 from neonet_toolkit.utilities.devices import get_device
 from neonet_toolkit.utilities.identifiers import (
@@ -168,6 +191,41 @@ def generation_metrics(dataset, fold: int, fid_network: str = "pca", fid_weights
             "intensity": roi_stats, "manifest_settings": manifest.get("settings", {})}
 
 
+def real_reference(layout: ResultLayout, fold: int, bin_width: float) -> RealReference:
+    """The fold's real training and validation patches (the generator saw only the former) in the suite's
+    feature space."""
+    pp = layout.preprocessed
+    split = get_fold(load_splits(pp), fold)
+    src = patch_folder(pp, "gt")
+    labels = case_labels(pp, "gt")
+    sets = []
+    for key in ("train", "val"):
+        ims, labs = _stack_patches(src, split[key], load_patch)
+        sets.append(PatchSet.from_patches(key, ims, labs, [labels[c] for c in split[key]], split[key]))
+    spacing_xyz = list(NeoNetPlans(pp / NEONET_PLANS_FILE)["spacing"])[::-1]
+    return RealReference.build(sets[0], sets[1], spacing_xyz, bin_width)
+
+
+def quality_metrics(layout: ResultLayout, fold: int, ref: RealReference, settings: dict, set_dir: str,
+                    out_folder: Path, plans_name: str = PLANS_NAME) -> dict:
+    """The suite for one synthetic set of the fold, its gate verdict, ``quality.json`` beside the set and a
+    montage of its closest synthetic-training pairs."""
+    syn_folder = synthetic_folder(layout, fold, plans_name, set_dir=set_dir)
+    entries = load_manifest(syn_folder)["entries"]
+    ids = [e["id"] for e in entries]
+    syn, syn_lab = _stack_patches(syn_folder, ids, load_synthetic_patch)
+    cand = PatchSet.from_patches(set_dir, syn, syn_lab, [int(e["label"]) for e in entries], ids)
+    report = quality_report(ref, cand, settings["copy_quantile"], settings["n_subsets"], settings["subset_fraction"])
+    record = {"set": set_dir, "fold": int(fold), **report, "settings": settings}
+    save_quality(syn_folder, record)
+    verdict = gate_verdict(record, settings, manifest_sha256(syn_folder), layout.dataset_name, fold)
+    axis = view_axes(NeoNetPlans(layout.preprocessed / NEONET_PLANS_FILE)["transpose_forward"])["axial"]
+    montage = save_copy_montage(ref, cand, report, out_folder / f"copies_{set_dir}.png", axis,
+                                title=f"{set_dir}: closest synthetic-training pairs (copy rate "
+                                      f"{report['copy_rate']:.2f})")
+    return {**record, "gate": verdict, "copy_montage": str(montage)}
+
+
 def save_montage(dataset, fold: int, path: Path, n: int = 4, plans_name: str = PLANS_NAME,
                  set_dir: str = "synthetic") -> Path:
     layout = ResultLayout.for_dataset(dataset, plans_name)
@@ -209,6 +267,54 @@ def _ci(f: dict, key: str) -> str:
     return f"{f[key]:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
+def _val_ci(m: dict, digits: int = 2) -> str:
+    if not m or m.get("value") is None:
+        return "n/a"
+    ci = m.get("ci")
+    return f"{m['value']:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _auc(row: dict | None) -> str:
+    if not row:
+        return "—"
+    if row.get("auc") is None:
+        return f"n/a ({row.get('reason', 'too few patches')})"
+    return f"{row['auc']:.2f} [{row['ci'][0]:.2f}, {row['ci'][1]:.2f}]"
+
+
+def quality_markdown(quality: dict, reference: dict | None) -> list[str]:
+    """The headline generation-quality table of one fold: one row per synthetic set, then the real reference."""
+    first = next(iter(quality.values()))
+    st = first["settings"]
+    lines = ["Generation quality (headline). C2ST: AUC of a discriminator telling held-out synthetic patches from the "
+             "fold's real validation patches, per PNI class (0.5 = indistinguishable) [DeLong 95 % CI]. FRD / KID: vs "
+             f"the real training patches in a standardised radiomics space ({first['n_features']} features) [95 % CI, "
+             "subsets without replacement]; FRD grows as sets shrink, compare rows of similar n. Copy rate: synthetic "
+             f"patches closer (texture-residual NCC) to a training patch than the {st['copy_quantile']:.0%} of real "
+             f"held-out cases. Gate: C2ST AUC <= {st['c2st_auc_max']:g} per class and copy rate <= "
+             f"{st['copy_rate_max']:.0%}.", "",
+             "| Method | n | C2ST PNI− ↓ | C2ST PNI+ ↓ | FRD ↓ | KID ↓ | precision | recall | density | coverage "
+             "| copy rate ↓ | gate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for set_dir, q in quality.items():
+        pc, p = q["c2st"]["per_class"], q["prdc"]
+        gate = "pass" if q["gate"]["passed"] else "FAIL: " + "; ".join(q["gate"]["reasons"])
+        label = set_label(parse_gen_stage_dir(set_dir) or GenRunId("synthetic"))
+        lines.append(f"| {label} | {q['n_candidate']} | {_auc(pc.get('0'))} | {_auc(pc.get('1'))} | {_val_ci(q['frd'], 1)} | "
+                     f"{_val_ci(q['kid'], 3)} | {_num(p['precision'])} | {_num(p['recall'])} | {_num(p['density'])} | "
+                     f"{_num(p['coverage'])} | {q['copy_rate']:.2f} ({q['copy']['n_copies']}/{q['copy']['n']}) | {gate} |")
+    if reference:
+        p = reference["prdc"]
+        lines.append(f"| real val vs real train (reference) | {reference['n_candidate']} | (reference) | (reference) | "
+                     f"{_val_ci(reference['frd'], 1)} | {_val_ci(reference['kid'], 3)} | {_num(p['precision'])} | "
+                     f"{_num(p['recall'])} | {_num(p['density'])} | {_num(p['coverage'])} | (reference) | |")
+    return lines + [""]
+
+
 def tables_markdown(report: dict) -> str:
     lines = []
     for fold, r in report["folds"].items():
@@ -225,11 +331,14 @@ def tables_markdown(report: dict) -> str:
         if cb:
             lines += [f"VQ-VAE codebook over the training patches: perplexity {cb['perplexity']:.2f} of "
                       f"{cb['num_embeddings']} codes, {cb['dead_codes']} dead.", ""]
+        if r.get("quality"):
+            lines += quality_markdown(r["quality"], r.get("quality_reference"))
         sets = r.get("generation_sets") or ({"synthetic": r["generation"]} if r.get("generation") else {})
         if sets:
             g = next(iter(sets.values()))
             ref = g["fid_real_val_vs_real_train"]
-            lines += [f"Table 4 shape (FID vs the fold's real training patches, feature extractor: {g['fid_network']}; "
+            lines += [f"Legacy Table 4 shape (PCA-feature FID rewards smooth images and is biased by set size; no verdict "
+                      f"rests on it) (FID vs the fold's real training patches, feature extractor: {g['fid_network']}; "
                       "not comparable to Inception FID unless inception weights were used; [95% bootstrap CI over "
                       f"patches, {ref.get('n_boot', 0)} replicates]):", "",
                       "| Method | FID ↓ (A) | FID ↓ (S) | FID ↓ (C) | FID ↓ (Avg.) | n synthetic |",
@@ -260,6 +369,11 @@ def evaluate_gen(dataset, folds=(0,), fid_network: str = "pca", fid_weights: str
             sets = layout.synthetic_sets(fold)
             if not sets:  # names the command that makes the default set
                 load_manifest(synthetic_folder(layout, fold, plans_name))
+            settings = NeoNetPlans(layout.preprocessed / NEONET_PLANS_FILE).stage("gen_quality", None,
+                                                                                   torch.device(dev).type)
+            ref = real_reference(layout, fold, settings["bin_width"])
+            r["quality"] = {d: quality_metrics(layout, fold, ref, settings, d, out, plans_name) for d in sets}
+            r["quality_reference"] = reference_report(ref, settings["n_subsets"], settings["subset_fraction"])
             r["generation_sets"] = {d: generation_metrics(layout, fold, fid_network, fid_weights, dev, plans_name,
                                                           set_dir=d, n_boot=n_boot) for d in sets}
             main_set = "synthetic" if "synthetic" in sets else next(iter(sets))
@@ -271,7 +385,10 @@ def evaluate_gen(dataset, folds=(0,), fid_network: str = "pca", fid_weights: str
         logger.info("fold %s: %s; mean-patch PSNR %.3f%s", fold,
                     ", ".join(f"{k} PSNR {rec[k]['psnr']:.3f} SSIM {rec[k]['ssim']:.4f}" for k in rec["autoencoders"]),
                     rec["mean_patch_baseline"]["psnr"],
-                    "" if skip_generation else "; FID avg " + ", ".join(
+                    "" if skip_generation else "; " + ", ".join(
+                        f"{set_dir}: C2ST {q['c2st']['pooled']['auc'] if q['c2st']['pooled']['auc'] is not None else float('nan'):.3f}, "
+                        f"copy rate {q['copy_rate']:.2f}, gate {'pass' if q['gate']['passed'] else 'FAIL'}"
+                        for set_dir, q in r["quality"].items()) + "; legacy PCA-FID avg " + ", ".join(
                         f"{g['label']} {g['fid_synthetic_vs_real_train']['average']:.4f}"
                         for g in r["generation_sets"].values()))
         save_text(tables_markdown({"folds": {str(fold): r}}), out / "tables.md")

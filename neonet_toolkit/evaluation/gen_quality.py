@@ -183,6 +183,9 @@ def subset_ci(stat: Callable[[np.ndarray, np.ndarray], float], x: np.ndarray, y:
     ± z·SE, clipped at ``lower``."""
     if not 0 < fraction < 1:
         raise ValueError(f"subset fraction must be in (0, 1), got {fraction}.")
+    if len(x) < 2 or len(y) < 2:
+        return {"value": None, "ci": None, "se": None, "n": [len(x), len(y)], "n_subsets": 0,
+                "reason": "needs at least 2 patches in each set"}
     rng = np.random.default_rng(seed)
     point = float(stat(x, y))
     bx, by = max(2, int(round(fraction * len(x)))), max(2, int(round(fraction * len(y))))
@@ -218,6 +221,13 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict:
             "recall": float((d_rf <= r_fake[None, :]).any(1).mean()),
             "density": float(inside.sum(0).mean() / k),
             "coverage": float((d_rf.min(1) <= r_real).mean()), "k": k}
+
+
+def _prdc(real: np.ndarray, fake: np.ndarray) -> dict:
+    if min(len(real), len(fake)) < 2:
+        return {"precision": None, "recall": None, "density": None, "coverage": None, "k": 0,
+                "reason": "needs at least 2 patches in each set"}
+    return prdc(real, fake)
 
 
 def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -348,7 +358,7 @@ def quality_report(ref: RealReference, cand: PatchSet, copy_quantile: float = 0.
         "c2st": c2st_per_class(ref.f_train, ref.train.classes, ref.f_val, ref.val.classes, f, cand.classes, seed),
         "frd": subset_ci(frechet_distance, ref.f_train, f, n_subsets, subset_fraction, seed=seed, lower=0.0),
         "kid": subset_ci(kid, ref.f_train, f, n_subsets, subset_fraction, seed=seed),
-        "prdc": prdc(ref.f_train, f),
+        "prdc": _prdc(ref.f_train, f),
         "copy_rate": img_copy["rate"], "copy": img_copy, "copy_feature_space": feat_copy,
         "nearest": {"candidate_ids": list(cand.ids), "ncc": nn["ncc"].tolist(), "ncc_neighbour": nn["ncc_neighbour"],
                     "feature_distance": nn["feature_distance"].tolist(),
@@ -365,7 +375,7 @@ def reference_report(ref: RealReference, n_subsets: int = 50, subset_fraction: f
             "frd": subset_ci(frechet_distance, ref.f_train, ref.f_val, n_subsets, subset_fraction, seed=seed,
                              lower=0.0),
             "kid": subset_ci(kid, ref.f_train, ref.f_val, n_subsets, subset_fraction, seed=seed),
-            "prdc": prdc(ref.f_train, ref.f_val),
+            "prdc": _prdc(ref.f_train, ref.f_val),
             "nearest": {"val_ncc_median": float(np.median(ref.val_nn["ncc"]))}}
 
 

@@ -24,15 +24,23 @@ Ratio semantics (Table 2): ratio r in [0, 1] adds the first ``round(r * gap)`` m
 explicitly asked for (``n_majority``), so that "synthetic" is not a proxy for the label.
 Every ``source_case`` must be a training case of the fold: synthetic patches never derive from,
 nor enter, a validation set.
+
+Quality gate: ``neonet_evaluate DATASET gen`` measures each set and stores the figures next to the manifest
+(``quality.json``, :func:`save_quality`, stamped with the SHA-256 of the manifest it measured).
+:func:`gate_verdict` turns that record and the plans' ``gen_quality`` thresholds into a pass / fail verdict
+with reasons that name the figures; NeoCls refuses to train on a set that fails (unless overridden).
 """
 from __future__ import annotations
 
+import hashlib
+import math
 from pathlib import Path
 
 from neonet_toolkit.utilities.identifiers import CROP_SOURCES, PLANS_NAME, stage_fold_folder
-from neonet_toolkit.utilities.io import load_json
+from neonet_toolkit.utilities.io import load_json, save_json
 
 MANIFEST = "manifest.json"
+QUALITY_FILE = "quality.json"
 
 
 def synthetic_stage(crop_source: str = "gt", set_dir: str = "synthetic") -> str:
@@ -80,3 +88,73 @@ def select_for_ratio(manifest: dict, ratio: float, n_majority: int = 0) -> list[
     if len(majority) < n_majority:
         raise ValueError(f"{n_majority} synthetic majority patches requested, the manifest has {len(majority)}.")
     return minority[:need] + majority[:n_majority]
+
+
+# ----------------------------------------------------------------------------- quality record and gate
+def manifest_sha256(folder: str | Path) -> str:
+    """SHA-256 of the set's ``manifest.json`` bytes (identifies one generated set)."""
+    return hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()
+
+
+def save_quality(folder: str | Path, record: dict) -> Path:
+    """Write the generation-quality ``record`` of the set in ``folder`` to ``quality.json`` (atomically), stamped
+    with ``manifest_sha256``: the hash of the manifest it was measured on, so a regenerated set reads as stale."""
+    out = Path(folder) / QUALITY_FILE
+    save_json({**record, "manifest_sha256": manifest_sha256(folder)}, out)
+    return out
+
+
+def load_quality(folder: str | Path) -> dict | None:
+    """The set's ``quality.json``, or ``None`` when it was never measured."""
+    f = Path(folder) / QUALITY_FILE
+    return load_json(f) if f.is_file() else None
+
+
+def _finite(x) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def gate_verdict(record: dict | None, thresholds: dict, manifest_sha256: str, dataset: str = "DS",
+                 fold: int | str = "N") -> dict:
+    """Whether a synthetic set may be trained on: every per-class C2ST AUC (real validation vs held-out synthetic)
+    ``<= thresholds["c2st_auc_max"]`` and the copy rate ``<= thresholds["copy_rate_max"]`` (the plans'
+    ``gen_quality`` stage), measured on this very manifest (``manifest_sha256``).
+
+    Returns ``{"passed", "reasons", "c2st_auc": {class: auc}, "copy_rate", "thresholds", "manifest_sha256"}``;
+    every reason names the measured figure. Fails when there is no record, when the record was made for another
+    manifest (stale: the set was regenerated), when a class's C2ST AUC or the copy rate is missing or over its
+    limit. ``dataset`` / ``fold`` only fill in the command the reasons suggest."""
+    limits = {"c2st_auc_max": float(thresholds["c2st_auc_max"]), "copy_rate_max": float(thresholds["copy_rate_max"])}
+    measure = f"`neonet_evaluate {dataset} gen -f {fold}`"
+    out = {"passed": False, "reasons": [], "c2st_auc": {}, "copy_rate": None, "thresholds": limits,
+           "manifest_sha256": manifest_sha256}
+    if record is None:
+        out["reasons"].append(f"not measured: no {QUALITY_FILE}; run {measure}")
+        return out
+    per_class = ((record.get("c2st") or {}).get("per_class") or {})
+    out["c2st_auc"] = {str(c): _finite((v or {}).get("auc")) for c, v in sorted(per_class.items())}
+    out["copy_rate"] = _finite(record.get("copy_rate"))
+    if record.get("manifest_sha256") != manifest_sha256:
+        out["reasons"].append(f"stale: {QUALITY_FILE} was measured on another manifest.json (the set was "
+                              f"regenerated since); run {measure} again")
+        return out
+    if not per_class:
+        out["reasons"].append(f"no C2ST figures in {QUALITY_FILE}; run {measure}")
+    for c, auc in out["c2st_auc"].items():
+        if auc is None:
+            out["reasons"].append(f"C2ST AUC not measured for class {c} (too few real or synthetic patches?)")
+        elif auc > limits["c2st_auc_max"]:
+            out["reasons"].append(f"C2ST AUC {auc:.3g} > {limits['c2st_auc_max']:g} for class {c} "
+                                  "(real validation vs held-out synthetic)")
+    rate = out["copy_rate"]
+    if rate is None:
+        out["reasons"].append(f"copy rate not measured in {QUALITY_FILE}; run {measure}")
+    elif rate > limits["copy_rate_max"]:
+        out["reasons"].append(f"copy rate {rate:.3g} > {limits['copy_rate_max']:g} (synthetic patches that are "
+                              "near-copies of a training patch: memorisation)")
+    out["passed"] = not out["reasons"]
+    return out

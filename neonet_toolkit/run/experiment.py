@@ -6,7 +6,10 @@ Runs the NeoCls grid (architectures × real:synthetic ratios × folds), one fold
 * a fold with only ``checkpoint_latest.pth`` (interrupted) is resumed;
 * for every fold with a synthetic set, the real-vs-synthetic shortcut check is computed;
 * at the end ``neonet_evaluate DATASET cls`` writes the Table 2 / Table 5 shaped report;
-* ``--repeats R`` runs repeated stratified CV (R partitions of the cases, new split seeds).
+* ``--repeats R`` runs repeated stratified CV (R partitions of the cases, new split seeds);
+* ``--ratios ... auto`` adds runs whose ratio is chosen on each training fold's inner folds (nested protocol);
+* a synthetic set that fails the quality gate (``neonet_evaluate DATASET gen``) fails its runs, unless
+  ``--allow-failed-gate`` (recorded as overridden in each run's provenance).
 
 A failing run is logged and the grid goes on; the exit status is non-zero if any failed.
 """
@@ -25,7 +28,7 @@ from neonet_toolkit.networks.classifiers import canonical_arch
 from neonet_toolkit.preprocessing.synthetic_sets import synthetic_folder
 from neonet_toolkit.run.common import add_common, run_cli, setup_logging
 from neonet_toolkit.training.cls import ClsTrainer
-from neonet_toolkit.training.cls_data import check_ratio
+from neonet_toolkit.training.cls_data import parse_ratio
 from neonet_toolkit.training.radiomics import (
     RadiomicsUnavailable,
     radiomics_run_name,
@@ -34,6 +37,7 @@ from neonet_toolkit.training.radiomics import (
 )
 from neonet_toolkit.utilities.identifiers import (
     ARMS,
+    AUTO_RATIO,
     EARLY_STOPPING_MODES,
     LATEST_CHECKPOINT,
     PLANS_NAME,
@@ -43,11 +47,12 @@ from neonet_toolkit.utilities.identifiers import (
 logger = logging.getLogger(__name__)
 
 
-def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[int] | None = None,
+def run_experiment(dataset, archs: list[str], ratios: list[float | str], folds: list[int] | None = None,
                    device: str = "auto", configuration: str | None = None, epochs: int | None = None,
                    crop_source: str = "gt", early_stopping: str | None = None, evaluate: bool = True,
                    shortcut: bool = True, n_boot: int = 2000, plans_name: str = PLANS_NAME,
-                   arms: list[str] | None = None, repeats: int | None = None) -> dict:
+                   arms: list[str] | None = None, repeats: int | None = None,
+                   allow_failed_gate: bool = False) -> dict:
     """Train every (arch, ratio, arm, fold) not yet finished, then evaluate. Returns a status dict.
 
     ``repeats`` R: repeated stratified CV: ``splits_final.json`` is extended to R partitions (new split
@@ -56,7 +61,10 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
     synthetic set (ratio > 0): train them per fold as for repeat 0.
 
     ``arms`` (default ``["synthetic"]``, the paper's): the training-set arms run at every ratio > 0
-    (``both``, ``oversample``, ``weighted`` are the controls; all arms of a ratio run equal steps)."""
+    (``both``, ``oversample``, ``weighted`` are the controls; all arms of a ratio run equal steps).
+
+    ``ratios`` may hold ``"auto"`` (chosen per training fold on the nested inner folds; needs the nested
+    protocol). ``allow_failed_gate``: train on synthetic sets that failed the quality gate (recorded)."""
     from tqdm import tqdm
 
 
@@ -72,20 +80,25 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
     # validates names before training
     archs = [canonical_arch(a) for a in archs if a.lower() not in ("radiomics", "fusion")]
     deep_runs: list[str] = []
-    ratios = [check_ratio(r) for r in ratios]
+    ratios = [parse_ratio(r) for r in ratios]
+    if AUTO_RATIO in ratios and early_stopping not in (None, "nested"):
+        raise ValueError(f"--ratios auto chooses the ratio on the nested protocol's inner folds; --early-stopping "
+                         f"{early_stopping} has none (use nested, the plans' default).")
+    fixed = [r for r in ratios if r != AUTO_RATIO]
     status = {"trained": [], "resumed": [], "skipped": [], "failed": [], "shortcut": []}
     arms = list(arms or ["synthetic"])
     bad = [a for a in arms if a not in ARMS]
     if bad:
         raise ValueError(f"Unknown arm(s) {bad}; choose from {list(ARMS)}.")
-    grid = [(a, r, arm, f) for a in archs for r in ratios for arm in (arms if r > 0 else ["synthetic"])
-            for f in folds]
+    grid = [(a, r, arm, f) for a in archs for r in ratios
+            for arm in (arms if r == AUTO_RATIO or r > 0 else ["synthetic"]) for f in folds]
     for arch, ratio, arm, fold in tqdm(grid, desc="NeoCls grid", disable=None):
-        tag = f"{arch} ratio={ratio:g}{'' if arm == 'synthetic' else ' arm=' + arm} fold={fold}"
+        tag = (f"{arch} ratio={ratio if ratio == AUTO_RATIO else format(ratio, 'g')}"
+               f"{'' if arm == 'synthetic' else ' arm=' + arm} fold={fold}")
         try:
             probe = ClsTrainer(name, fold, arch=arch, synthetic_ratio=ratio, crop_source=crop_source,
                                early_stopping=early_stopping, configuration=configuration, device=device,
-                               epochs=epochs, continue_training=True, arm=arm)
+                               epochs=epochs, continue_training=True, arm=arm, allow_failed_gate=allow_failed_gate)
             out = probe.output_folder
             if probe.stage_dir not in deep_runs:
                 deep_runs.append(probe.stage_dir)
@@ -123,13 +136,13 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
             except Exception as e:
                 logger.error("FAILED fusion %s: %s", run, e)
                 status["failed"].append(f"fusion {run}: {e}")
-    if shortcut and any(r > 0 for r in ratios):
+    if shortcut and any(r > 0 for r in fixed):
 
         for fold in folds:
             if not layout.is_finished("synthetic_set", synthetic_folder(layout, fold, plans_name, crop_source)):
                 continue
             try:
-                res = shortcut_check(name, fold, max(ratios), crop_source, plans_name=plans_name)
+                res = shortcut_check(name, fold, max(fixed), crop_source, plans_name=plans_name)
                 status["shortcut"].append({"fold": fold, "auc": (res.get("all") or {}).get("auc"),
                                            "warning": res["warning"]})
             except Exception as e:
@@ -146,13 +159,22 @@ def run_experiment(dataset, archs: list[str], ratios: list[float], folds: list[i
     return status
 
 
+def _ratio_arg(value: str) -> float | str:
+    try:
+        return parse_ratio(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neonet_experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="dataset id or name, e.g. 501")
     p.add_argument("--archs", nargs="+", default=["pattennet"], help="architectures (see neonet_train ... cls --help), plus "
                    "radiomics (optional extra) and fusion (late fusion of radiomics with each deep run)")
-    p.add_argument("--ratios", nargs="+", type=float, default=[0.0, 1.0], help="synthetic ratios, e.g. 0 0.25 0.5 0.75 1.0")
+    p.add_argument("--ratios", nargs="+", type=_ratio_arg, default=[0.0, 1.0],
+                   help="synthetic ratios, e.g. 0 0.25 0.5 0.75 1.0; auto: chosen per training fold on the nested "
+                        "inner folds among the plans' cls.ratio_candidates")
     p.add_argument("--folds", nargs="+", type=int, default=None, help="folds (default: all)")
     p.add_argument("-device", "--device", default="auto")
     p.add_argument("--configuration", default=None)
@@ -167,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None,
                    help="repeated stratified CV: extend splits_final.json to R partitions with new split seeds "
                         "(existing folds unchanged) and run all R x K folds")
+    p.add_argument("--allow-failed-gate", dest="allow_failed_gate", action="store_true",
+                   help="train on synthetic sets that failed the quality gate (C2ST realism / copy rate of "
+                        "`neonet_evaluate DATASET gen`); recorded as overridden in each run's provenance")
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
     p.add_argument("--no-shortcut", dest="shortcut", action="store_false")
     p.add_argument("--n-boot", dest="n_boot", type=int, default=2000)
@@ -182,7 +207,7 @@ def main(argv=None) -> int:
     def _run(a):
         result.update(run_experiment(a.dataset, a.archs, a.ratios, a.folds, a.device, a.configuration, a.epochs,
                                      a.crop_source, a.early_stopping, a.evaluate, a.shortcut, a.n_boot,
-                                     arms=a.arms, repeats=a.repeats))
+                                     arms=a.arms, repeats=a.repeats, allow_failed_gate=a.allow_failed_gate))
 
     rc = run_cli(_run, args)
     if rc == 0 and result.get("failed"):

@@ -20,6 +20,20 @@ validation labels, so its AUC is optimistic); ``inner`` holds out a stratified p
 the synthetic patches derived from it) for model selection; ``none`` keeps the last epoch. The mode is part of
 the run name and reported.
 
+Synthetic quality gate: a run that trains on synthetic patches (ratio > 0 in the ``synthetic`` or ``both`` arm,
+or ``auto``) first asks the set's ``quality.json`` (``neonet_evaluate DATASET gen``) through
+:func:`~neonet_toolkit.preprocessing.synthetic_sets.gate_verdict` with the plans' ``gen_quality`` thresholds.
+A failed gate refuses the run (``ValueError`` naming the figures) unless ``allow_failed_gate`` (CLI
+``--allow-failed-gate``), which logs a warning and records the verdict with ``"overridden": true`` in
+``cls_summary.json`` and the checkpoint's inference info. A passed verdict is recorded too.
+
+``--synthetic-ratio auto`` (nested protocol only): the ratio is chosen per training fold among the plans'
+``cls.ratio_candidates`` by the nested inner CV (one inner CV per candidate, best pooled inner-OOF AUC at its
+selected epoch, ties to the smaller ratio); the reported fold never sees the choice. A failed (not overridden)
+gate or a missing synthetic set leaves only the candidate 0. Known limitation: the generator of an outer fold was
+trained on all of its training cases, so the inner-validation cases of the choice were seen by the generator
+(the copy-rate gate bounds what can leak through memorised patches).
+
 Prevalence: training on R+S shifts the class prior; probabilities are mapped back to the real
 training prevalence of the fold (:func:`neonet_toolkit.utilities.stats.recalibrate_prior`).
 The decision threshold is chosen on training data only (nested: inner out-of-fold predictions; inner: the
@@ -41,6 +55,13 @@ import torch.nn.functional as F
 from neonet_toolkit.models.cls import predict_logits, sigmoid
 from neonet_toolkit.networks.classifiers import build_classifier, canonical_arch, needs_vae, parse_arch
 from neonet_toolkit.networks.generative import load_fold_vae, stage_checkpoint_path, vae_checkpoint_path
+from neonet_toolkit.preprocessing.synthetic_sets import (
+    MANIFEST,
+    gate_verdict,
+    load_quality,
+    manifest_sha256,
+    synthetic_folder,
+)
 from neonet_toolkit.training.base import NeoNetTrainer, batches
 from neonet_toolkit.training.cls_data import (
     FLIP_VARIANTS,
@@ -51,6 +72,7 @@ from neonet_toolkit.training.cls_data import (
     encoder_is_frozen,
     epoch_order,
     load_fold_data,
+    parse_ratio,
 )
 from neonet_toolkit.training.cls_outputs import write_fold_outputs
 from neonet_toolkit.training.cls_protocols import get_protocol
@@ -59,6 +81,7 @@ from neonet_toolkit.utilities.checkpoints import check_synthetic_set, load_check
 from neonet_toolkit.utilities.devices import autocast, make_grad_scaler, unwrap
 from neonet_toolkit.utilities.identifiers import (
     ARMS,
+    AUTO_RATIO,
     BEST_CHECKPOINT,
     CROP_SOURCES,
     EARLY_STOPPING_MODES,
@@ -75,21 +98,34 @@ EARLY_STOPPING = EARLY_STOPPING_MODES
 
 
 # ----------------------------------------------------------------------------- naming
-def run_name(arch: str, ratio: float, crop_source: str, early_stopping: str, arm: str = "synthetic") -> str:
-    """Result-folder prefix, e.g. ``cls_pattennet_1_esnested`` or ``cls_resnet50_0.5_over``."""
+def run_name(arch: str, ratio: float | str, crop_source: str, early_stopping: str, arm: str = "synthetic") -> str:
+    """Result-folder prefix, e.g. ``cls_pattennet_1_esnested``, ``cls_resnet50_0.5_over`` or
+    ``cls_pattennet_auto_esnested``."""
     return cls_run_name(canonical_arch(arch), ratio, crop_source, early_stopping, arm)
 
 
 # ----------------------------------------------------------------------------- trainer
 class ClsTrainer(NeoNetTrainer):
     """Trains one NeoCls fold; the model-selection protocol (``early_stopping``, default: the plans'
-    ``cls.early_stopping``) is a :class:`~neonet_toolkit.training.cls_protocols.SelectionProtocol`."""
+    ``cls.early_stopping``) is a :class:`~neonet_toolkit.training.cls_protocols.SelectionProtocol`.
+
+    ``synthetic_ratio``: a float in [0, 1] or ``"auto"`` (chosen on the nested inner folds among the plans'
+    ``cls.ratio_candidates``; see the module docstring for its known limitation). ``allow_failed_gate``: train on
+    a synthetic set that failed the quality gate (logged, and recorded as overridden)."""
 
     stage = "cls"
 
-    def __init__(self, dataset, fold: int, arch: str | None = None, synthetic_ratio: float = 0.0,
-                 crop_source: str = "gt", early_stopping: str | None = None, arm: str = "synthetic", **kw):
-        self.synthetic_ratio = check_ratio(synthetic_ratio)
+    def __init__(self, dataset, fold: int, arch: str | None = None, synthetic_ratio: float | str = 0.0,
+                 crop_source: str = "gt", early_stopping: str | None = None, arm: str = "synthetic",
+                 allow_failed_gate: bool = False, **kw):
+        self.ratio_setting = parse_ratio(synthetic_ratio)  # a float, or "auto"
+        self.auto_ratio = self.ratio_setting == AUTO_RATIO
+        # the ratio in use: for auto, the largest candidate while loading, then the chosen one (protocol.prepare)
+        self.synthetic_ratio = 0.0 if self.auto_ratio else self.ratio_setting
+        self.allow_failed_gate = bool(allow_failed_gate)
+        self.gate: dict | None = None           # the quality-gate verdict of the synthetic set (None: not gated)
+        self.ratio_candidates: list[float] = []  # auto: the ratios compared on the inner folds
+        self.ratio_choice: dict | None = None    # auto: the choice and every candidate's inner AUC
         if crop_source not in CROP_SOURCES:
             raise ValueError(f"--crop-source must be gt or pred, got {crop_source!r}.")
         if arm not in ARMS:
@@ -99,7 +135,11 @@ class ClsTrainer(NeoNetTrainer):
         self.arch = canonical_arch(arch or self.config["architecture"])
         self.early_stopping = early_stopping or self.config["early_stopping"]
         self.protocol = get_protocol(self.early_stopping)
-        self.stage_dir = run_name(self.arch, self.synthetic_ratio, crop_source, self.early_stopping, arm)
+        if self.auto_ratio and not self.protocol.chooses_ratio:
+            raise ValueError(f"--synthetic-ratio auto chooses the ratio on the inner folds of the nested protocol; "
+                             f"--early-stopping {self.early_stopping} has no inner folds. Use --early-stopping nested "
+                             "(the plans' default) or a fixed --synthetic-ratio.")
+        self.stage_dir = run_name(self.arch, self.ratio_setting, crop_source, self.early_stopping, arm)
         self.output_folder = self.fold_output_folder(self.stage_dir)
         self.patience = int(self.config["patience"])
         # epochs before this are neither selected nor counted against the patience (a noisy small
@@ -130,10 +170,79 @@ class ClsTrainer(NeoNetTrainer):
                             f"{' --n-majority -1' if self.arm == 'both' else ''}"
                             f"{' --crop-source pred' if self.crop_source == 'pred' else ''} --overwrite`.")
         self.register_upstream(synthetic_manifest=manifest_file)
+        if self.gate is None:
+            self._apply_gate(self.check_synthetic_gate())
+
+    def warn(self, msg: str, *args) -> None:
+        """A WARNING on the console, also written to the fold's training log."""
+        text = msg % args if args else msg
+        logger.warning("[%s fold %d] %s", self.stage, self.fold, text)
+        if self.dist.is_main and self._log_file is not None:
+            with open(self._log_file, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} WARNING {text}\n")
+
+    # -- the synthetic quality gate
+    def _synthetic_folder(self) -> Path:
+        return synthetic_folder(self.dataset_name, self.fold, self.plans["plans_name"], self.crop_source)
+
+    def check_synthetic_gate(self) -> dict:
+        """The quality-gate verdict of this fold's synthetic set (plans' ``gen_quality`` thresholds); logs nothing."""
+        folder = self._synthetic_folder()
+        thresholds = self.plans.stage("gen_quality", self.configuration_name, self.device.type)
+        verdict = gate_verdict(load_quality(folder), thresholds, manifest_sha256(folder), self.dataset_name, self.fold)
+        return {**verdict, "set": str(folder), "overridden": False}
+
+    def _gate_refusal(self, verdict: dict) -> str:
+        return (f"fold {self.fold}: the synthetic set {verdict['set']} failed the quality gate: "
+                f"{'; '.join(verdict['reasons'])}. Either regenerate it (a better generator, or "
+                f"`neonet_generate -d {self.dataset_name} -f {self.fold} ... --overwrite`) and measure it with "
+                f"`neonet_evaluate {self.dataset_name} gen -f {self.fold}`, or train on it anyway with "
+                "--allow-failed-gate (recorded as overridden in the run's provenance).")
+
+    def _apply_gate(self, verdict: dict) -> None:
+        """A fixed-ratio run: refuse a failed set, or record the override; a passed verdict is recorded too."""
+        if not verdict["passed"]:
+            if not self.allow_failed_gate:
+                raise ValueError(self._gate_refusal(verdict))
+            verdict["overridden"] = True
+            self.warn("--allow-failed-gate: training on %s although it failed the quality gate (%s); recorded as "
+                      "overridden", verdict["set"], "; ".join(verdict["reasons"]))
+        self.gate = verdict
+        self.log("synthetic quality gate: %s%s", "passed" if verdict["passed"] else "FAILED",
+                 " (overridden)" if verdict["overridden"] else "")
+
+    def _auto_candidates(self) -> list[float]:
+        """``auto``: the plans' candidate ratios, cut to [0] when there is no synthetic set or it failed the gate
+        (not overridden); the verdict is recorded either way. Control arms (no synthetic patches) are not gated."""
+        cands = sorted({check_ratio(r) for r in self.config["ratio_candidates"]})
+        if not cands:
+            raise ValueError("cls.ratio_candidates in neonet_plans.json is empty; --synthetic-ratio auto needs at "
+                             "least one candidate ratio.")
+        if self.arm not in ("synthetic", "both") or max(cands) == 0:
+            return cands
+        folder = self._synthetic_folder()
+        if not (folder / MANIFEST).is_file():
+            self.log("--synthetic-ratio auto: no synthetic set at %s; only ratio 0 is a candidate", folder)
+            return [0.0]
+        verdict = self.check_synthetic_gate()
+        if not verdict["passed"]:
+            if not self.allow_failed_gate:
+                self.gate = verdict
+                self.warn("--synthetic-ratio auto: %s failed the quality gate (%s); only ratio 0 is a candidate "
+                          "(--allow-failed-gate compares the others anyway)", folder, "; ".join(verdict["reasons"]))
+                return [0.0]
+        self._apply_gate(verdict)
+        return cands
 
     def _load_data(self) -> None:
         def split(labels: dict[str, int]) -> tuple[list[str], list[str]]:
             return self.protocol.split_training(self.train_ids, labels, self.config, self.seed)
+
+        if self.auto_ratio:  # load the synthetic entries of the largest candidate; each candidate uses a prefix
+            self.ratio_candidates = self._auto_candidates()
+            self.synthetic_ratio = max(self.ratio_candidates)
+            self.log("--synthetic-ratio auto: candidates %s, chosen on the inner folds",
+                     [f"{r:g}" for r in self.ratio_candidates])
 
         self.data = d = load_fold_data(self.dataset_name, self.preprocessed, self.fold, self.train_ids, self.val_ids,
                                        split, self.synthetic_ratio, self.arm, self.crop_source,
@@ -151,8 +260,17 @@ class ClsTrainer(NeoNetTrainer):
             raise ValueError(f"fold {self.fold}: the training set holds a single class.")
 
     def training_set(self, allowed: set[str], salt: int) -> dict:
-        """The items, loss weights and budget of one model trained on the ``allowed`` real cases."""
+        """The items, loss weights and budget of one model trained on the ``allowed`` real cases at the ratio in
+        use (``synthetic_ratio``)."""
         return self.data.training_set(allowed, self.synthetic_ratio, self.arm, self.seed * 7 + salt)
+
+    def use_ratio(self, ratio: float) -> None:
+        """Switch the final model's training set to ``ratio`` (``auto``: the ratio the inner folds chose)."""
+        self.synthetic_ratio = float(ratio)
+        self.train_set = self.training_set(set(self.data.fit_ids), salt=0)
+        self.train_prevalence = self.train_set["prevalence"]
+        self.log("synthetic ratio %g: %d synthetic patches, %d items/epoch (effective prevalence %.3f)", ratio,
+                 len(self.data.synthetic_for_ratio(ratio)), self.train_set["budget"], self.train_prevalence)
 
     def new_model(self) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         net = build_classifier(self.arch, self.config, 2, self.vae_config, self.scale_factor, vae=self._vae)
@@ -325,6 +443,8 @@ class ClsTrainer(NeoNetTrainer):
         return {"arch": self.arch, "cls_config": self.config, "vae_config": self.vae_config,
                 "scale_factor": float(self.scale_factor), "crop_size": self.plans.crop_size,
                 "crop_source": self.crop_source, "synthetic_ratio": self.synthetic_ratio, "arm": self.arm,
+                "synthetic_ratio_setting": self.ratio_setting, "synthetic_ratio_choice": self.ratio_choice,
+                "synthetic_gate": self.gate,
                 "train_prevalence": self.train_prevalence, "real_prevalence": self.data.real_prevalence,
                 "calibration": self.calibration, "threshold": self.threshold,
                 "threshold_source": self.threshold_source, "threshold_method": self.threshold_method,
@@ -365,8 +485,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "pattennet_ms, pattennet_fb, pattennet_ms_fb), "
                         "resnet50/101/152/200, densenet121/169/201/264, efficientnet_b0..b3, swin; "
                         "radiomics (optional extra: pyradiomics + logistic regression)")
-    g.add_argument("--synthetic-ratio", dest="synthetic_ratio", type=float, default=0.0,
-                   help="fraction of the class gap filled with synthetic minority patches: 0, 0.25, 0.5, 0.75, 1.0")
+    g.add_argument("--synthetic-ratio", dest="synthetic_ratio", type=_ratio_arg, default=0.0,
+                   help="fraction of the class gap filled with synthetic minority patches: 0, 0.25, 0.5, 0.75, 1.0; "
+                        "or auto: chosen per training fold on the nested inner folds among the plans' "
+                        "cls.ratio_candidates (0 = no synthetic)")
+    g.add_argument("--allow-failed-gate", dest="allow_failed_gate", action="store_true",
+                   help="train on a synthetic set that failed the quality gate (C2ST realism / copy rate, measured "
+                        "by `neonet_evaluate DATASET gen -f FOLD`); logged and recorded as overridden")
     g.add_argument("--crop-source", dest="crop_source", choices=("gt", "pred"), default="gt",
                    help="TLCR patches from ground-truth labels (gt) or NeoSeg predictions (pred)")
     g.add_argument("--early-stopping", dest="early_stopping", choices=EARLY_STOPPING, default=None,
@@ -380,9 +505,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(class-weighted loss); every arm of a ratio runs the same optimizer steps")
 
 
+def _ratio_arg(value: str) -> float | str:
+    try:
+        return parse_ratio(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def trainer_from_args(args) -> ClsTrainer:
     return ClsTrainer(args.dataset, args.fold, arch=args.arch, synthetic_ratio=args.synthetic_ratio,
                       crop_source=args.crop_source, early_stopping=args.early_stopping, arm=args.arm,
+                      allow_failed_gate=getattr(args, "allow_failed_gate", False),
                       configuration=args.configuration, device=args.device, epochs=args.epochs,
                       continue_training=args.continue_training, overwrite=args.overwrite)
 

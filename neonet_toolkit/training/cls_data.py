@@ -22,7 +22,9 @@ from neonet_toolkit.preprocessing.synthetic_sets import (
 from neonet_toolkit.utilities.devices import autocast
 from neonet_toolkit.utilities.identifiers import (
     ARMS,
+    AUTO_RATIO,
     PLANS_NAME,
+    is_auto_ratio,
 )
 
 
@@ -31,6 +33,19 @@ def check_ratio(ratio: float) -> float:
     if not 0.0 <= r <= 1.0:
         raise ValueError(f"--synthetic-ratio must be in [0, 1] (paper: 0, 0.25, 0.5, 0.75, 1.0), got {ratio}.")
     return r
+
+
+def parse_ratio(value) -> float | str:
+    """A synthetic ratio as given on the command line or to the API: a float in [0, 1] or ``"auto"``
+    (chosen on the inner folds of the nested protocol among the plans' ``cls.ratio_candidates``)."""
+    if is_auto_ratio(value):
+        return AUTO_RATIO
+    try:
+        return check_ratio(value)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ValueError) and "must be in" in str(e):
+            raise
+        raise ValueError(f"--synthetic-ratio must be a number in [0, 1] or 'auto', got {value!r}.") from None
 
 
 # ----------------------------------------------------------------------------- data
@@ -219,14 +234,29 @@ class FoldData:
     x_inner: np.ndarray | None
     y_inner: np.ndarray | None
     real_prevalence: float
+    synthetic_gap: int = 0      # the manifest's class gap (ratio r uses the first round(r * gap) entries per role)
+    synthetic_rank: list[int] | None = None  # each entry's position in its role (minority / majority) by order
+
+    def synthetic_mask(self, ratio: float) -> list[bool]:
+        """Which loaded synthetic entries a ratio uses: those :func:`select_for_ratio` picks at ``ratio`` (a prefix,
+        by ``order``, of what was loaded at a larger ratio)."""
+        if self.synthetic_rank is None:
+            return [True] * len(self.synthetic_entries)
+        need = int(round(float(ratio) * int(self.synthetic_gap)))
+        return [r < need for r in self.synthetic_rank]
+
+    def synthetic_for_ratio(self, ratio: float) -> list[dict]:
+        return [e for e, ok in zip(self.synthetic_entries, self.synthetic_mask(ratio)) if ok]
 
     def training_set(self, allowed: set[str], ratio: float, arm: str, seed: int) -> dict:
-        """:func:`arm_training_set` over this fold's items (a ratio without synthetic patches in the synthetic
-        arm counts as 0)."""
+        """:func:`arm_training_set` over this fold's items, with the synthetic entries of ``ratio`` only (a ratio
+        without synthetic patches in the synthetic arm counts as 0)."""
+        use = self.synthetic_mask(ratio)
         syn_labels = [int(e["label"]) for e in self.synthetic_entries]
-        return arm_training_set(self.real_labels, syn_labels, [e["source_case"] for e in self.synthetic_entries],
-                                self.fit_ids, allowed, ratio if arm != "synthetic" or self.synthetic_entries else 0.0,
-                                arm, seed)
+        # an entry of a larger ratio is no training item at this ratio: its source is never "allowed"
+        sources = [e["source_case"] if ok else None for e, ok in zip(self.synthetic_entries, use)]
+        return arm_training_set(self.real_labels, syn_labels, sources, self.fit_ids, allowed,
+                                ratio if arm != "synthetic" or any(use) else 0.0, arm, seed)
 
 
 def load_fold_data(dataset: str, preprocessed: Path, fold: int, train_ids: list[str], val_ids: list[str],
@@ -243,12 +273,19 @@ def load_fold_data(dataset: str, preprocessed: Path, fold: int, train_ids: list[
         raise ValueError(f"splits_final.json fold {fold}: {bad[:5]} in both train and val.")
     fit_ids, inner_ids = split_training(labels)
     entries: list[dict] = []
-    dropped = 0
+    dropped, gap, rank = 0, 0, None
     if ratio > 0 and arm in ("synthetic", "both"):
         entries, syn_folder = select_synthetic(dataset, fold, ratio, train_ids, val_ids, plans_name,
                                                both_classes=arm == "both", crop_source=crop_source)
-        dropped = len([e["id"] for e in entries if e["source_case"] in set(inner_ids)])
-        entries = [e for e in entries if e["source_case"] not in set(inner_ids)]
+        gap = int(load_manifest(syn_folder.parent)["gap"])
+        rank, seen = [], {}  # select_for_ratio returns each role in order: the position within its role
+        for e in entries:
+            rank.append(seen.get(e["role"], 0))
+            seen[e["role"]] = rank[-1] + 1
+        keep = [e["source_case"] not in set(inner_ids) for e in entries]
+        dropped = keep.count(False)
+        entries = [e for e, k in zip(entries, keep) if k]
+        rank = [r for r, k in zip(rank, keep) if k]
         check_manifest(syn_folder.parent / MANIFEST)
         syn = load_synthetic(entries, syn_folder, crop)
     else:
@@ -264,4 +301,5 @@ def load_fold_data(dataset: str, preprocessed: Path, fold: int, train_ids: list[
         x_val=load_real(preprocessed, crop_source, val_ids), y_val=np.array([labels[c] for c in val_ids]),
         x_inner=load_real(preprocessed, crop_source, inner_ids) if inner_ids else None,
         y_inner=np.array([labels[c] for c in inner_ids]) if inner_ids else None,
-        real_prevalence=float(np.array([labels[c] for c in train_ids]).mean()))
+        real_prevalence=float(np.array([labels[c] for c in train_ids]).mean()),
+        synthetic_gap=gap, synthetic_rank=rank)

@@ -30,12 +30,24 @@ def write_fold_outputs(trainer: Any, fit: ThresholdFit, val_p: np.ndarray, val_r
 
 
 def fold_summary(trainer: Any, fit: ThresholdFit, val_auc: float) -> dict:
-    """``cls_summary.json``: the run's identity, data, selection (from the protocol) and operating point."""
+    """``cls_summary.json``: the run's identity, data, selection (from the protocol) and operating point.
+
+    Provenance of the synthetic data: ``synthetic_gate`` (the quality-gate verdict, ``overridden`` true when
+    ``--allow-failed-gate`` let a failed set through; ``None`` when the run trained on no synthetic set) and, for
+    ``--synthetic-ratio auto``, ``synthetic_ratio_choice`` and ``synthetic_ratio_candidates`` (each candidate's
+    pooled inner-OOF AUC at its selected epoch)."""
     d = trainer.data
     sel = trainer.protocol.summary_fields(trainer, fit)
+    used = d.synthetic_for_ratio(trainer.synthetic_ratio)
+    choice = getattr(trainer, "ratio_choice", None)
+    candidates = [{k: c[k] for k in ("ratio", "inner_auc", "selected_epoch", "n_synthetic")}
+                  for c in (choice or {}).get("candidates", [])]
     return {
         "dataset": trainer.dataset_name, "fold": trainer.fold, "run": trainer.stage_dir, "arch": trainer.arch,
         "synthetic_ratio": trainer.synthetic_ratio, "arm": trainer.arm, "crop_source": trainer.crop_source,
+        "synthetic_ratio_setting": getattr(trainer, "ratio_setting", trainer.synthetic_ratio),
+        "synthetic_ratio_choice": choice["chosen"] if choice else None, "synthetic_ratio_candidates": candidates,
+        "synthetic_gate": getattr(trainer, "gate", None),
         "early_stopping": trainer.early_stopping, "protocol": trainer.protocol_label,
         "selected_epoch": trainer.selected_epoch, "epochs_run": len(trainer.history),
         "best_selection_score": trainer.best_score, "optimizer_steps": trainer.steps_run,
@@ -46,9 +58,9 @@ def fold_summary(trainer: Any, fit: ThresholdFit, val_auc: float) -> dict:
         "selection_ids": sel["selection_ids"],
         "calibration": trainer.calibration, "calibration_ids": sel["calibration_ids"],
         "threshold_ids": list(fit.ids),
-        "synthetic_ids": [e["id"] for e in d.synthetic_entries],
-        "synthetic_sources": sorted({e["source_case"] for e in d.synthetic_entries}),
-        "n_train_real": len(d.fit_ids), "n_train_synthetic": len(d.synthetic_entries),
+        "synthetic_ids": [e["id"] for e in used],
+        "synthetic_sources": sorted({e["source_case"] for e in used}),
+        "n_train_real": len(d.fit_ids), "n_train_synthetic": len(used),
         "train_prevalence": trainer.train_prevalence, "real_prevalence": d.real_prevalence,
         "threshold": trainer.threshold, "threshold_source": trainer.threshold_source,
         "threshold_method": trainer.threshold_method, "configuration": trainer.configuration_name,

@@ -12,11 +12,16 @@ Each protocol answers the questions the trainer asks, through one interface:
 calibration and the threshold, then a refit on the whole training fold. ``val``: the paper's protocol
 (patience on the reported validation fold: optimistic). ``inner``: one stratified inner split. ``none``:
 the last epoch. :func:`get_protocol` looks a protocol up by name (:data:`PROTOCOLS`).
+
+Only ``nested`` can choose the synthetic ratio (``--synthetic-ratio auto``, :attr:`chooses_ratio`): one inner CV
+per candidate ratio (:func:`choose_ratio`), the best pooled inner-OOF AUC wins, ties to the smaller ratio.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
+
+import math
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
@@ -51,6 +56,7 @@ class SelectionProtocol:
     name: ClassVar[str] = ""
     monitor: ClassVar[str | None] = None  # "val" / "inner": the held-out set whose AUC selects the epoch
     final_when_finished: ClassVar[bool] = False  # a finished fold is final whatever the epoch budget
+    chooses_ratio: ClassVar[bool] = False  # can choose the synthetic ratio on inner folds (--synthetic-ratio auto)
 
     @property
     def label(self) -> str:
@@ -136,6 +142,7 @@ class NestedSelection(SelectionProtocol):
 
     name = "nested"
     final_when_finished = True
+    chooses_ratio = True
 
     def __init__(self) -> None:
         self.record: dict | None = None
@@ -146,9 +153,15 @@ class NestedSelection(SelectionProtocol):
             self.record = load_json(record)
             trainer.log("nested selection reused from %s: epoch %d", record, self.record["selected_epoch"])
         else:
-            self.record = run_inner_cv(trainer)
+            auto = getattr(trainer, "auto_ratio", False)
+            self.record = choose_ratio(trainer) if auto else run_inner_cv(trainer)
             if trainer.dist.is_main:
                 save_json(self.record, record)
+        if "ratio_search" in self.record:  # auto: the refit trains at the chosen ratio
+            search = self.record["ratio_search"]
+            trainer.ratio_candidates = [float(c["ratio"]) for c in search["candidates"]]
+            trainer.ratio_choice = {k: search[k] for k in ("chosen", "candidates", "rule")}
+            trainer.use_ratio(float(search["chosen"]))
         trainer.num_epochs = int(self.record["selected_epoch"]) + 1  # the refit on the whole training fold
 
     def selection_summary(self) -> dict:
@@ -214,6 +227,48 @@ def run_inner_cv(trainer: Any) -> dict:
                 record["curve_inner_bce"][record["selected_epoch"]], record["calibration"]["method"],
                 record["threshold"], record["threshold_method"])
     return record
+
+
+RATIO_RULE = ("the candidate ratio with the highest pooled inner-OOF AUC at its selected epoch; ties (within 1e-9) "
+              "to the smaller ratio (less synthetic data)")
+
+
+def choose_ratio(trainer: Any) -> dict:
+    """``--synthetic-ratio auto``: :func:`run_inner_cv` once per candidate ratio (``trainer.ratio_candidates``,
+    each training on its own prefix of the synthetic entries; those derived from inner-validation cases are never
+    used) and the candidate with the best pooled inner-OOF AUC at its selected epoch, ties to the smaller ratio.
+
+    Returns the chosen candidate's nested record (its epoch, calibration and threshold serve the refit) with
+    ``ratio_search``: every candidate's inner AUC, selected epoch and curves, the choice, the rule and the gate
+    verdict. Known limitation: the outer fold's generator was trained on all its training cases, inner-validation
+    cases included (the copy-rate gate bounds what can leak)."""
+    records: dict[float, dict] = {}
+    rows = []
+    best, best_score = None, -math.inf
+    for ratio in sorted(float(r) for r in trainer.ratio_candidates):
+        trainer.synthetic_ratio = ratio
+        rec = run_inner_cv(trainer)
+        e = int(rec["selected_epoch"])
+        auc = float(rec["curve_inner_auc"][e])
+        rows.append({"ratio": ratio, "inner_auc": auc, "selected_epoch": e,
+                     "inner_bce": float(rec["curve_inner_bce"][e]),
+                     "n_synthetic": len(trainer.data.synthetic_for_ratio(ratio)),
+                     "n_synthetic_inner": [sum(x.startswith("synthetic:") for x in f.get("train_items", []))
+                                           for f in rec.get("inner_folds", [])],
+                     "curve_inner_auc": rec["curve_inner_auc"], "curve_inner_bce": rec["curve_inner_bce"]})
+        records[ratio] = rec
+        score = auc if math.isfinite(auc) else -math.inf
+        if best is None or score > best_score + 1e-9:
+            best, best_score = ratio, score
+        trainer.log("auto ratio: candidate %g -> inner OOF AUC %.4f at epoch %d", ratio, auc, e)
+    chosen = dict(records[best])
+    chosen["ratio_search"] = {"chosen": best, "candidates": rows, "rule": RATIO_RULE,
+                              "gate": getattr(trainer, "gate", None),
+                              "limitation": "the outer fold's generator was trained on all its training cases, so "
+                                            "the inner-validation cases were seen by the generator (bounded by the "
+                                            "copy-rate gate)"}
+    trainer.log("auto ratio: chose %g of %s (%s)", best, [f"{r:g}" for r in records], RATIO_RULE)
+    return chosen
 
 
 def nested_choices(ids: list[str], y: np.ndarray, logits: np.ndarray, inner: list[dict], real_prevalence: float,

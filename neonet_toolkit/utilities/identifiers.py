@@ -110,7 +110,7 @@ def check_safe_name(name, what: str = "name", where: str = "", fix: str = "", al
     return name
 
 
-_CLS_RUN_RE = re.compile(r"^cls_(?P<arch>[a-z0-9]+(?:_[a-z][a-z0-9]*)*?)_(?P<ratio>\d+(?:\.\d+)?)"
+_CLS_RUN_RE = re.compile(r"^cls_(?P<arch>[a-z0-9]+(?:_[a-z][a-z0-9]*)*?)_(?P<ratio>\d+(?:\.\d+)?|auto)"
                          r"(?P<arm>_both|_over|_wloss)?(?P<pred>_pred)?(?:_es(?P<es>nested|val|inner|none))?$")
 
 
@@ -402,16 +402,29 @@ def nnunet_model_folder(dataset: int | str | ResultLayout, trainer: str, nnunet_
 
 
 # ----------------------------------------------------------------------------- classifier runs
-def ratio_tag(ratio: float) -> str:
-    return f"{float(ratio):g}"
+AUTO_RATIO = "auto"  # --synthetic-ratio auto: the ratio is chosen on the inner folds of each training fold
+
+
+def is_auto_ratio(ratio) -> bool:
+    return isinstance(ratio, str) and ratio.strip().lower() == AUTO_RATIO
+
+
+def ratio_sort_key(ratio) -> tuple:
+    """Sort key of a run's synthetic ratio: the fixed ratios in order, then ``auto``."""
+    return (1, 0.0) if is_auto_ratio(ratio) else (0, float(ratio))
+
+
+def ratio_tag(ratio: float | str) -> str:
+    return AUTO_RATIO if is_auto_ratio(ratio) else f"{float(ratio):g}"
 
 
 @dataclass(frozen=True)
 class ClsRunId:
-    """What a NeoCls run name encodes. ``arch`` is the canonical architecture name."""
+    """What a NeoCls run name encodes. ``arch`` is the canonical architecture name; ``ratio`` is a float, or
+    ``"auto"`` (:data:`AUTO_RATIO`) for a run that chooses its ratio on inner folds."""
 
     arch: str
-    ratio: float = 0.0
+    ratio: float | str = 0.0
     crop_source: str = "gt"
     early_stopping: str = "val"
     arm: str = "synthetic"
@@ -419,6 +432,10 @@ class ClsRunId:
     def __post_init__(self):
         if self.arm not in ARMS:
             raise ValueError(f"arm must be one of {ARMS}, got {self.arm!r}.")
+        if is_auto_ratio(self.ratio):
+            object.__setattr__(self, "ratio", AUTO_RATIO)
+            if self.early_stopping != "nested":
+                raise ValueError(f"synthetic ratio 'auto' needs early_stopping 'nested', got {self.early_stopping!r}.")
         if self.crop_source not in CROP_SOURCES:
             raise ValueError(f"crop_source must be one of {CROP_SOURCES}, got {self.crop_source!r}.")
         if self.early_stopping not in EARLY_STOPPING_MODES:
@@ -429,13 +446,18 @@ class ClsRunId:
         return cls_run_name(self.arch, self.ratio, self.crop_source, self.early_stopping, self.arm)
 
     @property
+    def is_auto(self) -> bool:
+        return is_auto_ratio(self.ratio)
+
+    @property
     def protocol_label(self) -> str:
         return PROTOCOL_LABELS[self.early_stopping]
 
 
-def cls_run_name(arch: str, ratio: float = 0.0, crop_source: str = "gt", early_stopping: str = "val",
+def cls_run_name(arch: str, ratio: float | str = 0.0, crop_source: str = "gt", early_stopping: str = "val",
                  arm: str = "synthetic") -> str:
-    """Result-folder prefix of a NeoCls run, e.g. ``cls_pattennet_1_esnested`` or ``cls_resnet50_0.5_over_pred``.
+    """Result-folder prefix of a NeoCls run, e.g. ``cls_pattennet_1_esnested``, ``cls_resnet50_0.5_over_pred`` or
+    ``cls_pattennet_auto_esnested`` (``ratio="auto"``: chosen on the inner folds, nested protocol only).
 
     No ``_es`` suffix means the paper's ``val`` protocol (names written before the nested default keep
     their meaning); the arm tag is absent for the paper's arm (synthetic minority patches) and for ratio 0."""
@@ -445,7 +467,11 @@ def cls_run_name(arch: str, ratio: float = 0.0, crop_source: str = "gt", early_s
         raise ValueError(f"early_stopping must be one of {EARLY_STOPPING_MODES}, got {early_stopping!r}.")
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}.")
-    if float(ratio) == 0.0 and arm != "synthetic":
+    if is_auto_ratio(ratio):
+        if early_stopping != "nested":
+            raise ValueError(f"synthetic ratio 'auto' is chosen on the nested protocol's inner folds; early_stopping "
+                             f"{early_stopping!r} has none.")
+    elif float(ratio) == 0.0 and arm != "synthetic":
         raise ValueError(f"arm {arm!r} needs a synthetic ratio > 0 (it sets the class balance to match).")
     name = f"{CLS_PREFIX}{arch}_{ratio_tag(ratio)}{_ARM_TAGS[arm]}"
     if crop_source != "gt":
@@ -461,7 +487,10 @@ def parse_cls_run_name(name: str) -> ClsRunId | None:
     if not m:
         return None
     arm = {v: k for k, v in _ARM_TAGS.items()}[m.group("arm") or ""]
-    return ClsRunId(arch=m.group("arch"), ratio=float(m.group("ratio")),
+    ratio = AUTO_RATIO if m.group("ratio") == AUTO_RATIO else float(m.group("ratio"))
+    if ratio == AUTO_RATIO and m.group("es") != "nested":
+        return None  # auto runs exist only under the nested protocol (cls_run_name refuses the others)
+    return ClsRunId(arch=m.group("arch"), ratio=ratio,
                     crop_source="pred" if m.group("pred") else "gt", early_stopping=m.group("es") or "val", arm=arm)
 
 

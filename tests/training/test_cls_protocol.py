@@ -151,10 +151,12 @@ def test_control_arms_run_equal_optimizer_steps(proto_env):
     steps, prevalence = {}, {}
     for arm in ARMS:
         out = ClsTrainer(ds, 1, arch="resnet10", synthetic_ratio=1.0, arm=arm, early_stopping="none",
-                         configuration=proto_env["cfg"], device="cpu", epochs=2).run()
+                         configuration=proto_env["cfg"], device="cpu", epochs=2, allow_failed_gate=True).run()
         s = _summary(out)
         steps[arm], prevalence[arm] = s["optimizer_steps"], s["train_prevalence"]
         assert s["arm"] == arm and parse_cls_run_name(out.parent.name.split("__")[0]).arm == arm
+        gated = arm in ("synthetic", "both")  # the control arms train on no synthetic patch: not gated
+        assert (s["synthetic_gate"] is not None) == gated and (not gated or s["synthetic_gate"]["overridden"])
         if arm == "both":
             labels = {e.split("<-")[0] for e in s["seen_train_items"] if e.startswith("synthetic:")}
             assert len(labels) == s["n_train_synthetic"] and s["n_train_synthetic"] > 0

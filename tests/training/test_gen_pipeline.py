@@ -152,6 +152,35 @@ def test_quality_report_vae_beats_mean_patch_and_montage(neogen_run):
     assert "| NeoGen VAE |" in (neogen_run["res"] / "gen_evaluation__NeoNetPlans/fold_0/tables.md").read_text(encoding="utf-8")
 
 
+def test_quality_suite_in_the_report_and_beside_the_set(neogen_run):
+    """`neonet_evaluate 501 gen` measures the set with the suite, writes quality.json for the gate and puts the
+    headline table before the legacy PCA-FID one."""
+    pytest.importorskip("radiomics")
+    from neonet_toolkit.preprocessing.synthetic_sets import load_quality, manifest_sha256
+
+    folder = neogen_run["res"] / "gen_evaluation__NeoNetPlans/fold_0"
+    rep = json.loads((folder / "gen_report.json").read_text(encoding="utf-8"))
+    q = rep["quality"]["synthetic"]
+    n_syn = len(json.loads((neogen_run["res"] / "synthetic__NeoNetPlans/fold_0/manifest.json")
+                           .read_text(encoding="utf-8"))["entries"])
+    assert q["n_candidate"] == n_syn and q["n_val"] == len(_split(neogen_run)["val"])
+    assert 0.0 <= q["copy_rate"] <= 1.0 and q["copy"]["n"] == n_syn
+    lo, hi = q["kid"]["ci"]
+    assert lo <= q["kid"]["value"] <= hi
+    st = q["settings"]
+    aucs = [v["auc"] for v in q["c2st"]["per_class"].values() if v["auc"] is not None]
+    expect_pass = all(a <= st["c2st_auc_max"] for a in aucs) and q["copy_rate"] <= st["copy_rate_max"] \
+        and len(aucs) == len(q["c2st"]["per_class"])
+    assert q["gate"]["passed"] == expect_pass, q["gate"]
+    syn_folder = neogen_run["res"] / "synthetic__NeoNetPlans/fold_0"
+    stored = load_quality(syn_folder)
+    assert stored["manifest_sha256"] == manifest_sha256(syn_folder) and stored["copy_rate"] == q["copy_rate"]
+    assert (folder / "copies_synthetic.png").is_file()
+    table = (folder / "tables.md").read_text(encoding="utf-8")
+    assert table.index("Generation quality (headline)") < table.index("Legacy Table 4")
+    assert "| real val vs real train (reference) |" in table
+
+
 def test_quality_report_lpips_with_local_weights(neogen_run, tmp_path, monkeypatch):
     """``neonet_evaluate 501 gen --lpips-weights PATH``: LPIPS per view fills the Table 3 column."""
     pytest.importorskip("lpips")
@@ -292,3 +321,4 @@ def test_resume_continues_from_latest_and_refuses_silent_overwrite(neogen_run):
 
             LDMTrainer(neogen_run["name"], 0, configuration="gen_test", device="cpu", continue_training=True,
                        epochs=n + 3).run()
+

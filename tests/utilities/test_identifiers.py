@@ -85,6 +85,30 @@ def test_classifier_run_and_report_folders_round_trip(layout):
     assert layout.shortcut_check_files() == [f]
 
 
+@pytest.mark.parametrize("arch,crop,arm,name", [
+    ("pattennet", "gt", "synthetic", "cls_pattennet_auto_esnested"),
+    ("pattennet_fine", "pred", "synthetic", "cls_pattennet_fine_auto_pred_esnested"),
+    ("resnet10", "gt", "oversample", "cls_resnet10_auto_over_esnested"),
+])
+def test_auto_ratio_run_name_round_trip(arch, crop, arm, name):
+    rid = ClsRunId(arch, "auto", crop, "nested", arm)
+    assert rid.name == name == ids.cls_run_name(arch, "AUTO", crop, "nested", arm)
+    back = ids.parse_cls_run_name(name)
+    assert back == rid and back.ratio == "auto" and back.is_auto and back.arch == arch
+    # fixed-ratio names are unchanged and never read as auto
+    assert ids.cls_run_name(arch, 0.5, crop, "nested", arm).replace("_0.5", "_auto") == name
+    assert not ids.parse_cls_run_name(ids.cls_run_name(arch, 1.0, crop, "nested", arm)).is_auto
+
+
+def test_auto_ratio_needs_the_nested_protocol():
+    with pytest.raises(ValueError, match="nested"):
+        ids.cls_run_name("pattennet", "auto", "gt", "val")
+    with pytest.raises(ValueError, match="nested"):
+        ClsRunId("pattennet", "auto", early_stopping="inner")
+    assert ids.parse_cls_run_name("cls_pattennet_auto") is None  # would be the val protocol: never written
+    assert ids.parse_cls_run_name("cls_pattennet_1").ratio == 1.0
+
+
 def test_synthetic_set_folder_round_trip_and_finished_rule(layout):
     rid = ids.GenRunId("synthetic", autoencoder="vqvae", objective="rflow", generator="dm")
     d = layout.fold_folder(rid.name, 0)
