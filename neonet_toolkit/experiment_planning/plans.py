@@ -124,6 +124,18 @@ def _gpu_full(n_vae_down: int, ldm_levels: int) -> dict:
         # is a synthetic patch closer to a training patch than the copy_quantile of real held-out cases;
         # bin_width: pyradiomics' fixed bin width on the z-scored patches; FRD/KID CIs: n_subsets subsets
         # without replacement of subset_fraction of each set (delete-d jackknife)
+        # the radiomics baseline: features inside the tumour and inside a peritumoral shell of shell_mm (ROI
+        # voxels within shell_mm of the tumour, physical distance), fixed bin width on the z-scored patches; inside
+        # each training fold: standardisation, k best features (ANOVA F) and the L2 strength C, both chosen by
+        # inner stratified CV (inner_folds) on AUC. Chosen a priori / on the tuning family (seed 71), see
+        # docs/neocls.md "Radiomics baseline"
+        "radiomics": {"shell_mm": 5.0, "bin_width": 0.25,
+                      "tumour_classes": ["firstorder", "shape", "glcm", "glrlm", "glszm", "gldm", "ngtdm"],
+                      "shell_classes": ["firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"],
+                      "k_features": [2, 5, 10], "Cs": [0.01, 0.1, 1.0], "inner_folds": 3,
+                      # no-signal guard: the inner AUC must beat the same search on permuted labels (p <= null_alpha
+                      # over null_permutations), else every case of the fold gets the training prevalence
+                      "null_permutations": 20, "null_alpha": 0.05},
         "gen_quality": {"c2st_auc_max": 0.75, "copy_rate_max": 0.05, "copy_quantile": 0.05, "bin_width": 0.25,
                         "n_subsets": 50, "subset_fraction": 0.5},
     }

@@ -144,6 +144,20 @@ class ClsSettings:
 
 
 @dataclass(frozen=True)
+class RadiomicsSettings:
+    """The radiomics baseline (``training/radiomics.py``)."""
+    shell_mm: float
+    bin_width: float
+    tumour_classes: list
+    shell_classes: list
+    k_features: list
+    Cs: list
+    inner_folds: int
+    null_permutations: int
+    null_alpha: float
+
+
+@dataclass(frozen=True)
 class GenQualitySettings:
     """The generation-quality suite (``neonet_evaluate DATASET gen``) and the gate in front of NeoCls."""
     c2st_auc_max: float
@@ -155,7 +169,8 @@ class GenQualitySettings:
 
 
 STAGE_SETTINGS = {"seg": SegSettings, "vae": VAESettings, "vqvae": VQVAESettings, "ldm": LDMSettings, "controlnet": ControlNetSettings,
-                  "sampling": SamplingSettings, "cls": ClsSettings, "gen_quality": GenQualitySettings}
+                  "sampling": SamplingSettings, "cls": ClsSettings, "gen_quality": GenQualitySettings,
+                  "radiomics": RadiomicsSettings}
 _TYPES = {"int": int, "float": Num, "str": str, "bool": bool, "list": list}
 
 

@@ -23,7 +23,16 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
+from sklearn.base import clone
+from sklearn.feature_selection import SelectKBest, VarianceThreshold, f_classif
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
 
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.models.cls_results import (
     OOF_FILE,
@@ -33,12 +42,11 @@ from neonet_toolkit.models.cls_results import (
     read_predictions_csv,
     write_predictions_csv,
 )
-from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder
+from neonet_toolkit.preprocessing.patches import load_metadata, load_patch, patch_folder, settings_hash
 from neonet_toolkit.preprocessing.radiomics_features import (
     INSTALL_HINT,
     RadiomicsUnavailable,
     make_extractor,
-    quiet_radiomics,
     radiomics_available,
     region_features,
 )
@@ -64,32 +72,79 @@ def radiomics_run_name(crop_source: str = "gt") -> str:
 RADIOMICS_RUN = radiomics_run_name()
 
 
-def _extractor():
+def _extractor(classes, bin_width: float):
     if not radiomics_available():
         raise RadiomicsUnavailable(SKIP_HINT)
-    return make_extractor(("firstorder", "shape", "glcm", "glrlm", "glszm", "gldm", "ngtdm"), bin_count=32)
+    return make_extractor(classes, bin_width=bin_width)
 
 
-def extract_case_features(image: np.ndarray, label: np.ndarray, spacing_xyz, extractor=None) -> dict[str, float]:
-    """Features of one TLCR patch (image (2, D, H, W), label (2, D, H, W)) for the tumour and the ROI."""
-    ext = extractor or _extractor()
-    out = {}
-    for name, m in (("tumor", label[1]), ("roi", label[0])):
-        out.update({f"{name}_{k}": v for k, v in region_features(image[0], m, spacing_xyz, ext).items()})
+def peritumoral_shell(label: np.ndarray, spacing_zyx, shell_mm: float) -> np.ndarray:
+    """ROI voxels outside the tumour within ``shell_mm`` (physical distance) of it: where PNI spreads.
+
+    ``label`` is a TLCR label patch (2, D, H, W): organ∪tumour, tumour; ``spacing_zyx`` in the patch's axis order."""
+    tum, roi = np.asarray(label[1]) > 0, np.asarray(label[0]) > 0
+    if not tum.any():
+        return np.zeros_like(tum)
+    dist = distance_transform_edt(~tum, sampling=[float(s) for s in spacing_zyx])
+    return (dist > 0) & (dist <= float(shell_mm)) & roi
+
+
+def extract_case_features(image: np.ndarray, label: np.ndarray, spacing_xyz, settings: dict,
+                          extractors=None) -> dict[str, float]:
+    """Features of one TLCR patch (image (2, D, H, W), label (2, D, H, W)) inside the tumour and inside the
+    peritumoral shell (:func:`peritumoral_shell`), fixed bin width."""
+    tum_ext, shell_ext = extractors or (_extractor(settings["tumour_classes"], settings["bin_width"]),
+                                        _extractor(settings["shell_classes"], settings["bin_width"]))
+    shell = peritumoral_shell(label, list(spacing_xyz)[::-1], settings["shell_mm"])
+    out = {f"tumor_{k}": v for k, v in region_features(image[0], label[1], spacing_xyz, tum_ext).items()}
+    out.update({f"shell_{k}": v for k, v in region_features(image[0], shell, spacing_xyz, shell_ext).items()})
     return out
 
 
-def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source: str = "gt", C: float = 1.0,
+def radiomics_model(settings: dict, n_train: int, n_minority: int, seed: int = 0) -> GridSearchCV:
+    """Standardisation, k-best feature selection (ANOVA F) and an L2 logistic regression, with k and C chosen by
+    inner stratified CV on AUC; everything is fitted inside the training cases it is given."""
+    pipe = Pipeline([("variance", VarianceThreshold()), ("scale", StandardScaler()),
+                     ("select", SelectKBest(f_classif)), ("lr", LogisticRegression(solver="liblinear", max_iter=1000))])
+    folds = max(2, min(int(settings["inner_folds"]), n_minority))
+    grid = {"select__k": sorted({int(k) for k in settings["k_features"]}),
+            "lr__C": [float(c) for c in settings["Cs"]]}
+    return GridSearchCV(pipe, grid, scoring="roc_auc",
+                        cv=StratifiedKFold(folds, shuffle=True, random_state=seed), error_score=0.5)
+
+
+def null_check(model: GridSearchCV, x: np.ndarray, y: np.ndarray, n_permutations: int, seed: int = 0) -> dict:
+    """Is the inner-CV AUC of the chosen configuration above what the same search reaches on permuted labels?
+
+    The statistic is the grid search's best inner AUC (a maximum over the grid, so optimistic); its null
+    distribution is that same maximum after refitting the whole search on ``n_permutations`` label
+    permutations of the training cases. ``p = (1 + #null >= observed) / (1 + n)``."""
+    rng = np.random.default_rng(seed)
+    observed = float(model.best_score_)
+    null = [float(clone(model).fit(x, rng.permutation(y)).best_score_) for _ in range(int(n_permutations))]
+    p = (1 + sum(v >= observed for v in null)) / (1 + len(null))
+    return {"observed_inner_auc": observed, "null_median": float(np.median(null)) if null else None,
+            "null_95th": float(np.quantile(null, 0.95)) if null else None, "n_permutations": len(null), "p_value": p}
+
+
+def _features_kept(model: GridSearchCV, names: list[str]) -> list[dict]:
+    best = model.best_estimator_
+    names_v = np.array(names)[best.named_steps["variance"].get_support()]
+    kept = names_v[best.named_steps["select"].get_support()]
+    coef = best.named_steps["lr"].coef_.reshape(-1)
+    order = np.argsort(-np.abs(coef))
+    return [{"feature": str(kept[i]), "coefficient": float(coef[i])} for i in order]
+
+
+def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source: str = "gt",
                            plans_name: str = PLANS_NAME, overwrite: bool = False) -> Path:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from tqdm import tqdm
-
-
-    ext = _extractor()
+    """The radiomics baseline on every fold (see the module docstring); settings from the plans' ``radiomics``
+    stage. Features are cached per settings in ``features_<hash>.json`` under the run folder."""
     layout = ResultLayout.for_dataset(dataset, plans_name)
     name, pp = layout.dataset_name, layout.preprocessed
+    settings = NeoNetPlans(pp / NEONET_PLANS_FILE).stage("radiomics")
+    extractors = (_extractor(settings["tumour_classes"], settings["bin_width"]),
+                  _extractor(settings["shell_classes"], settings["bin_width"]))
     run = radiomics_run_name(crop_source)
     root = layout.stage_root(run)
     splits = load_splits(pp)
@@ -97,14 +152,14 @@ def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source:
     labels = case_labels(pp, crop_source)
     pf = patch_folder(pp, crop_source)
     meta = load_metadata(pf)["cases"]
-    cache_f = root / "features.json"
+    feature_keys = {k: settings[k] for k in ("shell_mm", "bin_width", "tumour_classes", "shell_classes")}
+    cache_f = root / f"features_{settings_hash(feature_keys)}.json"
     cache = load_json(cache_f) if cache_f.is_file() and not overwrite else {}
     needed = sorted({c for k in folds for part in ("train", "val") for c in get_fold(splits, k)[part]})
     todo = [c for c in needed if c not in cache]
     for c in tqdm(todo, desc="radiomics", disable=None):
         img, lab = load_patch(pf, c)
-        with quiet_radiomics():
-            cache[c] = extract_case_features(img, lab, list(meta[c]["spacing"])[::-1], ext)
+        cache[c] = extract_case_features(img, lab, list(meta[c]["spacing"])[::-1], settings, extractors)
     if todo:
         save_json(cache, cache_f)
     keys = sorted(set.intersection(*(set(cache[c]) for c in needed)))
@@ -116,28 +171,45 @@ def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source:
         tr, va = list(split["train"]), list(split["val"])
         ytr = np.array([labels[c] for c in tr])
         yva = np.array([labels[c] for c in va])
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
-        clf.fit(np.stack([X[c] for c in tr]), ytr)
-        ptr = clf.predict_proba(np.stack([X[c] for c in tr]))[:, 1]
-        pva = clf.predict_proba(np.stack([X[c] for c in va]))[:, 1]
-        thr = stats.select_threshold(ytr, ptr)
+        xtr, xva = np.stack([X[c] for c in tr]), np.stack([X[c] for c in va])
+        model = radiomics_model(settings, len(tr), int(np.bincount(ytr, minlength=2).min()), seed=k)
+        model.fit(xtr, ytr)
+        null = null_check(model, xtr, ytr, int(settings["null_permutations"]), seed=k)
+        signal = null["p_value"] <= float(settings["null_alpha"])
+        if signal:
+            pva = model.predict_proba(xva)[:, 1]
+            # the threshold comes from out-of-sample scores of the training cases (inner CV of the chosen model)
+            p_oof = cross_val_predict(model.best_estimator_, xtr, ytr, cv=model.cv, method="predict_proba")[:, 1]
+        else:  # no signal on the inner folds: the prevalence for every case, never a fitted-noise score
+            pva, p_oof = np.full(len(va), ytr.mean()), np.full(len(tr), ytr.mean())
+            logger.warning("radiomics fold %d: no signal on the inner folds (best inner AUC %.3f, permutation p = "
+                           "%.3f > %g): every case gets the training prevalence %.3f", k, null["observed_inner_auc"],
+                           null["p_value"], settings["null_alpha"], ytr.mean())
+        thr = stats.select_threshold(ytr, p_oof)
         out = layout.fold_folder(run, k)
         write_predictions_csv(out / OOF_FILE, [{"case_id": c, "label": int(y), "probability": float(p),
                                                "probability_raw": float(p)} for c, y, p in zip(va, yva, pva)],
                               ["case_id", "label", "probability", "probability_raw"])
         write_predictions_csv(out / TRAIN_PRED_FILE, [{"case_id": c, "label": int(y), "probability": float(p),
-                                                      "probability_raw": float(p), "set": "training_cases"}
-                                                     for c, y, p in zip(tr, ytr, ptr)],
+                                                      "probability_raw": float(p), "set": "inner_oof"}
+                                                     for c, y, p in zip(tr, ytr, p_oof)],
                               ["case_id", "label", "probability", "probability_raw", "set"])
+        kept = _features_kept(model, keys) if signal else []
+        val_auc = stats.roc_auc(yva, pva) if 0 < yva.sum() < yva.size else None
         save_json({"dataset": name, "fold": k, "run": run, "arch": "radiomics", "synthetic_ratio": 0.0,
-                   "crop_source": crop_source, "early_stopping": "none", "selected_epoch": None,
+                   "crop_source": crop_source, "early_stopping": "nested", "selected_epoch": None,
                    "val_ids": va, "train_ids": tr, "n_train_real": len(tr), "n_train_synthetic": 0,
-                   "n_features": len(keys), "threshold": thr, "threshold_source": "training_cases",
+                   "n_features": len(keys), "settings": settings,
+                   "inner_choice": {"k": int(model.best_params_["select__k"]), "C": float(model.best_params_["lr__C"]),
+                                    "inner_auc": float(model.best_score_)},
+                   "null_check": {**null, "alpha": float(settings["null_alpha"]), "fallback_to_prevalence": not signal},
+                   "features_kept": kept, "threshold": thr, "threshold_source": "inner_oof",
                    "train_prevalence": float(ytr.mean()), "real_prevalence": float(ytr.mean()),
-                   "val_auc": stats.roc_auc(yva, pva) if 0 < yva.sum() < yva.size else None},
-                  out / SUMMARY_FILE)
-        logger.info("radiomics fold %d: %d features, validation AUC %s", k, len(keys),
-                    f"{stats.roc_auc(yva, pva):.3f}" if 0 < yva.sum() < yva.size else "n/a")
+                   "val_auc": val_auc}, out / SUMMARY_FILE)
+        logger.info("radiomics fold %d: %d features, inner CV chose k=%d C=%g (inner AUC %.3f), kept %s; "
+                    "validation AUC %s", k, len(keys), model.best_params_["select__k"], model.best_params_["lr__C"],
+                    model.best_score_, ", ".join(f["feature"] for f in kept[:5]),
+                    "n/a" if val_auc is None else f"{val_auc:.3f}")
     return root
 
 
@@ -174,10 +246,6 @@ def stacked_fusion(x_train: np.ndarray, score_train: np.ndarray, y_train: np.nda
     ``score_train`` must be out-of-sample for the training cases (the nested protocol's inner
     out-of-fold predictions), else the regression learns to trust an overfitted score. Returns
     (validation probabilities, training probabilities)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     xt = np.column_stack([np.asarray(x_train, float), _logit(score_train)])
     xv = np.column_stack([np.asarray(x_val, float), _logit(score_val)])
     if len(np.unique(y_train)) < 2:

@@ -75,3 +75,40 @@ def test_run_late_fusion_writes_a_run_in_the_same_layout(isolated_env):
     _write_run(res, "cls_pattennet_fine_0_esnone", 2, ids[:5], y[:5], a[:5])
     with pytest.raises(FileNotFoundError, match=r"fold\(s\) \[2\]"):
         run_late_fusion(509, "cls_pattennet_fine_0_esnone", folds=[0, 2])
+
+
+# ----------------------------------------------------------------------------- the baseline's own pieces
+def test_peritumoral_shell_uses_physical_distance_inside_the_roi():
+    from neonet_toolkit.training.radiomics import peritumoral_shell
+
+    lab = np.zeros((2, 5, 7, 7), np.uint8)
+    lab[1, 2, 3, 3] = 1  # one tumour voxel
+    lab[0, 1:4, 1:6, 1:6] = 1  # ROI (organ ∪ tumour)
+    lab[0, 2, 3, 5] = 0  # a hole in the ROI 2 voxels (3 mm) away in-plane
+    shell = peritumoral_shell(lab, spacing_zyx=(3.0, 1.5, 1.5), shell_mm=3.0)
+    # within 3 mm: in-plane distance 1.5 (4 voxels), 2.12 (4 diagonals), 3.0 (4 at two voxels, one outside the
+    # ROI); through-plane 3.0 (2 voxels); 3.35 mm and beyond are out
+    expected = np.zeros((5, 7, 7), bool)
+    for dy, dx in [(0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1), (0, -2), (2, 0), (-2, 0)]:
+        expected[2, 3 + dy, 3 + dx] = True
+    expected[1, 3, 3] = expected[3, 3, 3] = True
+    np.testing.assert_array_equal(shell, expected)
+    assert not shell[2, 3, 3]  # never the tumour itself
+
+
+def test_inner_cv_model_and_null_check_tell_signal_from_noise():
+    from neonet_toolkit.training.radiomics import null_check, radiomics_model
+
+    settings = {"k_features": [2, 5], "Cs": [0.01, 1.0], "inner_folds": 3}
+    rng = np.random.default_rng(0)
+    n, d = 48, 30
+    y = np.r_[np.ones(16, int), np.zeros(32, int)]
+    noise = rng.normal(size=(n, d))
+    signal = noise.copy()
+    signal[:, 0] += 1.5 * y  # one informative feature among 30
+    m = radiomics_model(settings, n, 16, seed=0).fit(signal, y)
+    chk = null_check(m, signal, y, 30, seed=0)
+    assert m.best_score_ > 0.8 and chk["p_value"] <= 0.05
+    m0 = radiomics_model(settings, n, 16, seed=0).fit(noise, y)
+    chk0 = null_check(m0, noise, y, 30, seed=0)
+    assert chk0["p_value"] > 0.05 and chk0["null_95th"] > 0.55  # the max over the grid is optimistic under the null
