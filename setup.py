@@ -43,6 +43,7 @@ setup(
             "neonet_make_demo_dataset=neonet_toolkit.run.make_demo_dataset:main",
             "neonet_train=neonet_toolkit.run.train:main",
             "neonet_evaluate=neonet_toolkit.run.evaluate:main",
+            "neonet_find_best_configuration=neonet_toolkit.run.find_best_configuration:main",
             "neonet_generate=neonet_toolkit.run.generate:main",
             "neonet_experiment=neonet_toolkit.run.experiment:main",
             "neonet_predict=neonet_toolkit.run.predict:main",

@@ -69,6 +69,7 @@ from neonet_toolkit.models.cls import (
     load_fold_classifier,
     predict_proba,
 )
+from neonet_toolkit.models.cls_results import load_best_configuration
 from neonet_toolkit.models.seg import (
     check_model_folder,
     default_model_folder,
@@ -83,6 +84,7 @@ from neonet_toolkit.utilities.checkpoints import file_sha256
 from neonet_toolkit.utilities.identifiers import (
     FINAL_CHECKPOINT,
     PLANS_NAME,
+    ResultLayout,
     finished_folds,
     list_cls_runs,
     stage_root,
@@ -166,8 +168,13 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
 
         # NeoCls
         runs = trained_cls_runs(self.dataset_name, plans_name)
+        self.cls_run_source = "--cls-run" if cls_run is not None else "default rule"
         if cls_run is None:
-            cls_run = default_cls_run(runs)
+            best = load_best_configuration(ResultLayout(self.dataset_name, plans_name))
+            if best and best.get("predict_default") in runs:
+                cls_run, self.cls_run_source = best["predict_default"], "neonet_find_best_configuration"
+            else:
+                cls_run = default_cls_run(runs)
             if cls_run is None:
                 raise FileNotFoundError(
                     f"No NeoCls run chosen for {self.dataset_name}; trained runs: {runs or 'none'}. "
@@ -261,7 +268,8 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
             "seg_model": str(self.seg_model.resolve()), "seg_folds": [str(f) for f in self.seg_folds],
             "model_sha256": self.model_sha256,
             "model_files_sha256": self.model_file_sha256,
-            "cls_run": self.cls_run, "cls_folds": [f for f, _, _ in self.classifiers],
+            "cls_run": self.cls_run, "cls_run_source": self.cls_run_source,
+            "cls_folds": [f for f, _, _ in self.classifiers],
             "checkpoint_check": ("SKIPPED (--trust-checkpoints): nnU-Net loaded the NeoSeg checkpoints unchecked"
                                  if self.trust_checkpoints else "NeoSeg checkpoints verified loadable with "
                                  "weights_only=True and an allow-list before nnU-Net loaded them"),

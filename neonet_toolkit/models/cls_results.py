@@ -8,11 +8,12 @@ import csv
 from pathlib import Path
 
 from neonet_toolkit.preprocessing.patches import load_metadata, patch_folder
-from neonet_toolkit.utilities.io import save_csv
+from neonet_toolkit.utilities.io import load_json, save_csv
 
 OOF_FILE = "oof_predictions.csv"
 TRAIN_PRED_FILE = "train_predictions.csv"
 SUMMARY_FILE = "cls_summary.json"
+NESTED_FILE = "nested_selection.json"  # the nested protocol's inner CV record (inner out-of-fold predictions)
 
 
 def case_labels(preprocessed: Path, crop_source: str) -> dict[str, int]:
@@ -41,3 +42,9 @@ def read_predictions_csv(path: Path) -> list[dict]:
             if k in r:
                 r[k] = float(r[k])
     return rows
+
+
+def load_best_configuration(layout) -> dict | None:
+    """The choice of ``neonet_find_best_configuration`` for a :class:`ResultLayout`, or ``None``."""
+    f = layout.best_configuration_file()
+    return load_json(f) if f.is_file() else None

@@ -28,13 +28,13 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from neonet_toolkit.models.cls import predict_logits, sigmoid
+from neonet_toolkit.models.cls_results import NESTED_FILE
 from neonet_toolkit.training.cls_data import inner_split, select_epoch
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.devices import make_grad_scaler
 from neonet_toolkit.utilities.identifiers import EARLY_STOPPING_MODES, PROTOCOL_LABELS
 from neonet_toolkit.utilities.io import load_json, save_json
 
-NESTED_FILE = "nested_selection.json"
 
 
 @dataclass

@@ -214,30 +214,6 @@ def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source:
 
 
 # ----------------------------------------------------------------------------- late fusion
-def _logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    p = np.clip(np.asarray(p, float), eps, 1 - eps)
-    return np.log(p / (1 - p))
-
-
-def fuse_scores(*probabilities: np.ndarray) -> np.ndarray:
-    """Fit-free late fusion of several models' probabilities for one set of cases (one validation fold).
-
-    Each model's logits are standardised over the scored cases (no labels used), so no model dominates
-    by its scale; the fused score is ``sigmoid(mean of the standardised logits)``. A model whose scores
-    are constant on the set contributes 0. Ranks within the set follow the averaged standardised logits."""
-    if len(probabilities) < 2:
-        raise ValueError("late fusion needs the scores of at least two models.")
-    n = {len(p) for p in probabilities}
-    if len(n) != 1:
-        raise ValueError(f"late fusion: the models scored different numbers of cases {sorted(n)}.")
-    zs = []
-    for p in probabilities:
-        z = _logit(p)
-        sd = z.std()
-        zs.append((z - z.mean()) / sd if sd > 1e-12 else np.zeros_like(z))
-    return 1.0 / (1.0 + np.exp(-np.mean(zs, axis=0)))
-
-
 def stacked_fusion(x_train: np.ndarray, score_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
                    score_val: np.ndarray, C: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Late fusion of a feature matrix (e.g. radiomics) with a deep model's probability: one L2 logistic
@@ -246,8 +222,8 @@ def stacked_fusion(x_train: np.ndarray, score_train: np.ndarray, y_train: np.nda
     ``score_train`` must be out-of-sample for the training cases (the nested protocol's inner
     out-of-fold predictions), else the regression learns to trust an overfitted score. Returns
     (validation probabilities, training probabilities)."""
-    xt = np.column_stack([np.asarray(x_train, float), _logit(score_train)])
-    xv = np.column_stack([np.asarray(x_val, float), _logit(score_val)])
+    xt = np.column_stack([np.asarray(x_train, float), stats.logit(score_train)])
+    xv = np.column_stack([np.asarray(x_val, float), stats.logit(score_val)])
     if len(np.unique(y_train)) < 2:
         raise ValueError("stacked fusion: the training cases hold a single class.")
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
@@ -285,7 +261,7 @@ def run_late_fusion(dataset, deep_run: str, radiomics_run: str = RADIOMICS_RUN, 
             raise ValueError(f"late fusion fold {k}: {deep_run} and {radiomics_run} scored different cases; "
                              "both must use the same splits_final.json.")
         y = np.array([rows[deep_run][c]["label"] for c in ids])
-        fused = fuse_scores(*(np.array([rows[r][c]["probability"] for c in ids]) for r in roots))
+        fused = stats.fuse_scores(*(np.array([rows[r][c]["probability"] for c in ids]) for r in roots))
         out = layout.fold_folder(run, k)
         write_predictions_csv(out / OOF_FILE, [{"case_id": c, "label": int(t), "probability": float(p),
                                                "probability_raw": float(p)} for c, t, p in zip(ids, y, fused)],

@@ -56,6 +56,8 @@ SYNTHETIC_MANIFEST = "manifest.json"
 GEN_EVALUATION_DIR = "gen_evaluation"  # report folders: <report>__<plans>[/fold_N] (ResultLayout.report_folder)
 CLS_EVALUATION_DIR = "cls_evaluation"
 CLS_SHORTCUT_DIR = "cls_shortcut"
+BEST_CONFIGURATION_DIR = "cls_best_configuration"  # neonet_find_best_configuration: the choice + its report
+BEST_CONFIGURATION_FILE = "best_configuration.json"
 SEG_EVALUATION_DIR = ("evaluation", "seg")  # neonet_results/<ds>/evaluation/seg (NeoSeg Dice tables)
 DEMO_DIR = "demo"  # neonet_results/<ds>/demo (the demo's report and predictions)
 # the one "finished" rule per artefact kind: the files whose presence means the artefact is complete
@@ -218,6 +220,11 @@ class ResultLayout:
         """``neonet_results/<ds>/<report>__<plans>[/fold_N]`` (e.g. ``gen_evaluation``, ``cls_evaluation``)."""
         root = self.stage_root(report)
         return root if fold is None else root / self.fold_folder_name(fold)
+
+    def best_configuration_file(self) -> Path:
+        """``neonet_results/<ds>/cls_best_configuration__<plans>/best_configuration.json``: the NeoCls configuration
+        chosen by ``neonet_find_best_configuration``, which ``neonet_predict`` uses by default."""
+        return self.report_folder(BEST_CONFIGURATION_DIR) / BEST_CONFIGURATION_FILE
 
     def shortcut_check_file(self, fold: int, ratio: float, crop_source: str = "gt") -> Path:
         """``neonet_results/<ds>/cls_shortcut__<plans>/fold_N_r<ratio>_<crop>.json`` (one real-vs-synthetic check)."""

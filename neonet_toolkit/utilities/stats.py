@@ -256,9 +256,28 @@ def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- calibration
-def _logit(p, eps: float = 1e-7) -> np.ndarray:
+def logit(p, eps: float = 1e-7) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
     return np.log(p) - np.log1p(-p)
+
+
+def fuse_scores(*probabilities: np.ndarray) -> np.ndarray:
+    """Fit-free late fusion of several models' probabilities for one set of cases (one validation fold).
+
+    Each model's logits are standardised over the scored cases (no labels used), so no model dominates
+    by its scale; the fused score is ``sigmoid(mean of the standardised logits)``. A model whose scores
+    are constant on the set contributes 0. Ranks within the set follow the averaged standardised logits."""
+    if len(probabilities) < 2:
+        raise ValueError("late fusion needs the scores of at least two models.")
+    n = {len(p) for p in probabilities}
+    if len(n) != 1:
+        raise ValueError(f"late fusion: the models scored different numbers of cases {sorted(n)}.")
+    zs = []
+    for p in probabilities:
+        z = logit(p)
+        sd = z.std()
+        zs.append((z - z.mean()) / sd if sd > 1e-12 else np.zeros_like(z))
+    return 1.0 / (1.0 + np.exp(-np.mean(zs, axis=0)))
 
 
 def fit_platt(y_true, prob, max_iter: int = 100) -> dict:
@@ -269,7 +288,7 @@ def fit_platt(y_true, prob, max_iter: int = 100) -> dict:
     Returns ``{"method": "platt", "a": ..., "b": ..., "n": ...}``.
     """
     y, p = _as_arrays(y_true, prob)
-    x = _logit(p)
+    x = logit(p)
     n_pos, n_neg = float(y.sum()), float(y.size - y.sum())
     t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
     a, b = 1.0, 0.0
@@ -316,7 +335,7 @@ def apply_calibration(prob, calibration: dict | None) -> np.ndarray:
     if not calibration or calibration.get("method") == "none":
         return p
     if calibration["method"] == "platt":
-        return 1.0 / (1.0 + np.exp(-(calibration["a"] * _logit(p) + calibration["b"])))
+        return 1.0 / (1.0 + np.exp(-(calibration["a"] * logit(p) + calibration["b"])))
     if calibration["method"] == "isotonic":
         return np.interp(p, np.asarray(calibration["x"]), np.asarray(calibration["y"]))
     raise ValueError(f"Unknown calibration {calibration.get('method')!r}.")

@@ -302,3 +302,23 @@ def test_shared_preprocessing_gives_the_crop_of_a_second_preprocessing(trained, 
             np.testing.assert_array_equal(lab_shared, lab_again)  # the same final mask on that grid
             checked += 1
     assert checked >= 1
+
+
+def test_default_classifier_comes_from_find_best_configuration(trained):
+    """Without --cls-run the predictor takes neonet_find_best_configuration's deployable choice and records where
+    it came from; a choice naming a run that is not trained falls back to the default rule, also recorded."""
+    from neonet_toolkit.inference.predict import NeoNetPredictor
+    from neonet_toolkit.utilities.identifiers import ResultLayout
+    from neonet_toolkit.utilities.io import save_json
+
+    f = ResultLayout.for_dataset(DS).best_configuration_file()
+    try:
+        save_json({"chosen": "cls_radiomics_0 + " + trained["cls_run"], "predict_default": trained["cls_run"]}, f)
+        pr = NeoNetPredictor(DS, seg_model=trained["seg_model"], folds=[0], device="cpu")
+        prov = pr.provenance()
+        assert prov["cls_run"] == trained["cls_run"] and prov["cls_run_source"] == "neonet_find_best_configuration"
+        save_json({"chosen": "cls_gone_0_esnested", "predict_default": "cls_gone_0_esnested"}, f)
+        pr = NeoNetPredictor(DS, seg_model=trained["seg_model"], folds=[0], device="cpu")
+        assert pr.provenance()["cls_run_source"] == "default rule" and pr.cls_run == trained["cls_run"]
+    finally:
+        f.unlink(missing_ok=True)

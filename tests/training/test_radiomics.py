@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from neonet_toolkit.models.cls_results import OOF_FILE, SUMMARY_FILE, read_predictions_csv, write_predictions_csv
-from neonet_toolkit.training.radiomics import fuse_scores, run_late_fusion, stacked_fusion
+from neonet_toolkit.training.radiomics import run_late_fusion, stacked_fusion
+from neonet_toolkit.utilities.stats import fuse_scores
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.io import load_json, save_json
 
