@@ -3,6 +3,7 @@ evaluation and experiment runner, shortcut check, DDP (gloo) and a learning run 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -417,3 +418,23 @@ def test_radiomics_baseline_same_folds(cls_env):
     r = res["runs"]["cls_radiomics_0"]
     assert r["complete"] and r["n"] == 20 and 0.0 <= r["pooled_auc"] <= 1.0
     assert "Radiomics" in (Path(res["output"]) / "table2.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow  # 1.5 min of CPU: five nested ResNet-10 folds and the radiomics baseline's permutation guard
+def test_find_best_configuration_cli_on_the_phantom(cls_env, capsys):
+    """`neonet_find_best_configuration` end to end: trains the nested runs and the radiomics baseline, chooses on the
+    inner folds, prints the table and leaves neonet_predict a deployable default."""
+    pytest.importorskip("radiomics")
+    from neonet_toolkit.run.find_best_configuration import main
+    from neonet_toolkit.utilities.identifiers import ResultLayout
+
+    ds = cls_env["dataset_name"]
+    assert main([ds, "--archs", "resnet10", "radiomics", "fusion", "--configuration", cls_env["cfg"],
+                 "-device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "Selection procedure" in out and "cls_resnet10_0_esnested + cls_radiomics_0" in out
+    res = json.loads(ResultLayout.for_dataset(ds).best_configuration_file().read_text(encoding="utf-8"))
+    assert res["candidates"] == ["cls_resnet10_0_esnested", "cls_radiomics_0", "cls_resnet10_0_esnested + cls_radiomics_0"]
+    assert res["selection_procedure"]["n"] == 20 and len(res["per_fold"]) == 5
+    assert res["predict_default"] == "cls_resnet10_0_esnested"  # the only candidate with checkpoints
+    assert all(f["chosen"] in res["candidates"] for f in res["per_fold"])
