@@ -433,10 +433,12 @@ class ClsRunId:
     arch: str
     ratio: float | str = 0.0
     crop_source: str = "gt"
-    early_stopping: str = "val"
+    early_stopping: str | None = None  # None: no protocol suffix, i.e. the paper's "val" (see cls_run_name)
     arm: str = "synthetic"
 
     def __post_init__(self):
+        if self.early_stopping is None:
+            object.__setattr__(self, "early_stopping", "val")
         if self.arm not in ARMS:
             raise ValueError(f"arm must be one of {ARMS}, got {self.arm!r}.")
         if is_auto_ratio(self.ratio):
@@ -461,15 +463,19 @@ class ClsRunId:
         return PROTOCOL_LABELS[self.early_stopping]
 
 
-def cls_run_name(arch: str, ratio: float | str = 0.0, crop_source: str = "gt", early_stopping: str = "val",
+def cls_run_name(arch: str, ratio: float | str = 0.0, crop_source: str = "gt", early_stopping: str | None = None,
                  arm: str = "synthetic") -> str:
     """Result-folder prefix of a NeoCls run, e.g. ``cls_pattennet_1_esnested``, ``cls_resnet50_0.5_over_pred`` or
     ``cls_pattennet_auto_esnested`` (``ratio="auto"``: chosen on the inner folds, nested protocol only).
 
     No ``_es`` suffix means the paper's ``val`` protocol (names written before the nested default keep
-    their meaning); the arm tag is absent for the paper's arm (synthetic minority patches) and for ratio 0."""
+    their meaning); ``early_stopping=None`` names a run without a protocol suffix (the paper's ``val`` runs, the
+    radiomics baseline). This is naming, not a setting: which protocol a run uses comes from the plans
+    (``cls.early_stopping``). The arm tag is absent for the paper's arm (synthetic minority patches) and for
+    ratio 0."""
     if crop_source not in CROP_SOURCES:
         raise ValueError(f"crop_source must be one of {CROP_SOURCES}, got {crop_source!r}.")
+    early_stopping = "val" if early_stopping is None else early_stopping
     if early_stopping not in EARLY_STOPPING_MODES:
         raise ValueError(f"early_stopping must be one of {EARLY_STOPPING_MODES}, got {early_stopping!r}.")
     if arm not in ARMS:
