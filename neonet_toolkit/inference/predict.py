@@ -57,19 +57,10 @@ from neonet_toolkit.inference.outputs import (
     refuse_orphans,
     refuse_stale,
 )
-from neonet_toolkit.inference.postprocessing import (
-    check_output_folder,
-    default_cls_run,
-    ensemble_decision,
-)
+from neonet_toolkit.inference.classifier import ClassifierEnsemble
+from neonet_toolkit.inference.postprocessing import check_output_folder, ensemble_decision
 from neonet_toolkit.inference.report import crop_png
 from neonet_toolkit.inference.writers import CSV_FIELDS, collect
-from neonet_toolkit.models.cls import (
-    decision_rule,
-    load_fold_classifier,
-    predict_proba,
-)
-from neonet_toolkit.models.cls_results import load_best_configuration
 from neonet_toolkit.models.seg import (
     check_model_folder,
     default_model_folder,
@@ -81,25 +72,13 @@ from neonet_toolkit.models.seg import (
 from neonet_toolkit.preprocessing.orientation import canonical_orientation, canonical_tlcr
 from neonet_toolkit.utilities.devices import get_device
 from neonet_toolkit.utilities.checkpoints import file_sha256
-from neonet_toolkit.utilities.identifiers import (
-    FINAL_CHECKPOINT,
-    PLANS_NAME,
-    ResultLayout,
-    finished_folds,
-    list_cls_runs,
-    stage_root,
-)
+from neonet_toolkit.utilities.identifiers import PLANS_NAME, ResultLayout
 from neonet_toolkit.utilities.io import atomic_path, load_json, save_json
 from neonet_toolkit.version import __version__
 
 logger = logging.getLogger(__name__)
 
 
-
-
-def trained_cls_runs(dataset, plans_name: str = PLANS_NAME) -> list[str]:
-    """Trained NeoCls runs of a dataset (evaluation reports and other folders never count)."""
-    return list_cls_runs(paths.neonet_results() / paths.find_dataset_name(dataset), plans_name)
 
 
 class FoldLogitsPredictor(nnUNetPredictor):
@@ -166,41 +145,12 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         # tumour label ids in the seg model's own label space (for the per-fold QC masks)
         self.model_tumor_ids = sorted(int(k) for k, v in self.label_map.items() if v in self.roles.tumor_ids)
 
-        # NeoCls
-        runs = trained_cls_runs(self.dataset_name, plans_name)
-        self.cls_run_source = "--cls-run" if cls_run is not None else "default rule"
-        if cls_run is None:
-            best = load_best_configuration(ResultLayout(self.dataset_name, plans_name))
-            if best and best.get("predict_default") in runs:
-                cls_run, self.cls_run_source = best["predict_default"], "neonet_find_best_configuration"
-            else:
-                cls_run = default_cls_run(runs)
-            if cls_run is None:
-                raise FileNotFoundError(
-                    f"No NeoCls run chosen for {self.dataset_name}; trained runs: {runs or 'none'}. "
-                    + ("Pass --cls-run NAME." if runs else
-                       f"Train one (`neonet_train {self.dataset_name} cls FOLD` for every fold) first."))
-        self.cls_run = cls_run
-        self.classifiers = []
-        cls_folds = self.seg_folds if folds is not None else None
-        folder = stage_root(paths.neonet_results() / self.dataset_name, cls_run, plans_name)
-        available = sorted(finished_folds(folder))
-        use = [f for f in (cls_folds if cls_folds is not None else available) if isinstance(f, int) or
-               str(f).isdigit()]
-        missing = [f for f in use if int(f) not in available]
-        if not use or missing:
-            raise FileNotFoundError(
-                f"NeoCls run {folder} has trained folds {available}; requested {use or 'any'}. Train the missing "
-                f"folds (`neonet_train {self.dataset_name} cls {missing[0] if missing else 0}`) or choose folds "
-                "with -f.")
-        for f in use:
-            net, info = load_fold_classifier(self.dataset_name, cls_run, int(f), self.device, plans_name)
-            if list(info["crop_size"]) != list(self.nplans.crop_size):
-                raise DatasetError(
-                    f"Mismatched plans: classifier {cls_run} fold {f} was trained on {info['crop_size']} crops but "
-                    f"neonet_plans.json of {self.dataset_name} now says {self.nplans.crop_size}. Retrain NeoCls "
-                    "or restore the plans it was trained with.")
-            self.classifiers.append((int(f), net, info))
+        # NeoCls: the fold classifiers of one run (--cls-run, neonet_find_best_configuration's choice, or the rule)
+        self.ensemble = ClassifierEnsemble(ResultLayout(self.dataset_name, plans_name), cls_run,
+                                           self.seg_folds if folds is not None else None, self.device,
+                                           self.nplans.crop_size)
+        self.cls_run, self.cls_run_source, self.classifiers = (self.ensemble.run, self.ensemble.source,
+                                                               self.ensemble.members)
         gt_meta = pp / "neonet_tlcr" / "gt" / "metadata.json"
         gt_cases = load_json(gt_meta)["cases"].values() if gt_meta.is_file() else []
         # spurious-tumour rule: predicted tumour components smaller than this fraction of the smallest
@@ -216,7 +166,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         self.min_train_tumor = (min((r["tumor_voxels"] for r in load_json(gt_meta)["cases"].values()
                                      if not r["empty_tumor"]), default=0) if gt_meta.is_file() else 0)
         self.timings: dict[str, float] = {}
-        self.model_file_sha256 = {str(f): file_sha256(f) for f in self._model_files(folder)}
+        self.model_file_sha256 = {str(f): file_sha256(f) for f in self._model_files()}
         self.model_sha256 = digest_json(sorted(self.model_file_sha256.values()))
         self.reuse_preprocessing = self._same_preprocessing()
         self._preprocessed = None  # (image, properties) on NeoSeg's preprocessed grid, last case
@@ -224,14 +174,14 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
                     if self.reuse_preprocessing else "the NeoNet plans' preprocessing of image + mask (NeoSeg "
                     "model planned differently)")
 
-    def _model_files(self, cls_folder: Path) -> list[Path]:
+    def _model_files(self) -> list[Path]:
         """Every file a result depends on: NeoSeg's plans, dataset.json and fold checkpoints, the NeoNet
         preprocessing plans and fingerprint, and the classifier fold checkpoints (hashed into each case record)."""
         pp = paths.ensure_environment()["nnUNet_preprocessed"] / self.dataset_name
         files = [self.seg_model / "plans.json", self.seg_model / "dataset.json",
                  *(self.seg_model / f"fold_{f}" / "checkpoint_final.pth" for f in self.seg_folds),
                  pp / f"{self.nplans['nnunet_plans']}.json", pp / "dataset_fingerprint.json",
-                 *(cls_folder / f"fold_{f}" / FINAL_CHECKPOINT for f, _, _ in self.classifiers)]
+                 *self.ensemble.checkpoint_files()]
         return [f for f in files if f.is_file()]
 
     def result_settings(self, save_crops: bool, saliency: bool) -> dict:
@@ -275,16 +225,7 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
                                  "weights_only=True and an allow-list before nnU-Net loaded them"),
             "plans": self.nplans["plans_name"], "nnunet_plans": self.nplans["nnunet_plans"],
             "crop_size": self.nplans.crop_size, "spacing": self.nplans["spacing"],
-            "threshold": float(np.mean([i["threshold"] for _, _, i in self.classifiers])),
-            "threshold_rule": "majority of the per-fold decisions (fold probability >= that fold's threshold, "
-                              "chosen on its training data: "
-                              + ", ".join(sorted({str(i['threshold_source']) for _, _, i in self.classifiers}))
-                              + "); a tie is decided by the mean probability against the mean threshold",
-            "probability": "mean over fold classifiers of the calibrated probability",
-            "decision_rules": {str(f): decision_rule(i) for f, _, i in self.classifiers},
-            "cls_crop_source": sorted({str(i.get("crop_source", "gt")) for _, _, i in self.classifiers}),
-            "cls_protocol": sorted({str(i.get("protocol", i.get("early_stopping", "val")))
-                                    for _, _, i in self.classifiers}),
+            **self.ensemble.provenance(),
             "crop_source_used": "pred (NeoSeg masks)",
             "tlcr_grid": ("NeoSeg's preprocessed image and the final mask resampled onto that grid (shared "
                           "preprocessing)"
@@ -417,30 +358,13 @@ class NeoNetPredictor:  # nnU-Net is called in __init__ and per case: both run i
         return cfg.resampling_fn_seg(s, list(grid_shape), spacing, cfg.spacing)
 
     def classify(self, patch: np.ndarray) -> list[float]:
-
         t0 = time.perf_counter()
-        probs = [float(predict_proba(net, info, patch[None], self.device)[0]) for _, net, info in self.classifiers]
+        probs = self.ensemble.classify(patch)
         self._tick("classification", t0)
         return probs
 
     def saliency(self, patch: np.ndarray) -> np.ndarray:
-        """Occlusion sensitivity (MONAI): how much the fold-averaged probability drops when a small cube
-        of the crop is set to 0 (the value outside the masks). Positive = evidence for PNI, negative =
-        against. Model-agnostic, so it also covers PattenNet's frozen encoder (no gradients needed)."""
-        from monai.visualize import OcclusionSensitivity
-
-        x = torch.from_numpy(patch[None]).float().to(self.device)
-        mask = [max(2, c // 4) for c in patch.shape[1:]]  # 4x4x4 blocks: ~100 forward passes per fold
-        maps = []
-        for _, net, _ in self.classifiers:
-            occ = OcclusionSensitivity(net, mask_size=mask, n_batch=16, verbose=False, mode=0.0, overlap=0.25,
-                                       activate=torch.sigmoid)
-            with torch.no_grad():
-                full = torch.sigmoid(net(x).reshape(-1)[0])
-                occ_map, _ = occ(x)
-            occ_map = occ_map.reshape(patch.shape[1:])  # (1, 1, *crop[, 1]) for a single-logit model
-            maps.append((full - occ_map).cpu().numpy())
-        return np.mean(maps, 0).astype(np.float32)
+        return self.ensemble.saliency(patch)
 
     @paths.with_nnunet_environment
     def predict_case(self, case: InputCase, out: Path, save_crops: bool = False, saliency: bool = False,
