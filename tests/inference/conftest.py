@@ -33,7 +33,7 @@ def trained_models(tmp_path_factory):
         plans["configurations"]["test_tiny"] = {"inherits_from": "cpu_small", "vae": {"epochs": 2, "val_every": 1},
                                                 "cls": {"epochs": 3, "patience": 10, "min_epochs": 0}}
         (pp / "neonet_plans.json").write_text(json.dumps(plans), encoding="utf-8")
-        seg_folder = train_seg(DS, 0, arch="nnunet", device="cpu", epochs=10, iterations=12, val_iterations=1)
+        seg_folder = train_seg(DS, 0, arch="nnunet", device="cpu", epochs=20, iterations=12, val_iterations=1)
         VAETrainer(DS, 0, configuration="test_tiny", device="cpu").run()
         cls_out = ClsTrainer(DS, 0, arch="pattennet", synthetic_ratio=0.0, configuration="test_tiny",
                              device="cpu").run()
