@@ -82,7 +82,7 @@ from neonet_toolkit.utilities.identifiers import (
     ResultLayout,
     parse_gen_stage_dir,
 )
-from neonet_toolkit.utilities.io import save_figure, save_json, save_text
+from neonet_toolkit.utilities.io import load_json, save_figure, save_json, save_text
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def quality_metrics(layout: ResultLayout, fold: int, ref: RealReference, setting
     cand = PatchSet.from_patches(set_dir, syn, syn_lab, [int(e["label"]) for e in entries], ids)
     report = quality_report(ref, cand, settings["copy_quantile"], settings["n_subsets"], settings["subset_fraction"])
     record = {"set": set_dir, "fold": int(fold), **report, "settings": settings}
-    save_quality(syn_folder, record)
+    record = load_json(save_quality(syn_folder, record))  # as NeoCls will read it: stamped with the manifest hash
     verdict = gate_verdict(record, settings, manifest_sha256(syn_folder), layout.dataset_name, fold)
     axis = view_axes(NeoNetPlans(layout.preprocessed / NEONET_PLANS_FILE)["transpose_forward"])["axial"]
     montage = save_copy_montage(ref, cand, report, out_folder / f"copies_{set_dir}.png", axis,

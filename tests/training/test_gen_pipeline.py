@@ -172,6 +172,9 @@ def test_quality_suite_in_the_report_and_beside_the_set(neogen_run):
     expect_pass = all(a <= st["c2st_auc_max"] for a in aucs) and q["copy_rate"] <= st["copy_rate_max"] \
         and len(aucs) == len(q["c2st"]["per_class"])
     assert q["gate"]["passed"] == expect_pass, q["gate"]
+    assert not any("stale" in r for r in q["gate"]["reasons"]), q["gate"]  # judged on the figures, not the stamp
+    if not expect_pass:  # the reasons name the measured figures
+        assert any("C2ST" in r or "copy rate" in r for r in q["gate"]["reasons"]), q["gate"]
     syn_folder = neogen_run["res"] / "synthetic__NeoNetPlans/fold_0"
     stored = load_quality(syn_folder)
     assert stored["manifest_sha256"] == manifest_sha256(syn_folder) and stored["copy_rate"] == q["copy_rate"]
