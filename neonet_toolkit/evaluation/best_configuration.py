@@ -35,7 +35,6 @@ from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.identifiers import (
     PLANS_NAME,
     ResultLayout,
-    parse_cls_run_name,
 )
 from neonet_toolkit.utilities.io import load_json, save_json, save_text
 
@@ -181,13 +180,3 @@ def report_markdown(r: dict) -> str:
     lines += ["", f"Chosen configuration: **{r['chosen']}**. `neonet_predict` default: **{r['predict_default']}** "
               f"({r['predict_default_note']}).", "", f"Rule: {r['rule']}.", ""]
     return "\n".join(lines)
-
-
-def candidate_runs(layout: ResultLayout, archs: list[str]) -> list[str]:
-    """Finished classifier runs of the layout whose architecture is in ``archs`` (``radiomics`` included)."""
-    out = []
-    for p in sorted(layout.results.glob(f"cls_*__{layout.plans_name}")):
-        rid = parse_cls_run_name(layout.parse_stage_folder_name(p.name)[0])
-        if rid is not None and rid.arch in archs:
-            out.append(layout.parse_stage_folder_name(p.name)[0])
-    return out

@@ -207,7 +207,7 @@ def real_reference(layout: ResultLayout, fold: int, bin_width: float) -> RealRef
 
 
 def quality_metrics(layout: ResultLayout, fold: int, ref: RealReference, settings: dict, set_dir: str,
-                    out_folder: Path, plans_name: str = PLANS_NAME) -> dict:
+                    out_folder: Path, plans_name: str = PLANS_NAME, axial_axis: int = 0) -> dict:
     """The suite for one synthetic set of the fold, its gate verdict, ``quality.json`` beside the set and a
     montage of its closest synthetic-training pairs."""
     syn_folder = synthetic_folder(layout, fold, plans_name, set_dir=set_dir)
@@ -219,8 +219,7 @@ def quality_metrics(layout: ResultLayout, fold: int, ref: RealReference, setting
     record = {"set": set_dir, "fold": int(fold), **report, "settings": settings}
     record = load_json(save_quality(syn_folder, record))  # as NeoCls will read it: stamped with the manifest hash
     verdict = gate_verdict(record, settings, manifest_sha256(syn_folder), layout.dataset_name, fold)
-    axis = view_axes(NeoNetPlans(layout.preprocessed / NEONET_PLANS_FILE)["transpose_forward"])["axial"]
-    montage = save_copy_montage(ref, cand, report, out_folder / f"copies_{set_dir}.png", axis,
+    montage = save_copy_montage(ref, cand, report, out_folder / f"copies_{set_dir}.png", axial_axis,
                                 title=f"{set_dir}: closest synthetic-training pairs (copy rate "
                                       f"{report['copy_rate']:.2f})")
     return {**record, "gate": verdict, "copy_montage": str(montage)}
@@ -369,10 +368,11 @@ def evaluate_gen(dataset, folds=(0,), fid_network: str = "pca", fid_weights: str
             sets = layout.synthetic_sets(fold)
             if not sets:  # names the command that makes the default set
                 load_manifest(synthetic_folder(layout, fold, plans_name))
-            settings = NeoNetPlans(layout.preprocessed / NEONET_PLANS_FILE).stage("gen_quality", None,
-                                                                                   torch.device(dev).type)
+            plans = NeoNetPlans(layout.preprocessed / NEONET_PLANS_FILE)
+            settings = plans.stage("gen_quality", None, torch.device(dev).type)
+            axial = view_axes(plans["transpose_forward"])["axial"]
             ref = real_reference(layout, fold, settings["bin_width"])
-            r["quality"] = {d: quality_metrics(layout, fold, ref, settings, d, out, plans_name) for d in sets}
+            r["quality"] = {d: quality_metrics(layout, fold, ref, settings, d, out, plans_name, axial) for d in sets}
             r["quality_reference"] = reference_report(ref, settings["n_subsets"], settings["subset_fraction"])
             r["generation_sets"] = {d: generation_metrics(layout, fold, fid_network, fid_weights, dev, plans_name,
                                                           set_dir=d, n_boot=n_boot) for d in sets}
