@@ -31,6 +31,13 @@ setup(
         "numpy>=1.24",
         "tqdm",
         "matplotlib>=3.7",
+        # --dicom-out (DICOM SEG + Comprehensive 3D SR) and the demo's DICOM series
+        "highdicom>=0.25",
+        "pydicom>=3",
+        # neonet_validate: calibration (GLM, lowess, Wilson intervals) and decision curves
+        "statsmodels>=0.14.5",
+        "dcurves>=1.1.7",
+        "pandas>=2.2",
     ],
     extras_require={
         "test": ["pytest>=7", "lpips==0.1.4"],
@@ -47,6 +54,9 @@ setup(
             "neonet_generate=neonet_toolkit.run.generate:main",
             "neonet_experiment=neonet_toolkit.run.experiment:main",
             "neonet_predict=neonet_toolkit.run.predict:main",
+            "neonet_export_model=neonet_toolkit.run.export_model:main",
+            "neonet_install_model=neonet_toolkit.run.install_model:main",
+            "neonet_validate=neonet_toolkit.run.validate:main",
             "neonet_demo=neonet_toolkit.run.demo:main",
         ],
     },

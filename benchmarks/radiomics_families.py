@@ -42,6 +42,22 @@ def _env(root: Path) -> None:
         os.environ[k] = str(root / k)
 
 
+def ensure_family(root: Path, fam: str, n_cases: int = 60) -> int:
+    """Write and plan (5 stratified folds) the family's phantom under ``root`` unless it is there; its dataset id."""
+    from neonet_toolkit.demo.phantom import make_phantom_dataset
+    from neonet_toolkit.training.planning import plan_and_preprocess
+
+    spec = dict(FAMILIES[fam])
+    ds = spec.pop("dataset_id")
+    if not any((root / "nnUNet_raw").glob(f"Dataset{ds:03d}_*")):
+        make_phantom_dataset(root / "nnUNet_raw", ds, f"Rad{fam.title().replace('_', '')}", n_train=n_cases,
+                             n_test=0, shape_xyz=(48, 48, 24), shape_jitter=2,
+                             neonet_options={"crop_size": [32, 32, 16]}, **spec)
+    if not any((root / "nnUNet_preprocessed").glob(f"Dataset{ds:03d}_*")):
+        plan_and_preprocess(ds, num_processes=1, n_folds=5)
+    return ds
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, type=Path)
@@ -56,24 +72,15 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from neonet_toolkit.demo.phantom import make_phantom_dataset
     from neonet_toolkit.models.cls_results import OOF_FILE, read_predictions_csv
-    from neonet_toolkit.training.planning import plan_and_preprocess
     from neonet_toolkit.training.radiomics import run_radiomics_baseline
     from neonet_toolkit.utilities import stats
     from neonet_toolkit.utilities.identifiers import ResultLayout
 
     rows = []
     for fam in a.families:
-        spec = dict(FAMILIES[fam])
-        ds = spec.pop("dataset_id")
         t = time.perf_counter()
-        if not any((root / "nnUNet_raw").glob(f"Dataset{ds:03d}_*")):
-            make_phantom_dataset(root / "nnUNet_raw", ds, f"Rad{fam.title().replace('_', '')}", n_train=a.n_cases,
-                                 n_test=0, shape_xyz=(48, 48, 24), shape_jitter=2,
-                                 neonet_options={"crop_size": [32, 32, 16]}, **spec)
-        if not any((root / "nnUNet_preprocessed").glob(f"Dataset{ds:03d}_*")):
-            plan_and_preprocess(ds, num_processes=1, n_folds=5)
+        ds = ensure_family(root, fam, a.n_cases)
         folder = run_radiomics_baseline(ds, overwrite=a.overwrite)
         layout = ResultLayout.for_dataset(ds)
         ys, ps = [], []

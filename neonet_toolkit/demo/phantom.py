@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from neonet_toolkit.demo.dicom_series import dataset_test_cases_to_dicom
 from neonet_toolkit.preprocessing.tlcr import tlcr
 from neonet_toolkit.utilities.io import save_json
 
@@ -144,6 +145,16 @@ def _write_nifti(arr_zyx: np.ndarray, spacing, path: Path, origin=None) -> None:
     sitk.WriteImage(img, str(path), useCompression=True)
 
 
+def label_map(masks: dict[str, np.ndarray], labels: dict[str, int], with_vessel: bool) -> np.ndarray:
+    """The label volume of a case's masks: liver, then vessel (when present), then tumour on top."""
+    seg = np.zeros(masks["liver"].shape, np.uint8)
+    seg[masks["liver"]] = labels["liver"]
+    if with_vessel:
+        seg[masks["vessel"]] = labels["vessel"]
+    seg[masks["tumor"]] = labels["tumor"]
+    return seg
+
+
 def make_phantom_dataset(raw_root: str | Path, dataset_id: int = 501, name: str = "NeoNetPhantom",
                          n_train: int = 30, n_test: int = 4, shape_xyz: Sequence[int] = (64, 64, 32),
                          spacing: Sequence[float] = (1.5, 1.5, 3.0), labels: dict[str, int] | None = None,
@@ -152,13 +163,14 @@ def make_phantom_dataset(raw_root: str | Path, dataset_id: int = 501, name: str 
                          neonet_options: dict | None = None, cue_strength: float = 0.2,
                          halo_width: tuple[float, float] = (0.8, 1.2), cue_kind: str = "halo",
                          cue_width: float | None = None, label_noise: float = 0.0,
-                         overwrite: bool = False) -> Path:
+                         overwrite: bool = False, dicom: bool = False) -> Path:
     """Write ``raw_root/DatasetXXX_name`` and return its path. Refuses to overwrite an existing dataset.
 
     Hard benchmarks: ``cue_kind`` / ``cue_width`` (see :func:`make_case`) and ``label_noise`` (each
     recorded training/test label flipped with this probability, drawn from a generator of its own so
     the images are those of the noise-free dataset). The settings, the true labels and the flipped
-    cases are written to ``phantom.json`` beside ``dataset.json``."""
+    cases are written to ``phantom.json`` beside ``dataset.json``. ``dicom``: also write each test image as a
+    DICOM MR series in ``dicomTs/<case_id>/`` (``neonet_predict -i .../dicomTs`` reads them)."""
     check_cue(cue_kind, cue_width, label_noise)
     labels = dict(labels or DEFAULT_LABELS)
     if with_vessel is None:
@@ -193,11 +205,7 @@ def make_phantom_dataset(raw_root: str | Path, dataset_id: int = 501, name: str 
         shp = np.array(shape_xyz) + (rng.integers(-shape_jitter, shape_jitter + 1, 3) if shape_jitter else 0)
         img, masks = make_case(rng, tuple(int(s) for s in shp), spacing, bool(y), with_vessel, cue_strength,
                                tuple(halo_width), cue_kind, cue_width)
-        seg = np.zeros(img.shape, np.uint8)
-        seg[masks["liver"]] = labels["liver"]
-        if with_vessel:
-            seg[masks["vessel"]] = labels["vessel"]
-        seg[masks["tumor"]] = labels["tumor"]
+        seg = label_map(masks, labels, with_vessel)
         _write_nifti(img, spacing, folder / f"images{split}" / f"{cid}_0000.nii.gz")
         _write_nifti(seg, spacing, folder / f"labels{split}" / f"{cid}.nii.gz")
         return cid
@@ -241,6 +249,8 @@ def make_phantom_dataset(raw_root: str | Path, dataset_id: int = 501, name: str 
         "neonet": {"target": target, "organ_labels": ["liver"], "tumor_labels": ["tumor"], **(neonet_options or {})},
     }
     save_json(dataset_json, folder / "dataset.json")
+    if dicom:
+        dataset_test_cases_to_dicom(folder, test_ids)
     logger.info("Wrote %s: %d train (%d positive), %d test; cue %s, width %s", folder, n_train,
                 int(np.sum(train_labels)), n_test, cue_kind, "default" if cue_width is None else f"{cue_width} voxels")
     return folder

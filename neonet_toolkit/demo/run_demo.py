@@ -1,7 +1,9 @@
 """``neonet_demo``: the whole NeoNet pipeline on the phantom, one fold, CPU tiny preset.
 
 phantom dataset → plan → NeoSeg → VAE → LDM → ControlNet → balanced synthetic set → PattenNet
-→ neonet_predict on imagesTs → report (AUC, predictions table, where the pictures are).
+→ neonet_predict on imagesTs → the same test cases as DICOM series (``dicomTs/``) predicted with ``--dicom-out``
+(DICOM SEG + SR, drawn over their source series from the DICOM files) → report (AUC, predictions table, where the
+pictures are).
 
 Every step is the same importable function the individual commands use, and every step is
 resumable: a second run skips what is finished (finished folds are continued with ``--c``
@@ -14,9 +16,11 @@ import logging
 import time
 
 from neonet_toolkit import paths
+from neonet_toolkit.demo.dicom_series import DICOM_TEST_FOLDER, dataset_test_cases_to_dicom
 from neonet_toolkit.demo.phantom import make_phantom_dataset
 from neonet_toolkit.generation.generate import generate_synthetic_set
 from neonet_toolkit.inference.predict import predict
+from neonet_toolkit.inference.report import dicom_overlay_png
 from neonet_toolkit.models.cls_results import OOF_FILE, read_predictions_csv
 from neonet_toolkit.training.cls import ClsTrainer
 from neonet_toolkit.training.controlnet import ControlNetTrainer
@@ -94,6 +98,8 @@ def run_demo(dataset_id: int = 501, fold: int = 0, device: str = "cpu", seg_arch
                    cls_run=trainer.stage_dir, folds=[fold], device=device, save_crops=True,
                    saliency=True)
     t = _log_step("predict", t, timings)
+    dicom = _dicom_path(raw, layout, seg_model, trainer.stage_dir, fold, device)
+    t = _log_step("predict_dicom", t, timings)
     truth = {}
     if (raw / "case_labels_Ts.csv").is_file():
         with open(raw / "case_labels_Ts.csv", encoding="utf-8") as f:
@@ -111,8 +117,10 @@ def run_demo(dataset_id: int = 501, fold: int = 0, device: str = "cpu", seg_arch
             "neogen_curves": [str(layout.fold_folder(s, fold) / "progress.png") for s in ("vae", "ldm", "controlnet")],
             "pattennet_curve": str(trainer.output_folder / "progress.png"),
             "prediction_crops": str(out / "crops"),
+            "dicom_seg_overlays": dicom["overlays"],
         },
         "predictions_csv": str(out / "predictions.csv"),
+        "dicom": dicom,
     }
     folder = layout.demo_folder
     save_json(report, folder / "demo_report.json")
@@ -121,6 +129,26 @@ def run_demo(dataset_id: int = 501, fold: int = 0, device: str = "cpu", seg_arch
     return report
 
 
+
+
+def _dicom_path(raw, layout: ResultLayout, seg_model, cls_run: str, fold: int, device: str) -> dict:
+    """The test cases as DICOM MR series (written once), predicted with ``--dicom-out``; each SEG drawn over its
+    source series from the DICOM files themselves."""
+    series = raw / DICOM_TEST_FOLDER
+    if not series.is_dir():
+        dataset_test_cases_to_dicom(raw)
+    out = layout.demo_folder / "predictions_dicom"
+    res = predict(series, out, layout.dataset_name, seg_model=seg_model, cls_run=cls_run, folds=[fold], device=device,
+                  dicom_out=True)
+    overlays = []
+    for rec in res["cases"]:
+        if rec.get("dicom"):
+            cid = rec["case_id"]
+            overlays.append(str(dicom_overlay_png(out / rec["dicom"]["seg"], sorted((series / cid).iterdir()),
+                                                  layout.demo_folder / "dicom_overlays" / f"{cid}_seg_overlay.png",
+                                                  title=cid)))
+    return {"input": str(series), "output": str(out), "overlays": overlays,
+            "files": {r["case_id"]: r.get("dicom") for r in res["cases"]}}
 
 
 def _markdown(r: dict) -> str:

@@ -29,6 +29,7 @@ from neonet_toolkit.utilities.io import load_json
 
 CASES_FOLDER = "cases"
 CROPS_FOLDER = "crops"
+DICOM_FOLDER = "dicom"  # --dicom-out: CASE_seg.dcm, CASE_sr.dcm
 CSV_FILE = "predictions.csv"
 JSON_FILE = "predictions.json"
 TOOLKIT = "neonet_toolkit"
@@ -94,9 +95,9 @@ def check_output_target(output_folder: str | Path) -> Path:
 def case_files(out: Path, case_id: str, file_ending: str) -> list[Path]:
     """Every existing file of one case in the output folder (mask, record, crops)."""
     files = [out / f"{case_id}{file_ending}", out / CASES_FOLDER / f"{case_id}.json"]
-    crops = out / CROPS_FOLDER
-    if crops.is_dir():
-        files += sorted(p for p in crops.iterdir() if p.name.startswith(f"{case_id}_") and p.is_file())
+    for sub in (CROPS_FOLDER, DICOM_FOLDER):
+        if (out / sub).is_dir():
+            files += sorted(p for p in (out / sub).iterdir() if p.name.startswith(f"{case_id}_") and p.is_file())
     return [f for f in files if f.is_file()]
 
 

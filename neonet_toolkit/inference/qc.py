@@ -142,3 +142,52 @@ def fold_seg_disagreement(tumor_masks: list[np.ndarray], threshold: float = 0.5)
 
 def fold_cls_disagreement(probs: list[float], spread: float = 0.5) -> bool:
     return len(probs) > 1 and (max(probs) - min(probs)) > spread
+
+
+class CaseQC:
+    """The QC of one prediction, in the order ``neonet_predict`` applies it: :meth:`image_flags` on the image and
+    the final mask (before any crop), :meth:`crop_flags` on the TLCR crop of a case given a probability,
+    :meth:`classifier_flags` on the fold probabilities. ``fingerprint``: nnU-Net's dataset fingerprint;
+    ``postprocessing``: the plans' rules (tolerances, thresholds); ``min_train_tumor``: voxels of the smallest
+    training tumour on the crop grid (0 = unknown)."""
+
+    def __init__(self, fingerprint: dict, postprocessing: dict, image_channel: int = 0, min_train_tumor: int = 0):
+        self.fingerprint, self.post = fingerprint, postprocessing
+        self.image_channel, self.min_train_tumor = int(image_channel), int(min_train_tumor)
+
+    def image_flags(self, data: np.ndarray, roi: np.ndarray, spacing, fold_tumors: list[np.ndarray]
+                    ) -> tuple[list[str], float]:
+        """(flags, mean pairwise fold tumour Dice): spacing, intensity, image kind, fold disagreement."""
+        flags = []
+        image = data[self.image_channel]
+        if spacing_flag(spacing, self.fingerprint["spacings"], tuple(self.post["qc_spacing_tolerance"])):
+            flags.append("spacing_out_of_range")
+        fp_ch = self.fingerprint["foreground_intensity_properties_per_channel"].get(str(self.image_channel))
+        if fp_ch and intensity_flag(image, roi, fp_ch):
+            flags.append("intensity_out_of_range")
+        # not an MRI of the kind trained on (constant, near-constant, flat organ): no decision is given
+        flags += image_kind_flags(image, roi, fp_ch)
+        dis, fold_dice = fold_seg_disagreement(fold_tumors, float(self.post["qc_fold_dice_min"]))
+        if dis:
+            flags.append("fold_disagreement_seg")
+        return flags, fold_dice
+
+    def crop_flags(self, info, tumor_patch: np.ndarray) -> list[str]:
+        """Tumour larger than the crop, at its border, or smaller than any training tumour."""
+        flags = []
+        if info.tumor_clipped:
+            flags.append("tumor_exceeds_crop")
+        if crop_border_flag(tumor_patch):
+            flags.append("tumor_at_crop_border")
+        if self.min_train_tumor and info.tumor_voxels < self.min_train_tumor:
+            flags.append("small_tumor")
+        return flags
+
+    def classifier_flags(self, probs: list[float], crop_sources: list[str]) -> list[str]:
+        """Fold probabilities spread widely; a classifier trained on ground-truth crops applied to a predicted mask."""
+        flags = []
+        if fold_cls_disagreement(probs, float(self.post["qc_fold_probability_spread_max"])):
+            flags.append("fold_disagreement_cls")
+        if any(s == "gt" for s in crop_sources):
+            flags.append("gt_trained_classifier_on_predicted_mask")
+        return flags

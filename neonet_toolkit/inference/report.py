@@ -1,4 +1,4 @@
-"""Pictures people look at: a TLCR crop with its masks (and saliency) in three views."""
+"""Pictures people look at: a TLCR crop with its masks (and saliency) in three views; a DICOM SEG over its source."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from neonet_toolkit.inference.dicom_out import read_series, seg_label_frames, source_pixels
 from neonet_toolkit.utilities.io import save_figure
 
 
@@ -52,3 +53,32 @@ def crop_png(image_patch: np.ndarray, label_patch: np.ndarray, path: str | Path,
                  fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=90)
+
+
+def dicom_overlay_png(seg_path: str | Path, source_files, path: str | Path, title: str = "", n_slices: int = 3
+                      ) -> Path:
+    """The SEG drawn over its source series, both read from the DICOM files (pydicom + highdicom): the
+    ``n_slices`` source frames with the most pixels of the highest label id (the tumour in the phantom; then any
+    label), each label's contour in its colour."""
+    ds = read_series(source_files, title or str(seg_path))
+    img, lab = source_pixels(ds), seg_label_frames(seg_path, ds, title)
+    ids = [int(v) for v in np.unique(lab) if v]
+    flat = lab.reshape(len(lab), -1)
+    score = (flat == max(ids)).sum(1) * flat.shape[1] + (flat > 0).sum(1) if ids else np.zeros(len(lab))
+    picks = sorted(np.argsort(-score, kind="stable")[:n_slices].tolist())
+    colours = ["red", "lime", "yellow", "cyan", "magenta", "orange"]
+    fig = Figure(figsize=(3.2 * len(picks), 3.4))
+    axes = fig.subplots(1, len(picks), squeeze=False)[0]
+    sp = [float(v) for v in ds[0].PixelSpacing] if "PixelSpacing" in ds[0] else [1.0, 1.0]
+    vmin, vmax = np.percentile(img, [1, 99])
+    for ax, k in zip(axes, picks):
+        ax.imshow(img[k], cmap="gray", vmin=vmin, vmax=vmax, aspect=sp[0] / sp[1])
+        for j, i in enumerate(ids):
+            if (lab[k] == i).any():
+                ax.contour(lab[k] == i, levels=[0.5], colors=colours[j % len(colours)], linewidths=0.9)
+        ax.set_title(f"source frame {k + 1}", fontsize=7)
+        ax.axis("off")
+    legend = ", ".join(f"{colours[j % len(colours)]}: label {i}" for j, i in enumerate(ids)) or "empty SEG"
+    fig.suptitle(f"{title}  DICOM SEG over its source series ({legend})", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, Path(path), dpi=90)

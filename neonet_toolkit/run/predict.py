@@ -20,7 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--input", required=True, help="folder of images (CASE_0000.nii.gz) or DICOM series")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("-d", "--dataset", required=True, help="dataset whose trained models to use, e.g. 501")
+    p.add_argument("-d", "--dataset", default=None,
+                   help="dataset whose trained models to use, e.g. 501 (required unless --model-package is given)")
+    p.add_argument("--model-package", dest="model_package", default=None, metavar="DIR_OR_ZIP",
+                   help="predict from a model package (neonet_export_model: the zip or its extracted folder), "
+                        "verified first; no training folders are needed")
     p.add_argument("-m", "--seg-model", dest="seg_model", default=None,
                    help="NeoSeg / nnU-Net model folder (default: the dataset's registered or NeoSeg model)")
     p.add_argument("--cls-run", dest="cls_run", default=None,
@@ -37,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the safety check of the NeoSeg (nnU-Net) checkpoints, which nnU-Net loads with "
                         "weights_only=False (any code in the file runs): only for files you trust; recorded in "
                         "provenance")
+    p.add_argument("--dicom-out", dest="dicom_out", action="store_true",
+                   help="also write a DICOM SEG and a Comprehensive 3D SR per case into OUT/dicom/ (research use "
+                        "only), referencing the case's source series: DICOM input, or --dicom-reference for NIfTI")
+    p.add_argument("--dicom-reference", dest="dicom_reference", default=None,
+                   help="with --dicom-out and NIfTI input: FOLDER/<case_id>/ holds the DICOM series each NIfTI "
+                        "was converted from (its geometry must be the NIfTI's)")
     p.add_argument("--collect-only", dest="collect_only", action="store_true",
                    help="only rebuild predictions.csv/json from out/cases (e.g. after sharded runs)")
     add_common(p)
@@ -49,10 +59,14 @@ def _run(args) -> int:
         recs = collect(args.output)
         print(f"{len(recs)} case(s) in {args.output}/predictions.csv")
         return 0
+    if args.dataset is None and args.model_package is None:
+        print("error: give the dataset (-d 501) or a model package (--model-package DIR_OR_ZIP)", file=sys.stderr)
+        return 2
     res = predict(args.input, args.output, args.dataset, seg_model=args.seg_model, cls_run=args.cls_run,
                   folds=args.folds, device=args.device, save_crops=args.save_crops, saliency=args.saliency,
                   num_parts=args.num_parts, part_id=args.part_id, overwrite=args.overwrite,
-                  trust_checkpoints=args.trust_checkpoints)
+                  trust_checkpoints=args.trust_checkpoints, dicom_out=args.dicom_out,
+                  dicom_reference=args.dicom_reference, model_package=args.model_package)
     print(json.dumps({"predicted": res["predicted"], "failed": res["failed"], "skipped": res["skipped"],
                       "timings_s": {k: round(v, 3) for k, v in res["timings_s"].items()}}, indent=2))
     print(f"predictions: {args.output}/predictions.csv")

@@ -19,6 +19,7 @@ pyradiomics itself: they read finished runs' predictions (or any feature matrix)
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -136,10 +137,23 @@ def _features_kept(model: GridSearchCV, names: list[str]) -> list[dict]:
     return [{"feature": str(kept[i]), "coefficient": float(coef[i])} for i in order]
 
 
+def _reusable(layout: ResultLayout, fold_folder: Path, settings: dict, train: list, val: list) -> bool:
+    """A finished fold (the ``cls_predictions`` rule) fitted with these settings on this split."""
+    if not layout.is_finished("cls_predictions", fold_folder):
+        return False
+    try:
+        done = load_json(fold_folder / SUMMARY_FILE)
+    except (OSError, ValueError):
+        return False
+    return (done.get("settings") == json.loads(json.dumps(settings)) and done.get("train_ids") == train
+            and done.get("val_ids") == val)
+
+
 def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source: str = "gt",
                            plans_name: str = PLANS_NAME, overwrite: bool = False) -> Path:
     """The radiomics baseline on every fold (see the module docstring); settings from the plans' ``radiomics``
-    stage. Features are cached per settings in ``features_<hash>.json`` under the run folder."""
+    stage. Features are cached per settings in ``features_<hash>.json`` under the run folder; a fold already fitted
+    with the same settings on the same split is reused (``overwrite`` refits)."""
     layout = ResultLayout.for_dataset(dataset, plans_name)
     name, pp = layout.dataset_name, layout.preprocessed
     settings = NeoNetPlans(pp / NEONET_PLANS_FILE).stage("radiomics")
@@ -169,6 +183,11 @@ def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source:
     for k in folds:
         split = get_fold(splits, k)
         tr, va = list(split["train"]), list(split["val"])
+        out = layout.fold_folder(run, k)
+        if not overwrite and _reusable(layout, out, settings, tr, va):
+            logger.info("radiomics fold %d: finished with these settings and this split (reused; overwrite=True "
+                        "refits)", k)
+            continue
         ytr = np.array([labels[c] for c in tr])
         yva = np.array([labels[c] for c in va])
         xtr, xva = np.stack([X[c] for c in tr]), np.stack([X[c] for c in va])
@@ -186,7 +205,6 @@ def run_radiomics_baseline(dataset, folds: list[int] | None = None, crop_source:
                            "%.3f > %g): every case gets the training prevalence %.3f", k, null["observed_inner_auc"],
                            null["p_value"], settings["null_alpha"], ytr.mean())
         thr = stats.select_threshold(ytr, p_oof)
-        out = layout.fold_folder(run, k)
         write_predictions_csv(out / OOF_FILE, [{"case_id": c, "label": int(y), "probability": float(p),
                                                "probability_raw": float(p)} for c, y, p in zip(va, yva, pva)],
                               ["case_id", "label", "probability", "probability_raw"])

@@ -124,18 +124,15 @@ def test_qc_helpers():
 
 
 def test_spurious_tumour_components_are_relabelled_as_organ():
-    from types import SimpleNamespace
-
     from neonet_toolkit.dataset.labels import resolve_label_roles
-    from neonet_toolkit.inference.predict import NeoNetPredictor
+    from neonet_toolkit.inference.segmenter import remove_spurious_tumor
 
     roles = resolve_label_roles({"labels": {"background": 0, "liver": 1, "vessel": 2, "tumor": 3}})
-    fake = SimpleNamespace(roles=roles, min_train_tumor_ml=1.0, min_component_fraction=0.2)
     seg = np.zeros((20, 20, 20), np.uint8)
     seg[2:18, 2:18, 2:18] = 1
     seg[4:10, 4:10, 4:10] = 3      # 216 voxels x 8 ul = 1.728 ml: kept
     seg[14:15, 14:16, 14:16] = 3   # 4 voxels = 0.032 ml < 0.2 ml: spurious
-    removed = NeoNetPredictor.remove_spurious_tumor(fake, seg, (2.0, 2.0, 2.0))
+    removed = remove_spurious_tumor(seg, (2.0, 2.0, 2.0), roles, 1.0, 0.2)
     assert removed == 4
     assert (seg == 3).sum() == 216 and seg[14, 14, 14] == 1
 
@@ -384,3 +381,33 @@ def test_image_kind_flags(phantom_fingerprint):
     assert image_kind_flags(near_flat, roi, fp) == ["image_not_trained_kind"]
     assert image_kind_flags(near_flat, np.zeros_like(roi), fp) == []  # no organ: nothing to judge inside it
     assert {"constant_image", "image_not_trained_kind", "no_tumor"} <= WITHHOLDING_FLAGS <= set(QC_FLAGS)
+
+
+def test_case_qc_flags_alone(phantom_fingerprint):
+    """The predictor's QC step works without any model: each flag from hand-made inputs, in the record's order."""
+    from neonet_toolkit.experiment_planning.plans import POSTPROCESSING
+    from neonet_toolkit.inference.qc import CaseQC
+    from neonet_toolkit.preprocessing.tlcr import TLCRInfo
+
+    fp, img, roi = phantom_fingerprint
+    vals = img[roi]
+    fp = {**fp, "percentile_00_5": float(vals.min()), "percentile_99_5": float(vals.max())}
+    fingerprint = {"spacings": [[2.0, 2.0, 2.0], [2.0, 2.0, 2.5]],
+                   "foreground_intensity_properties_per_channel": {"0": fp}}
+    q = CaseQC(fingerprint, dict(POSTPROCESSING), image_channel=0, min_train_tumor=100)
+    t = np.zeros((4, 4, 4), bool)
+    t[1:3, 1:3, 1:3] = True
+    flags, dice_ = q.image_flags(img[None], roi, [2.0, 2.0, 2.0], [t, t.copy()])
+    assert flags == [] and dice_ == 1.0
+    flags, dice_ = q.image_flags(img[None], roi, [5.0, 2.0, 2.0], [t, ~t])   # spacing x2.5; disjoint fold tumours
+    assert flags == ["spacing_out_of_range", "fold_disagreement_seg"] and dice_ == 0.0
+    flags, _ = q.image_flags(10 * img[None], roi, [2.0, 2.0, 2.0], [t])   # another scaling: median out of range
+    assert flags == ["intensity_out_of_range"]
+    flags, _ = q.image_flags(np.full_like(img, 812.5)[None], roi, [2.0, 2.0, 2.0], [t])
+    assert "constant_image" in flags
+    patch = np.zeros((8, 8, 8), bool)
+    patch[0, 3:5, 3:5] = True   # on the crop's first face, 4 voxels < 100
+    info = TLCRInfo((8, 8, 8), (0, 0, 0), (4, 4, 4), (0, 3, 3), (1, 5, 5), 4, 4, False, False, False)
+    assert q.crop_flags(info, patch) == ["tumor_at_crop_border", "small_tumor"]
+    assert q.classifier_flags([0.1, 0.9], ["pred", "pred"]) == ["fold_disagreement_cls"]
+    assert q.classifier_flags([0.4, 0.5], ["gt", "pred"]) == ["gt_trained_classifier_on_predicted_mask"]

@@ -7,7 +7,7 @@ other storage order).
 * ``crop()`` (both branches: NeoSeg's grid reused, or a second preprocessing) gives the same TLCR crop
   for the same mask in every storage order;
 * end to end, the written mask must be the mirrored mask exactly, and the probability agree to 1e-4.
-  NeoSeg predicts in the canonical orientation too (``NeoNetPredictor.segment`` flips its input and its
+  NeoSeg predicts in the canonical orientation too (``SegmentationEnsemble.segment`` flips its input and its
   logits back): nnU-Net's sliding window alone is not mirror-equivariant (it pads an odd size difference
   ``d // 2`` below and the rest above, and sums tiles and test-time mirrors in storage order), which moved
   2-27 voxels of the mask before.
@@ -90,19 +90,19 @@ def test_crop_is_canonical_in_both_branches(trained, tmp_path):
     pr = NeoNetPredictor(raw.name, seg_model=trained["seg_model"], cls_run=trained["cls_run"], folds=[0],
                          device="cpu")
     assert pr.reuse_preprocessing
-    rw = pr.seg.plans_manager.image_reader_writer_class()
+    nn, cropper = pr.segmenter.predictor, pr.cropper
+    rw = nn.plans_manager.image_reader_writer_class()
     crops = {}
     with paths.nnunet_environment():
         for code, case in ids.items():
             data, props = rw.read_images([str(tmp_path / f"{case}_0000.nii.gz")])
             seg = rw.read_seg(str(tmp_path / f"{case}.nii.gz"))[0][0].astype(np.uint8)
-            pdata, _, pprops = pr.seg.configuration_manager.preprocessor_class(verbose=False).run_case_npy(
-                data, None, props, pr.seg.plans_manager, pr.seg.configuration_manager, pr.seg.dataset_json)
-            pr._preprocessed = (pdata, pprops)  # what segment() keeps for crop()
-            shared = pr.crop(data, seg, props)
-            pr.reuse_preprocessing = False
-            again = pr.crop(data, seg, props)  # the NeoNet plans' preprocessing of image + mask
-            pr.reuse_preprocessing = True
+            pdata, _, pprops = nn.configuration_manager.preprocessor_class(verbose=False).run_case_npy(
+                data, None, props, nn.plans_manager, nn.configuration_manager, nn.dataset_json)
+            shared = cropper.crop(data, seg, props, (pdata, pprops))  # NeoSeg's kept grid, as segment() returns it
+            cropper.reuse_preprocessing = False
+            again = cropper.crop(data, seg, props)  # the NeoNet plans' preprocessing of image + mask
+            cropper.reuse_preprocessing = True
             crops[code] = (shared, again)
     (ref_img, ref_lab, ref_info), _ = crops["LPS"]
     assert not ref_info.empty_tumor

@@ -290,11 +290,11 @@ def test_shared_preprocessing_gives_the_crop_of_a_second_preprocessing(trained, 
     checked = 0
     with paths.nnunet_environment():
         for c in cases:
-            seg, props, data, _ = pr.segment(c)
-            img_shared, lab_shared, info_shared = pr.crop(data, seg, props)  # consumes the kept grid
-            pr.reuse_preprocessing = False
+            seg, props, data, _, preprocessed = pr.segmenter.segment(c)
+            img_shared, lab_shared, info_shared = pr.crop(data, seg, props, preprocessed)  # NeoSeg's kept grid
+            pr.cropper.reuse_preprocessing = False
             img_again, lab_again, info_again = pr.crop(data, seg, props)
-            pr.reuse_preprocessing = True
+            pr.cropper.reuse_preprocessing = True
             assert info_shared.empty_tumor == info_again.empty_tumor
             if info_shared.empty_tumor:
                 continue

@@ -418,6 +418,13 @@ def test_radiomics_baseline_same_folds(cls_env):
     r = res["runs"]["cls_radiomics_0"]
     assert r["complete"] and r["n"] == 20 and 0.0 <= r["pooled_auc"] <= 1.0
     assert "Radiomics" in (Path(res["output"]) / "table2.md").read_text(encoding="utf-8")
+    # a second run reuses the finished folds (same settings, same split); overwrite refits them
+    oof = root / "fold_0" / "oof_predictions.csv"
+    before = (oof.stat().st_mtime_ns, oof.read_bytes())
+    radiomics.run_radiomics_baseline(cls_env["dataset_name"], [0])
+    assert (oof.stat().st_mtime_ns, oof.read_bytes()) == before
+    radiomics.run_radiomics_baseline(cls_env["dataset_name"], [0], overwrite=True)
+    assert oof.stat().st_mtime_ns != before[0] and oof.read_bytes() == before[1]  # refitted, same answer
 
 
 @pytest.mark.slow  # 1.5 min of CPU: five nested ResNet-10 folds and the radiomics baseline's permutation guard
