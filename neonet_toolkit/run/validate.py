@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from neonet_toolkit.evaluation.external_validation import RECALIBRATION_METHODS, validate
+from neonet_toolkit.evaluation.external_validation import validate
+from neonet_toolkit.evaluation.recalibration import RECALIBRATION_METHODS
 from neonet_toolkit.run.common import add_common, cli_main
 
 

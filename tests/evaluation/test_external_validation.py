@@ -18,7 +18,11 @@ from scipy.stats import norm
 
 from neonet_toolkit import paths
 from neonet_toolkit.dataset.errors import DatasetError
+from neonet_toolkit.evaluation import dataset_shift as dshift
 from neonet_toolkit.evaluation import external_validation as ev
+from neonet_toolkit.evaluation import recalibration as recal
+from neonet_toolkit.evaluation import validation_report as vreport
+from neonet_toolkit.evaluation import validation_stats as vstats
 from neonet_toolkit.models import package
 from neonet_toolkit.utilities import stats
 from neonet_toolkit.utilities.checkpoints import file_sha256, load_checkpoint, save_checkpoint
@@ -43,7 +47,7 @@ def test_intercept_and_slope_equal_an_independent_statsmodels_glm():
     data = {"y": y, "lp": lp}
     citl_ref = smf.glm("y ~ 1", data=data, offset=lp, family=sm.families.Binomial()).fit()
     slope_ref = smf.glm("y ~ lp", data=data, family=sm.families.Binomial()).fit()
-    citl, slope = ev.calibration_in_the_large(y, p), ev.calibration_slope(y, p)
+    citl, slope = vstats.calibration_in_the_large(y, p), vstats.calibration_slope(y, p)
     assert citl["intercept"] == pytest.approx(citl_ref.params["Intercept"], abs=1e-6)
     assert [citl["ci_low"], citl["ci_high"]] == pytest.approx(list(citl_ref.conf_int().loc["Intercept"]), abs=1e-6)
     assert slope["slope"] == pytest.approx(slope_ref.params["lp"], abs=1e-6)
@@ -55,7 +59,7 @@ def test_intercept_and_slope_equal_an_independent_statsmodels_glm():
 
 def test_perfectly_calibrated_cohort_covers_0_and_1():
     y, p, _ = _cohort(2000, seed=11)
-    cal = ev.calibration(y, p, n_boot=20)
+    cal = vstats.calibration(y, p, n_boot=20)
     assert cal["citl"]["ci_low"] < 0 < cal["citl"]["ci_high"]
     assert cal["slope"]["ci_low"] < 1 < cal["slope"]["ci_high"]
     assert 0.9 < cal["o_e_ratio"] < 1.1
@@ -73,7 +77,7 @@ def test_perfectly_calibrated_cohort_covers_0_and_1():
 
 def test_over_prediction_moves_the_intercept_negative_and_o_e_below_1():
     y, _, p_up = _cohort(2000, seed=11, shift=1.0)
-    cal = ev.calibration(y, p_up, n_boot=0)
+    cal = vstats.calibration(y, p_up, n_boot=0)
     assert cal["citl"]["ci_high"] < 0
     assert cal["citl"]["intercept"] == pytest.approx(-1.0, abs=0.15)
     assert cal["o_e_ratio"] < 1
@@ -81,7 +85,7 @@ def test_over_prediction_moves_the_intercept_negative_and_o_e_below_1():
 
 def test_too_extreme_predictions_give_a_slope_below_1():
     y, _, p_ext = _cohort(2000, seed=11, scale=2.0)
-    s = ev.calibration_slope(y, p_ext)
+    s = vstats.calibration_slope(y, p_ext)
     assert s["ci_high"] < 1
     assert s["slope"] == pytest.approx(0.5, abs=0.07)
 
@@ -89,44 +93,44 @@ def test_too_extreme_predictions_give_a_slope_below_1():
 def test_single_class_cohort_auc_undefined_calibration_still_reported():
     p = np.linspace(0.05, 0.6, 30)
     y = np.zeros(30, int)
-    d = ev.discrimination(y, p)
+    d = vstats.discrimination(y, p)
     assert d["auc"] is None and "only negatives" in d["reason"] and "both classes" in d["reason"]
-    cal = ev.calibration(y, p, n_boot=5)
+    cal = vstats.calibration(y, p, n_boot=5)
     assert cal["o_e_ratio"] == 0.0
     assert cal["brier"] == pytest.approx(float(np.mean(p ** 2)))
     assert cal["citl"]["intercept"] is None and "single class" in cal["citl"]["reason"]
     assert cal["scaled_brier"] is None
     cohort = ev.cohort_table([f"c{i}" for i in range(30)], {f"c{i}": 0 for i in range(30)},
                              {f"c{i}": {"probability": float(p[i]), "decision": 0, "qc_flags": []} for i in range(30)})
-    md = ev.render_markdown({"meta": {}, "analysis": ev.analyse(cohort, n_boot=10, curve_boot=5),
+    md = vreport.render_markdown({"meta": {}, "analysis": vstats.analyse(cohort, n_boot=10, curve_boot=5),
                              "cohort": {"counts": cohort["counts"]}}, cohort)
     assert "AUC undefined" in md and "Calibration is still reported" in md and "observed/expected events: 0" in md
     with pytest.raises(DatasetError, match="single class"):
-        ev.fit_recalibration(y, p, "intercept")
+        recal.fit_recalibration(y, p, "intercept")
 
 
 def test_slope_not_estimable_is_said_with_the_reason():
     p = np.linspace(0.1, 0.9, 40)
     y = (p > 0.5).astype(int)  # the score splits the classes perfectly
-    s = ev.calibration_slope(y, p)
+    s = vstats.calibration_slope(y, p)
     assert s["slope"] is None and "separation" in s["reason"]
     flat = 0.283 + np.linspace(0, 0.004, 40)  # what a barely trained classifier gives
-    s = ev.calibration_slope(np.r_[np.ones(20), np.zeros(20)], flat)
+    s = vstats.calibration_slope(np.r_[np.ones(20), np.zeros(20)], flat)
     assert s["slope"] is None and "hardly vary" in s["reason"] and "0.283-0.287" in s["reason"]
-    assert ev.calibration_in_the_large(np.r_[np.ones(20), np.zeros(20)], flat)["intercept"] == pytest.approx(
+    assert vstats.calibration_in_the_large(np.r_[np.ones(20), np.zeros(20)], flat)["intercept"] == pytest.approx(
         math.log(1.0) - float(np.mean(stats.logit(flat))), abs=0.01)
     with pytest.raises(DatasetError, match="try --recalibrate intercept"):
-        ev.fit_recalibration(np.r_[np.ones(20), np.zeros(20)], flat, "logistic")
+        recal.fit_recalibration(np.r_[np.ones(20), np.zeros(20)], flat, "logistic")
 
 
 # ----------------------------------------------------------------------------- discrimination
 def test_discrimination_uses_delong_and_a_seeded_bootstrap():
     y, p, _ = _cohort(150, seed=5)
-    d = ev.discrimination(y, p, n_boot=300, seed=4)
+    d = vstats.discrimination(y, p, n_boot=300, seed=4)
     ref = stats.delong_ci(y, p)
     assert d["auc"] == pytest.approx(ref["auc"]) and d["delong"]["ci_low"] == pytest.approx(ref["ci_low"])
     assert d["bootstrap"]["ci_low"] < d["auc"] < d["bootstrap"]["ci_high"]
-    assert ev.discrimination(y, p, n_boot=300, seed=4)["bootstrap"] == d["bootstrap"]
+    assert vstats.discrimination(y, p, n_boot=300, seed=4)["bootstrap"] == d["bootstrap"]
 
 
 # ----------------------------------------------------------------------------- clinical usefulness
@@ -135,7 +139,7 @@ def test_net_benefit_equals_a_hand_computation():
     p = np.round(rng.uniform(size=120), 2)  # rounded: ties exactly at the thresholds
     y = (rng.uniform(size=120) < p).astype(int)
     thr = [0.05, 0.1, 0.2, 0.3, 0.5, 0.7]
-    dc = ev.decision_curve(y, p, thr)
+    dc = vstats.decision_curve(y, p, thr)
     n = y.size
     for i, pt in enumerate(thr):
         pos = p >= pt
@@ -156,7 +160,7 @@ def _wilson_by_hand(k, n, z=norm.ppf(0.975)):
 def test_threshold_metrics_with_wilson_cis_equal_the_hand_formula():
     y = np.array([1] * 12 + [0] * 30)
     d = np.array([1] * 9 + [0] * 3 + [1] * 5 + [0] * 25)
-    t = ev.threshold_performance(y, d)
+    t = vstats.threshold_performance(y, d)
     assert (t["tp"], t["fn"], t["fp"], t["tn"]) == (9, 3, 5, 25)
     for key, (k, n) in {"sensitivity": (9, 12), "specificity": (25, 30), "ppv": (9, 14), "npv": (25, 28)}.items():
         lo, hi = _wilson_by_hand(k, n)
@@ -169,7 +173,7 @@ def test_threshold_metrics_with_wilson_cis_equal_the_hand_formula():
 def test_subgroups_warn_below_the_minimum_size():
     y, p, _ = _cohort(200, seed=8)
     sites = np.where(np.arange(200) < 180, "A", "B")
-    g = ev.subgroups(y, p, (p >= 0.5).astype(int), {"site": sites}, n_boot=50)["site"]
+    g = vstats.subgroups(y, p, (p >= 0.5).astype(int), {"site": sites}, n_boot=50)["site"]
     assert g["A"]["n"] == 180 and g["A"]["warning"] is None
     assert g["B"]["n"] == 20 and "small subgroup" in g["B"]["warning"]
     assert g["A"]["discrimination"]["auc"] == pytest.approx(stats.roc_auc(y[:180], p[:180]))
@@ -180,17 +184,17 @@ def test_dice_per_label_and_auc_difference():
     ref = np.zeros((4, 4, 4), int)
     pred[:2], ref[:3] = 1, 1
     pred[3, 0, 0] = 2
-    d = ev.dice_per_label(pred, ref, {"background": 0, "liver": 1, "tumor": (2,), "vessel": 3})
+    d = vstats.dice_per_label(pred, ref, {"background": 0, "liver": 1, "tumor": (2,), "vessel": 3})
     assert d["liver"] == pytest.approx(2 * 32 / (32 + 48)) and d["tumor"] == 0.0 and d["vessel"] is None
     # an external label file numbering the labels differently is matched by name
     ref2 = np.where(ref == 1, 5, ref)
     ref2[3, 0, 0] = 7
-    d2 = ev.dice_per_label(pred, ref2, {"background": 0, "liver": 1, "tumor": 2}, {"liver": 5, "tumor": 7})
+    d2 = vstats.dice_per_label(pred, ref2, {"background": 0, "liver": 1, "tumor": 2}, {"liver": 5, "tumor": 7})
     assert d2["liver"] == pytest.approx(2 * 32 / (32 + 48)) and d2["tumor"] == 1.0
-    assert ev.dice_per_label(pred, ref2, {"liver": 1, "tumor": 2}, {"Leber": 5}) == {}
+    assert vstats.dice_per_label(pred, ref2, {"liver": 1, "tumor": 2}, {"Leber": 5}) == {}
     a = {"auc": 0.8, "delong": {"se": 0.03}}
     b = {"auc": 0.7, "delong": {"se": 0.04}}
-    diff = ev.independent_auc_difference(a, b)
+    diff = vstats.independent_auc_difference(a, b)
     assert diff["z"] == pytest.approx(0.1 / 0.05) and diff["p_value"] == pytest.approx(2 * norm.sf(2.0))
 
 
@@ -207,7 +211,7 @@ def _reference():
                                                                "percentile_99_5": 160.0}}}
     tlcr = [{"tumor_volume_ml": float(v), "start": [0, 0, 0], "center": [10, 40, 40], "crop_size": [20, 80, 80],
              "empty_tumor": False} for v in rng.uniform(5, 50, 40)]
-    return ev.training_reference(fp, tlcr), rng
+    return dshift.training_reference(fp, tlcr), rng
 
 
 def _external_cases(rng, n=30, spacing_scale=1.0, intensity_scale=1.0):
@@ -220,7 +224,7 @@ def _external_cases(rng, n=30, spacing_scale=1.0, intensity_scale=1.0):
         rec = {"case_id": f"e{i}", "spacing": spacing, "tumor_volume_ml": float(rng.uniform(5, 50)),
                "tlcr": {"start": [0, 0, 0], "center": [10, 40, 40], "crop_size": [20, 80, 80], "empty_tumor": False,
                         "tumor_clipped": False}}
-        c = ev.case_fingerprint(img, roi, rec)
+        c = dshift.case_fingerprint(img, roi, rec)
         c["shape"] = [int(rng.integers(42, 58)), int(rng.integers(205, 255)), int(rng.integers(205, 255))]
         cases.append(c)
     return cases
@@ -228,7 +232,7 @@ def _external_cases(rng, n=30, spacing_scale=1.0, intensity_scale=1.0):
 
 def test_shift_analysis_is_quiet_on_a_matching_cohort_and_fires_on_a_shifted_one():
     ref, rng = _reference()
-    same = ev.shift_analysis(ref, _external_cases(rng, n=60))
+    same = dshift.shift_analysis(ref, _external_cases(rng, n=60))
     assert same["outside"] == [] and same["shifted"] == []
     # single cases beyond the training extremes of a continuous feature are flagged as cases, not as a cohort shift
     assert set(same["flag_counts"]) <= {"tumor_volume_outside_training", "shape_outside_training"}
@@ -238,7 +242,7 @@ def test_shift_analysis_is_quiet_on_a_matching_cohort_and_fires_on_a_shifted_one
     assert abs(same["standardized_differences"]["foreground_intensity"]["smd"]) < 0.1
     assert "within the training range" in same["statement"]
 
-    shifted = ev.shift_analysis(ref, _external_cases(rng, spacing_scale=1.8, intensity_scale=2.0))
+    shifted = dshift.shift_analysis(ref, _external_cases(rng, spacing_scale=1.8, intensity_scale=2.0))
     assert shifted["flag_counts"]["spacing_outside_training"] == 30
     assert shifted["flag_counts"]["intensity_outside_training"] == 30
     assert {"spacing_axis0", "foreground_intensity"} <= set(shifted["outside"])
@@ -249,9 +253,9 @@ def test_shift_analysis_is_quiet_on_a_matching_cohort_and_fires_on_a_shifted_one
 
 def test_tlcr_border_clamping():
     base = {"crop_size": [20, 80, 80], "center": [10, 40, 40], "empty_tumor": False}
-    assert not ev.tlcr_border_clamped({**base, "start": [0, 0, 0]})
-    assert ev.tlcr_border_clamped({**base, "start": [0, 0, 5]})
-    assert not ev.tlcr_border_clamped({**base, "start": [-3, 0, 0]})  # padded axis, not clamping
+    assert not dshift.tlcr_border_clamped({**base, "start": [0, 0, 0]})
+    assert dshift.tlcr_border_clamped({**base, "start": [0, 0, 5]})
+    assert not dshift.tlcr_border_clamped({**base, "start": [-3, 0, 0]})  # padded axis, not clamping
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -294,9 +298,9 @@ def test_no_tumour_cases_are_excluded_from_auc_with_the_count_shown(tmp_path):
     labels = {c: int(y[i]) for i, c in enumerate(ids)}
     cohort = ev.cohort_table(ids, labels, records, {"site": {c: "A" for c in ids}})
     assert cohort["counts"] == {"included": 55, "no_tumor": 4, "withheld": 0, "failed": 1}
-    a = ev.analyse(cohort, n_boot=100, curve_boot=20)
+    a = vstats.analyse(cohort, n_boot=100, curve_boot=20)
     assert a["discrimination"]["auc"] == pytest.approx(stats.roc_auc(y[5:], p[5:]))
-    report = ev.write_report(tmp_path / "out", cohort, a, None, None, {"model": "m.zip", "cohort": "ext"})
+    report = vreport.write_report(tmp_path / "out", cohort, a, None, None, {"model": "m.zip", "cohort": "ext"})
     md = (tmp_path / "out" / "validation_report.md").read_text()
     assert "no tumour found by NeoSeg: **4**" in md and "excluded from AUC" in md
     assert "`c00`: no_tumor" in md and "`c04`: failed (DatasetError: unreadable image)" in md
@@ -313,23 +317,23 @@ def test_no_tumour_cases_are_excluded_from_auc_with_the_count_shown(tmp_path):
 # ----------------------------------------------------------------------------- model updating
 def test_recalibration_fit_and_composition():
     y, _, p = _cohort(1500, seed=12, shift=0.8, scale=1.5)
-    up = ev.fit_recalibration(y, p, "logistic")
-    assert up["b"] == pytest.approx(ev.calibration_slope(y, p)["slope"])
-    after = ev.calibration(y, ev.apply_recalibration(p, up), n_boot=0)
+    up = recal.fit_recalibration(y, p, "logistic")
+    assert up["b"] == pytest.approx(vstats.calibration_slope(y, p)["slope"])
+    after = vstats.calibration(y, recal.apply_recalibration(p, up), n_boot=0)
     assert after["citl"]["intercept"] == pytest.approx(0.0, abs=1e-6)  # apparent: fitted on the same cases
     assert after["slope"]["slope"] == pytest.approx(1.0, abs=1e-6)
-    ui = ev.fit_recalibration(y, p, "intercept")
-    assert ui["b"] == 1.0 and ui["a"] == pytest.approx(ev.calibration_in_the_large(y, p)["intercept"])
+    ui = recal.fit_recalibration(y, p, "intercept")
+    assert ui["b"] == 1.0 and ui["a"] == pytest.approx(vstats.calibration_in_the_large(y, p)["intercept"])
     raw = np.linspace(0.02, 0.98, 25)
     for cal in ({"method": "none"}, {"method": "platt", "a": 0.7, "b": -0.3}):
-        composed = ev.compose_calibration(cal, up)
+        composed = recal.compose_calibration(cal, up)
         assert np.allclose(stats.apply_calibration(raw, composed),
-                           ev.apply_recalibration(stats.apply_calibration(raw, cal), up), atol=1e-12)
+                           recal.apply_recalibration(stats.apply_calibration(raw, cal), up), atol=1e-12)
     iso = {"method": "isotonic", "x": [0.0, 0.5, 1.0], "y": [0.1, 0.4, 0.9]}
-    knots = stats.apply_calibration(np.array([0.0, 0.5, 1.0]), ev.compose_calibration(iso, up))
-    assert np.allclose(knots, ev.apply_recalibration(np.array([0.1, 0.4, 0.9]), up))
+    knots = stats.apply_calibration(np.array([0.0, 0.5, 1.0]), recal.compose_calibration(iso, up))
+    assert np.allclose(knots, recal.apply_recalibration(np.array([0.1, 0.4, 0.9]), up))
     with pytest.raises(ValueError, match="intercept, logistic"):
-        ev.fit_recalibration(y, p, "isotonic")
+        recal.fit_recalibration(y, p, "isotonic")
 
 
 def _fake_package(root, extra: dict | None = None):
@@ -359,7 +363,7 @@ def test_write_recalibrated_model_is_a_new_verified_version_with_provenance(tmp_
     ck = _fake_package(root)
     up = {"method": "intercept", "a": -0.7, "b": 1.0, "n": 80}
     target = tmp_path / "out" / "model_recalibrated_intercept.zip"
-    rec = ev.write_recalibrated_model(root, ck, up, target, {"parent_model_sha256": "abc", "method": "intercept"})
+    rec = recal.write_recalibrated_model(root, ck, up, target, {"parent_model_sha256": "abc", "method": "intercept"})
     m = package.verify_package(target)  # every hash and checkpoint of the new version checks out
     new = tmp_path / "opened"
     with zipfile.ZipFile(target) as zf:
@@ -368,20 +372,20 @@ def test_write_recalibrated_model_is_a_new_verified_version_with_provenance(tmp_
         rel = ck[f].relative_to(root).as_posix()
         st = load_checkpoint(new / rel)["extra"]["inference"]
         old_thr = 0.3 + 0.1 * f
-        assert st["threshold"] == pytest.approx(float(ev.apply_recalibration(np.array([old_thr]), up)[0]))
+        assert st["threshold"] == pytest.approx(float(recal.apply_recalibration(np.array([old_thr]), up)[0]))
         assert st["calibration"] == {"method": "platt", "a": 1.2, "b": pytest.approx(0.1 - 0.7)}
         assert m["files"][rel]["sha256"] == file_sha256(new / rel) != file_sha256(root / rel)
         assert m["calibration"][str(f)]["threshold"] == pytest.approx(st["threshold"])
         # a decision at the old threshold is the same decision at the new one
         p = np.array([old_thr - 0.01, old_thr, old_thr + 0.01])
-        assert np.array_equal(p >= old_thr, ev.apply_recalibration(p, up) >= st["threshold"])
+        assert np.array_equal(p >= old_thr, recal.apply_recalibration(p, up) >= st["threshold"])
         assert load_checkpoint(root / rel)["extra"]["inference"]["threshold"] == pytest.approx(old_thr)  # parent kept
     assert m["model_version"]["parent_model_sha256"] == "abc" and rec["update"]["a"] == -0.7
     assert json.loads((new / "recalibration.json").read_text())["method"] == "intercept"
     assert "Dataset9_X" in (new / package.MODEL_CARD).read_text()  # the card is regenerated from the new manifest
     assert not list((tmp_path / "out").glob(".*partial"))
     with pytest.raises(FileExistsError, match="--overwrite"):
-        ev.write_recalibrated_model(root, ck, up, target, {})
+        recal.write_recalibrated_model(root, ck, up, target, {})
 
 
 # ----------------------------------------------------------------------------- the orchestration (validate)
@@ -485,7 +489,7 @@ def test_validate_end_to_end_with_a_stand_in_predictor(tmp_path, monkeypatch):
     # the new model version
     zip_path = out / "model_recalibrated_intercept.zip"
     m = package.verify_package(zip_path)
-    assert m["model_version"]["parent_model_sha256"] == ev.model_hash(root)
+    assert m["model_version"]["parent_model_sha256"] == recal.model_hash(root)
     assert m["model_version"]["cohort"]["n"] == n - 3 and m["model_version"]["method"] == "intercept"
     md = (out / "validation_report.md").read_text()
     assert "APPARENT" in md and "model_recalibrated_intercept.zip" in md and "OUTSIDE the training range" in md
