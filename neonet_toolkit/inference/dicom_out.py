@@ -281,6 +281,17 @@ def seg_label_frames(seg_path: str | Path, ds: list[pydicom.Dataset], case_id: s
     return frames
 
 
+def seg_label_names(seg_path: str | Path) -> dict[int, str]:
+    """{label id: segment label} of a SEG written by :func:`write_seg`."""
+    seg = pydicom.dcmread(str(seg_path), stop_before_pixels=True)
+    out = {}
+    for d in seg.SegmentSequence:
+        m = _TRACKING_ID.match(str(getattr(d, "TrackingID", "")))
+        if m is not None:
+            out[int(m.group(1).split(",")[0])] = str(d.SegmentLabel)
+    return out
+
+
 def source_pixels(ds: list[pydicom.Dataset]) -> np.ndarray:
     """The source frames' stored values after the modality rescale, (frames, rows, columns) float32."""
     if len(ds) == 1 and int(getattr(ds[0], "NumberOfFrames", 1) or 1) > 1:

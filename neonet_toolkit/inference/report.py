@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from neonet_toolkit.inference.dicom_out import read_series, seg_label_frames, source_pixels
+from neonet_toolkit.inference.dicom_out import read_series, seg_label_frames, seg_label_names, source_pixels
 from neonet_toolkit.utilities.io import save_figure
 
 
@@ -78,7 +78,9 @@ def dicom_overlay_png(seg_path: str | Path, source_files, path: str | Path, titl
                 ax.contour(lab[k] == i, levels=[0.5], colors=colours[j % len(colours)], linewidths=0.9)
         ax.set_title(f"source frame {k + 1}", fontsize=7)
         ax.axis("off")
-    legend = ", ".join(f"{colours[j % len(colours)]}: label {i}" for j, i in enumerate(ids)) or "empty SEG"
+    names = seg_label_names(seg_path)
+    legend = ", ".join(f"{colours[j % len(colours)]}: {names.get(i, 'label')} ({i})" for j, i in enumerate(ids)) \
+        or "empty SEG"
     fig.suptitle(f"{title}  DICOM SEG over its source series ({legend})", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, Path(path), dpi=90)

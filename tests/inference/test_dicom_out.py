@@ -235,3 +235,17 @@ def test_predict_writes_seg_and_sr_that_match_the_predictions(trained, tmp_path)
         with pytest.raises(DatasetError, match="--dicom-reference"):
             predict(raw / "imagesTs", tmp_path / "out2", DS, **kw)
         assert not (tmp_path / "out2" / "cases").exists()
+        # with the series it was converted from (FOLDER/<case_id>/): SEG and SR of the NIfTI's own prediction
+        (tmp_path / "nifti").mkdir()
+        shutil.copy(raw / "imagesTs" / f"{cid}_0000.nii.gz", tmp_path / "nifti")
+        shutil.copytree(tmp_path / "dicom" / "patient_A", tmp_path / "ref" / cid)
+        predict(tmp_path / "nifti", tmp_path / "out3", DS, dicom_reference=tmp_path / "ref", **kw)
+        rec3 = json.loads((tmp_path / "out3" / "cases" / f"{cid}.json").read_text(encoding="utf-8"))
+        got3 = D.read_sr(tmp_path / "out3" / rec3["dicom"]["sr"])
+        assert got3["qc_flags"] == rec3["qc_flags"]
+        assert (got3["probability"] is None) == (rec3["probability"] is None)
+        if rec3["probability"] is not None:
+            assert got3["probability"] == pytest.approx(rec3["probability"], abs=1e-12)
+        mask3 = sitk.ReadImage(str(tmp_path / "out3" / f"{cid}.nii.gz"))
+        back3 = D.read_seg(tmp_path / "out3" / rec3["dicom"]["seg"], sorted((tmp_path / "ref" / cid).iterdir()), mask3)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(back3), sitk.GetArrayFromImage(mask3))
