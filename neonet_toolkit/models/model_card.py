@@ -75,6 +75,21 @@ def _calibration_section(cal: dict) -> list[str]:
     return lines
 
 
+def _version_section(version: dict | None) -> list[str]:
+    """The recalibration a ``neonet_validate --recalibrate`` model version carries (nothing for an original)."""
+    if not version:
+        return []
+    upd = version.get("update") or {}
+    cohort = version.get("cohort") or {}
+    return ["## Model version (recalibrated)", "",
+            f"- parent model sha256: `{_fmt(version.get('parent_model_sha256'))}`",
+            f"- update: {_fmt(upd.get('method'))} recalibration, logit(p') = {_fmt(upd.get('a'))} + "
+            f"{_fmt(upd.get('b'))} * logit(p), fitted on {_fmt(cohort.get('n'))} external case(s) "
+            f"({_fmt(cohort.get('n_pos'))} positive) of `{_fmt(cohort.get('folder'))}`",
+            f"- created {_fmt(version.get('created'))} with NeoNet {_fmt(version.get('toolkit_version'))}; per-fold "
+            "calibration and thresholds above are the updated ones", ""]
+
+
 def render(manifest: dict) -> str:
     """The model card of a package manifest (markdown)."""
     m = manifest
@@ -111,9 +126,13 @@ def render(manifest: dict) -> str:
     lines.append("")
     lines += _performance_section(m.get("performance") or {})
     lines += _calibration_section(m.get("calibration") or {})
+    lines += _version_section(m.get("model_version"))
     lines += ["## Known limitations", "",
-              "- Trained and cross-validated at one site; no external validation is part of this package. "
-              "Measure discrimination and calibration on your own cohort before any use.",
+              ("- Trained and cross-validated at one site; its probabilities were then updated on an external "
+               "cohort (see \"Model version\"): performance measured on that same cohort is apparent, not a "
+               "validation. Measure it on other cases before any use." if m.get("model_version") else
+               "- Trained and cross-validated at one site; no external validation is part of this package. "
+               "Measure discrimination and calibration on your own cohort before any use."),
               "- Scans outside the training ranges above (spacing, shape, intensity, tumour volume) are out of "
               "distribution; `neonet_predict` flags some of them (QC flags), not all.",
               "- The probability is calibrated to the training prevalence; at another prevalence it must be "

@@ -382,7 +382,10 @@ def test_write_recalibrated_model_is_a_new_verified_version_with_provenance(tmp_
         assert load_checkpoint(root / rel)["extra"]["inference"]["threshold"] == pytest.approx(old_thr)  # parent kept
     assert m["model_version"]["parent_model_sha256"] == "abc" and rec["update"]["a"] == -0.7
     assert json.loads((new / "recalibration.json").read_text())["method"] == "intercept"
-    assert "Dataset9_X" in (new / package.MODEL_CARD).read_text()  # the card is regenerated from the new manifest
+    card = (new / package.MODEL_CARD).read_text()
+    assert "Dataset9_X" in card  # the card is regenerated from the new manifest
+    assert "## Model version (recalibrated)" in card and "parent model sha256: `abc`" in card
+    assert "intercept recalibration, logit(p') = -0.700 + 1.000 * logit(p)" in card and "apparent" in card
     assert not list((tmp_path / "out").glob(".*partial"))
     with pytest.raises(FileExistsError, match="--overwrite"):
         recal.write_recalibrated_model(root, ck, up, target, {})
