@@ -2,7 +2,7 @@
 
 Layers, bottom to top (docs/DEVELOPING.md); a module may import only from its own layer or below:
 utilities (+ paths, version) -> dataset -> experiment_planning -> preprocessing -> networks -> models -> training
--> generation -> inference | evaluation -> demo -> run.
+-> generation -> inference | evaluation -> demo | scheduling -> run.
 Inference and evaluation use trained models through ``models`` and never import ``training`` (nor anything
 that is only reachable through it).
 
@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[1] / "neonet_toolkit"
 LAYERS = {
     "__init__": 0, "paths": 0, "version": 0, "utilities": 0,
     "dataset": 1, "experiment_planning": 2, "preprocessing": 3, "networks": 4, "models": 5, "training": 6,
-    "generation": 7, "inference": 8, "evaluation": 8, "demo": 9, "run": 10,
+    "generation": 7, "inference": 8, "evaluation": 8, "demo": 9, "scheduling": 9, "run": 10,
 }
 # packages that must not import a lower package although the ranks allow it: {importer: forbidden packages}
-FORBIDDEN = {"inference": {"training"}, "evaluation": {"training"}}
+FORBIDDEN = {"inference": {"training"}, "evaluation": {"training"}, "scheduling": {"training"}}
 # (importer, imported) pairs exempt from FORBIDDEN, each with its reason; keep this empty
 FORBIDDEN_EXEMPT: dict[tuple[str, str], str] = {}
 

@@ -8,8 +8,14 @@ Evaluation and inference share a layer, so this module may call the predictor. T
 segmentation), :mod:`~neonet_toolkit.evaluation.dataset_shift`, :mod:`~neonet_toolkit.evaluation.recalibration`
 (model updating) and :mod:`~neonet_toolkit.evaluation.validation_report` (figures and report).
 
-Every section of ``validation_report.md`` names the TRIPOD+AI (Collins et al., BMJ 2024) item it answers:
+Every section of ``validation_report.md`` names the TRIPOD+AI (Collins et al., BMJ 2024;385:e078378) item it
+answers. The numbers were checked against the statement's Table 2 (27 items, 52 subitems): 11 missing data, 12d
+heterogeneity across clusters, 12e performance measures and plots, 12f model updating (methods), 16 training versus
+evaluation data, 20c comparison with the development data, 21 participants and outcome events in each analysis, 23a
+performance with CIs incl. key subgroups, 23b heterogeneity across clusters (results), 24 model updating (results):
 
+* 21 / 11 participants and outcome events: cases included, cases omitted and why (no tumour, withheld, failed),
+  events and non-events among the included;
 * 12e / 23a discrimination: AUC with the toolkit's DeLong CI and a stratified percentile bootstrap CI; ROC;
 * 12e / 23a calibration: calibration-in-the-large, calibration slope, a flexible calibration curve with a
   case-bootstrap band, observed/expected ratio, Brier and scaled Brier, ECE;

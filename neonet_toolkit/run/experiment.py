@@ -1,6 +1,21 @@
-"""neonet_experiment DATASET --archs pattennet resnet50 --ratios 0 1.0 --folds 0 1 2 3 4
+"""neonet_experiment DATASET --archs pattennet resnet50 --ratios 0 1.0 --folds 0 1 2 3 4 [--launcher local|slurm]
 
-Runs the NeoCls grid (architectures × real:synthetic ratios × folds), one fold at a time:
+Builds the experiment's graph of per-fold jobs (NeoSeg → out-of-fold masks; VAE → LDM → ControlNet → synthetic
+set → its quality gate; every classifier run; the radiomics baseline; the evaluation at the end:
+``neonet_toolkit.scheduling.graph``) and dispatches it:
+
+* ``--dry-run`` prints the graph (job, fold, dependencies, estimated GPU memory and time) and the estimated wall
+  time on 1..N GPUs; ``--status`` shows every job's state (finished, running, queued, failed with its log's tail);
+* ``--launcher local`` (default): the jobs in dependency order on this machine; ``--gpus 0,1`` runs independent
+  jobs side by side, one per GPU, ``--jobs N`` N at a time on the CPU (the thread rule splits the cores);
+* ``--launcher slurm``: one SLURM job per graph job through submitit, ``afterok`` dependencies, resources from
+  the planner's estimates (``--slurm-*`` to override), requeued on pre-emption, continuing from checkpoints;
+* ``--launcher inline``: the NeoCls grid alone in this process, as below (what each radiomics job runs).
+
+Finished jobs are skipped, a lock per job keeps two launches from running the same job, a failed job blocks
+only its descendants, and launching again runs only what is missing.
+
+The inline grid (architectures × real:synthetic ratios × folds), one fold at a time:
 
 * a fold whose run finished (``checkpoint_final.pth``: the ``model`` rule of ``ResultLayout``) is skipped;
 * a fold with only ``checkpoint_latest.pth`` (interrupted) is resumed;
@@ -17,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +43,17 @@ from neonet_toolkit.models.cls_results import case_labels
 from neonet_toolkit.networks.classifiers import canonical_arch
 from neonet_toolkit.preprocessing.synthetic_sets import synthetic_folder
 from neonet_toolkit.run.common import add_common, run_cli, setup_logging
+from neonet_toolkit.scheduling.graph import build_graph
+from neonet_toolkit.scheduling.launchers import (
+    LaunchError,
+    cancel_slurm,
+    check_gpu_memory,
+    experiment_status,
+    format_status,
+    run_local,
+    submit_slurm,
+    wait_slurm,
+)
 from neonet_toolkit.training.cls import ClsTrainer
 from neonet_toolkit.training.cls_data import parse_ratio
 from neonet_toolkit.training.radiomics import (
@@ -195,14 +222,115 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
     p.add_argument("--no-shortcut", dest="shortcut", action="store_false")
     p.add_argument("--n-boot", dest="n_boot", type=int, default=2000)
+    g = p.add_argument_group("the job graph and its launchers")
+    g.add_argument("--launcher", choices=("local", "slurm", "inline"), default="local",
+                   help="local: the graph's jobs on this machine (default); slurm: one SLURM job per graph job "
+                        "(submitit); inline: the NeoCls grid alone in this process")
+    g.add_argument("--dry-run", dest="dry_run", action="store_true",
+                   help="print the graph (jobs, dependencies, estimates) and the estimated wall time; run nothing")
+    g.add_argument("--status", action="store_true", help="each job's state (finished, running, queued, failed)")
+    g.add_argument("--cancel", action="store_true", help="scancel this experiment's SLURM jobs")
+    g.add_argument("--gpus", default=None, help="local: GPUs to use side by side, e.g. 0,1 (one job per GPU)")
+    g.add_argument("--jobs", type=int, default=1, help="local, no --gpus: jobs side by side on the CPU (default 1)")
+    g.add_argument("--no-seg", dest="seg", action="store_false",
+                   help="leave NeoSeg and its out-of-fold masks out of the graph")
+    g.add_argument("--seg-arch", dest="seg_arch", default=None, help="NeoSeg architecture (default: the plans')")
+    g.add_argument("--autoencoder", choices=("vae", "vqvae"), default="vae", help="NeoGen's autoencoder")
+    g.add_argument("--stage-args", dest="stage_args", action="append", default=None, metavar="STAGE='ARGS'",
+                   help="extra options for one stage's command, e.g. seg='--iterations 2 --val-iterations 1'")
+    g.add_argument("--gpu-memory-gb", dest="gpu_memory_gb", type=float, default=None,
+                   help="refuse, before anything starts, a job whose estimated GPU memory exceeds this")
+    g.add_argument("--estimate-gpus", dest="estimate_gpus", type=int, default=None,
+                   help="--dry-run: also estimate the wall time on this many GPUs")
+    g.add_argument("--slurm-partition", dest="slurm_partition", default=None)
+    g.add_argument("--slurm-account", dest="slurm_account", default=None)
+    g.add_argument("--slurm-extra", dest="slurm_extra", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="more #SBATCH options, e.g. qos=high constraint=a100")
+    g.add_argument("--slurm-gpus", dest="slurm_gpus", type=int, default=1,
+                   help="GPUs per GPU job (--gres=gpu:N; 0: none, e.g. a CPU cluster)")
+    g.add_argument("--slurm-time", dest="slurm_time", type=int, default=None,
+                   help="minutes per job (default: the estimate x 1.5 + 15)")
+    g.add_argument("--slurm-mem", dest="slurm_mem", default=None, help="memory per job, e.g. 32G (default: from the "
+                   "estimate)")
+    g.add_argument("--slurm-cpus", dest="slurm_cpus", type=int, default=None, help="CPUs per job")
+    g.add_argument("--wait", action="store_true", help="slurm: wait until every submitted job has ended")
     add_common(p)
     return p
+
+
+def _stage_args(items: list[str] | None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        stage, sep, rest = item.partition("=")
+        if not sep or not stage:
+            raise argparse.ArgumentTypeError(f"--stage-args wants STAGE='ARGS' (e.g. seg='--iterations 2'), got {item!r}")
+        out.setdefault(stage, []).extend(shlex.split(rest))
+    return out
+
+
+def graph_from_args(a):
+    """The job graph of the parsed command line (the API behind ``--dry-run``, ``--status`` and the launchers)."""
+    archs = [a_.lower() if a_.lower() == "radiomics" else canonical_arch(a_) for a_ in a.archs]
+    if "fusion" in archs:
+        raise LaunchError("late fusion is fit-free and takes seconds: run `neonet_experiment ... --archs <deep archs> "
+                          "fusion --launcher inline` after the graph has finished.")
+    return build_graph(a.dataset, archs, a.ratios, a.folds, crop_source=a.crop_source, arms=a.arms, seg=a.seg,
+                       seg_arch=a.seg_arch, autoencoder=a.autoencoder, early_stopping=a.early_stopping,
+                       configuration=a.configuration, device=a.device, epochs=a.epochs,
+                       stage_args=_stage_args(a.stage_args), allow_failed_gate=a.allow_failed_gate,
+                       evaluate=a.evaluate, target="cpu" if a.device == "cpu" else "cuda")
+
+
+def launch_from_args(a) -> int:
+    graph = graph_from_args(a)
+    run_dir = ResultLayout.for_dataset(a.dataset).experiment_folder
+    if a.dry_run:
+        print(graph.table())
+        n = max([1, 2, 4, 8, 16] + [a.estimate_gpus or 1])
+        counts = sorted({g for g in (1, 2, 4, 8, 16, a.estimate_gpus or 1) if g <= n})
+        print(f"\nconfiguration {graph.configuration}: {len(graph.jobs)} jobs, {len(graph.pending())} to run; estimated "
+              "wall time of what is left (list scheduling, longest path first; GPU time on the planner's reference "
+              "GPU, CPU jobs not counted):")
+        one = graph.wall_hours(1, only_pending=True)
+        for g in counts:
+            w = graph.wall_hours(g, only_pending=True)
+            print(f"  {g:>2} GPU{'s' if g > 1 else ' '}: {w:7.1f} h" + (f"  ({one / w:.1f}x)" if w > 0 else ""))
+        print(f"  critical path: {graph.critical_path_hours():.1f} h")
+        return 0
+    if a.status:
+        print(format_status(experiment_status(graph, run_dir)))
+        return 0
+    if a.cancel:
+        ids = cancel_slurm(run_dir)
+        print(f"cancelled SLURM jobs: {' '.join(ids) or 'none'}")
+        return 0
+    check_gpu_memory(graph, a.gpu_memory_gb)
+    if a.launcher == "slurm":
+        ids = submit_slurm(graph, run_dir, partition=a.slurm_partition, account=a.slurm_account, extra=a.slurm_extra,
+                           gpus_per_job=a.slurm_gpus, time_min=a.slurm_time, mem=a.slurm_mem,
+                           cpus_per_task=a.slurm_cpus)
+        print(f"submitted {len(ids)} SLURM jobs; state: neonet_experiment {a.dataset} --status (logs in {run_dir})")
+        if a.wait:
+            states = wait_slurm(graph, run_dir, ids)
+            bad = {n: s for n, s in states.items() if s != "finished"}
+            print(format_status(experiment_status(graph, run_dir)))
+            return 1 if bad else 0
+        return 0
+    res = run_local(graph, run_dir, slots=a.jobs, gpus=[g for g in (a.gpus or "").split(",") if g] or None)
+    if res["failed"] or res["blocked"] or res["busy"]:
+        print(format_status(experiment_status(graph, run_dir)), file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     result = {}
+    if args.launcher != "inline" or args.dry_run or args.status or args.cancel:
+        rc = {}
+        rc_code = run_cli(lambda a: rc.update(code=launch_from_args(a)), args)
+        return rc_code or rc.get("code", 0)
 
     def _run(a):
         result.update(run_experiment(a.dataset, a.archs, a.ratios, a.folds, a.device, a.configuration, a.epochs,

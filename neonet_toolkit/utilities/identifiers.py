@@ -60,6 +60,7 @@ BEST_CONFIGURATION_DIR = "cls_best_configuration"  # neonet_find_best_configurat
 BEST_CONFIGURATION_FILE = "best_configuration.json"
 SEG_EVALUATION_DIR = ("evaluation", "seg")  # neonet_results/<ds>/evaluation/seg (NeoSeg Dice tables)
 DEMO_DIR = "demo"  # neonet_results/<ds>/demo (the demo's report and predictions)
+EXPERIMENT_DIR = "experiment"  # neonet_results/<ds>/experiment__<plans>: neonet_experiment's job logs, locks, states
 # the one "finished" rule per artefact kind: the files whose presence means the artefact is complete
 FINISHED_RULES: dict[str, tuple[str, ...]] = {
     "model": (FINAL_CHECKPOINT,),
@@ -242,6 +243,11 @@ class ResultLayout:
     def seg_evaluation_folder(self) -> Path:
         """``neonet_results/<ds>/evaluation/seg`` (NeoSeg Dice tables)."""
         return self.results.joinpath(*SEG_EVALUATION_DIR)
+
+    @property
+    def experiment_folder(self) -> Path:
+        """``neonet_results/<ds>/experiment__<plans>``: the job graph's logs, locks, states and SLURM job ids."""
+        return self.results / self.stage_folder_name(EXPERIMENT_DIR, self.plans_name)
 
     @property
     def demo_folder(self) -> Path:

@@ -496,6 +496,16 @@ def test_validate_end_to_end_with_a_stand_in_predictor(tmp_path, monkeypatch):
     assert m["model_version"]["cohort"]["n"] == n - 3 and m["model_version"]["method"] == "intercept"
     md = (out / "validation_report.md").read_text()
     assert "APPARENT" in md and "model_recalibrated_intercept.zip" in md and "OUTSIDE the training range" in md
+    # every section names its TRIPOD+AI item, checked against Table 2 of Collins et al., BMJ 2024;385:e078378
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    assert headings == ["## Participants and outcome events (TRIPOD+AI 21; missing data 11)",
+                        "## Discrimination (TRIPOD+AI 12e, 23a)",
+                        "## Calibration (TRIPOD+AI 12e, 23a)",
+                        "## Clinical usefulness at the locked threshold (TRIPOD+AI 12e, 23a)",
+                        "## Subgroups / centres (TRIPOD+AI 12d, 23b)",
+                        "## NeoSeg on the external labels (TRIPOD+AI 23a)",
+                        "## Dataset shift against the training fingerprint (TRIPOD+AI 16, 20c)",
+                        "## Model updating (TRIPOD+AI 12f, 24)"]
     for png in ("roc.png", "calibration.png", "decision_curve.png", "dataset_shift.png"):
         assert (out / png).stat().st_size > 1000
     assert res["report"]["recalibration"]["apparent"]["citl"]["intercept"] == pytest.approx(0.0, abs=0.05)

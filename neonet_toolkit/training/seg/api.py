@@ -22,7 +22,7 @@ from neonet_toolkit import paths
 from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans, PlansError, load_nnunet_plans
 from neonet_toolkit.experiment_planning.splits import get_fold, load_splits
 from neonet_toolkit.models.seg import check_seg_checkpoint
-from neonet_toolkit.training.seg.masks import register_model
+from neonet_toolkit.training.seg.masks import build_pred_patches, register_model
 from neonet_toolkit.training.seg.networks import ARCHITECTURES, check_architecture
 from neonet_toolkit.training.seg.trainers import ENV_REPLACES, seg_overrides, trainer_name, write_run_configuration
 from neonet_toolkit.utilities.checkpoints import load_verified_checkpoint, verify_checkpoint
@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--npz", action="store_true", help="also save validation softmax (nnU-Net --npz)")
     g.add_argument("--from-model", dest="from_model", default=None,
                    help="do not train: use this existing nnU-Net model folder (any trainer) as NeoSeg")
+    g.add_argument("--oof-masks", dest="oof_masks", action="store_true",
+                   help="do not train: build the TLCR pred patches of this fold's validation cases from this "
+                        "NeoSeg fold's out-of-fold predictions (what --crop-source pred reads; a neonet_experiment job)")
     g.add_argument("--trust-checkpoints", dest="trust_checkpoints", action="store_true",
                    help="skip the safety check of the model's checkpoints (nnU-Net loads them with "
                         "weights_only=False, which runs any code a file carries): only for files you trust")
@@ -191,6 +194,11 @@ def _publish_staged_fold(staged_fold: Path, fold_dir: Path, staging: Path) -> No
 
 
 def train_from_args(args) -> None:
+    if args.oof_masks:
+        arch = check_architecture(args.arch or "swinunetr")
+        build_pred_patches(args.dataset, ResultLayout.for_dataset(args.dataset).nnunet_model_folder(trainer_name(arch)),
+                           folds=[args.fold], trust_checkpoints=args.trust_checkpoints)
+        return
     if args.from_model:
         register_model(args.dataset, args.from_model, folds=[args.fold], trust_checkpoints=args.trust_checkpoints)
         return

@@ -13,6 +13,7 @@ Models trained elsewhere (any nnU-Net trainer, other label ids) are used through
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import shutil
 from pathlib import Path
@@ -123,6 +124,21 @@ def build_pred_patches(dataset: int | str, model_folder: str | Path | None = Non
         trust_checkpoints: accept the model's checkpoints without the safety check (logged).
     Returns the metadata written (``metadata.json``).
     """
+    name = paths.find_dataset_name(dataset)
+    out = patch_folder(paths.ensure_environment()["nnUNet_preprocessed"] / name, "pred")
+    out.mkdir(parents=True, exist_ok=True)
+    # one writer of pred/metadata.json at a time: per-fold mask jobs of neonet_experiment may run side by side
+    with open(out / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _build_pred_patches(name, model_folder, folds, predictions, label_names, source_labels,
+                                       trust_checkpoints)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_pred_patches(dataset: str, model_folder, folds, predictions, label_names, source_labels,
+                        trust_checkpoints) -> dict:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from tqdm import tqdm
 

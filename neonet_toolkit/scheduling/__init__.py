@@ -1,0 +1,1 @@
+"""Dispatching the experiment graph: jobs, locks, the local and SLURM launchers."""
