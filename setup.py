@@ -38,6 +38,9 @@ setup(
         "statsmodels>=0.14.5",
         "dcurves>=1.1.7",
         "pandas>=2.2",
+        # neonet_experiment --launcher slurm; submitit's job entry imports pkg_resources, gone from setuptools 82
+        "submitit>=1.5.3",
+        "setuptools>=77.0.3,<82",
     ],
     extras_require={
         "test": ["pytest>=7", "lpips==0.1.4"],

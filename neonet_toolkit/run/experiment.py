@@ -43,7 +43,7 @@ from neonet_toolkit.models.cls_results import case_labels
 from neonet_toolkit.networks.classifiers import canonical_arch
 from neonet_toolkit.preprocessing.synthetic_sets import synthetic_folder
 from neonet_toolkit.run.common import add_common, run_cli, setup_logging
-from neonet_toolkit.scheduling.graph import build_graph
+from neonet_toolkit.scheduling.graph import build_graph, fmt_hours
 from neonet_toolkit.scheduling.launchers import (
     LaunchError,
     cancel_slurm,
@@ -294,8 +294,8 @@ def launch_from_args(a) -> int:
         one = graph.wall_hours(1, only_pending=True)
         for g in counts:
             w = graph.wall_hours(g, only_pending=True)
-            print(f"  {g:>2} GPU{'s' if g > 1 else ' '}: {w:7.1f} h" + (f"  ({one / w:.1f}x)" if w > 0 else ""))
-        print(f"  critical path: {graph.critical_path_hours():.1f} h")
+            print(f"  {g:>2} GPU{'s' if g > 1 else ' '}: {fmt_hours(w):>8}" + (f"  ({one / w:.1f}x)" if w > 0 else ""))
+        print(f"  critical path: {fmt_hours(graph.critical_path_hours())}")
         return 0
     if a.status:
         print(format_status(experiment_status(graph, run_dir)))

@@ -135,8 +135,11 @@ def _steps(stage: str, conf: dict, n_train: int, n_val: int, ratio: float = 0.0)
 
 
 def estimate(stage: str, conf: dict, estimates: dict, n_train: int, n_val: int,
-             ratio: float | str = 0.0, n_generate: int = 0) -> tuple[float | None, float | None]:
-    """(peak GPU GB, hours) of one job from the planner's per-step estimate; (None, None) where none exists."""
+             ratio: float | str = 0.0, n_generate: int = 0, epochs: int | None = None) -> tuple[float | None, float | None]:
+    """(peak GPU GB, hours) of one job from the planner's per-step estimate; (None, None) where none exists.
+    ``epochs`` overrides the configuration's epochs (``--epochs``)."""
+    if epochs is not None and stage in conf and "epochs" in conf[stage]:
+        conf = {**conf, stage: {**conf[stage], "epochs": int(epochs)}}
     key = {"generate": "controlnet"}.get(stage, stage)
     row = estimates.get(key) or {}
     if "peak_gb" not in row:
@@ -233,13 +236,13 @@ class Graph:
                 "|---|---|---|---|---|---|---|"]
         for j in self.topological():
             gb = "CPU" if j.gpu_gb is None else f"{j.gpu_gb:.1f}"
-            t = "—" if j.hours is None else _fmt_hours(j.hours)
+            t = "—" if j.hours is None else fmt_hours(j.hours)
             rows.append(f"| {j.name} | {'—' if j.fold is None else j.fold} | {', '.join(j.deps) or '—'} | {gb} | {t} "
                         f"| {'finished' if is_done(j.done) else 'to run'} | `{j.command}` |")
         return "\n".join(rows)
 
 
-def _fmt_hours(h: float) -> str:
+def fmt_hours(h: float) -> str:
     if h >= 1:
         return f"{h:.1f} h"
     if h * 60 >= 1:
@@ -283,7 +286,7 @@ def build_graph(dataset, archs: list[str], ratios: list[float | str], folds: lis
     def add(stage, fold, argv, done, run=None, ratio=0.0, n_gen=0, tags=None):
         tr = splits[fold]["train"] if fold is not None else []
         va = splits[fold]["val"] if fold is not None else []
-        gb, hours = (estimate(stage, conf, estimates, len(tr), len(va), ratio, n_gen)
+        gb, hours = (estimate(stage, conf, estimates, len(tr), len(va), ratio, n_gen, epochs)
                      if stage in GPU_STAGES else (None, None))
         if stage in GPU_STAGES and gb is None:
             gb = 0.0  # a GPU stage without a planner estimate (planned with --no_resource_estimates)
