@@ -62,7 +62,10 @@ def log_tail(run_dir: Path, name: str, n: int = LOG_TAIL_LINES) -> list[str]:
 
 
 def command_line(argv: list[str]) -> list[str]:
-    """The child process for a console command: this interpreter with ``-m`` the entry point's module."""
+    """The child process for a console command: this interpreter with ``-m`` the entry point's module
+    (``python ...`` runs this interpreter itself: a custom job)."""
+    if argv[0] == "python":
+        return [sys.executable, *argv[1:]]
     if argv[0] not in COMMAND_MODULES:
         raise ValueError(f"job command {argv[0]!r} is not one of {sorted(COMMAND_MODULES)}")
     return [sys.executable, "-m", COMMAND_MODULES[argv[0]], *argv[1:]]
