@@ -274,11 +274,16 @@ def graph_from_args(a):
     if "fusion" in archs:
         raise LaunchError("late fusion is fit-free and takes seconds: run `neonet_experiment ... --archs <deep archs> "
                           "fusion --launcher inline` after the graph has finished.")
-    return build_graph(a.dataset, archs, a.ratios, a.folds, crop_source=a.crop_source, arms=a.arms, seg=a.seg,
+    folds = a.folds
+    if a.repeats is not None:  # repeated stratified CV: extend the splits, default folds = all R x K
+        pp = ResultLayout.for_dataset(a.dataset).preprocessed
+        add_repeats(pp, case_labels(pp, "gt"), int(a.repeats))
+        folds = folds if folds is not None else repeat_folds(pp, a.repeats)
+    return build_graph(a.dataset, archs, a.ratios, folds, crop_source=a.crop_source, arms=a.arms, seg=a.seg,
                        seg_arch=a.seg_arch, autoencoder=a.autoencoder, early_stopping=a.early_stopping,
                        configuration=a.configuration, device=a.device, epochs=a.epochs,
                        stage_args=_stage_args(a.stage_args), allow_failed_gate=a.allow_failed_gate,
-                       evaluate=a.evaluate, target="cpu" if a.device == "cpu" else "cuda")
+                       evaluate=a.evaluate, shortcut=a.shortcut, target="cpu" if a.device == "cpu" else "cuda")
 
 
 def launch_from_args(a) -> int:

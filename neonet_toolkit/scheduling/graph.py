@@ -254,7 +254,8 @@ def build_graph(dataset, archs: list[str], ratios: list[float | str], folds: lis
                 crop_source: str = "gt", arms: list[str] | None = None, seg: bool = True, seg_arch: str | None = None,
                 autoencoder: str = "vae", early_stopping: str | None = None, configuration: str | None = None,
                 device: str = "auto", epochs: int | None = None, stage_args: dict[str, list[str]] | None = None,
-                allow_failed_gate: bool = False, evaluate: bool = True, plans_name: str = PLANS_NAME,
+                allow_failed_gate: bool = False, evaluate: bool = True, shortcut: bool = True,
+                plans_name: str = PLANS_NAME,
                 target: str = "cuda") -> Graph:
     """The job graph of ``neonet_experiment``: NeoSeg, out-of-fold masks, NeoGen, generation, every classifier run
     of ``archs`` × ``ratios`` × ``arms`` on ``folds``, and the evaluation. ``archs`` are canonical names
@@ -345,7 +346,14 @@ def build_graph(dataset, archs: list[str], ratios: list[float | str], folds: lis
         report = layout.report_folder(CLS_EVALUATION_DIR) / "report.md"
         than = [str(Path(j.done["path"]) / (FINAL_CHECKPOINT if j.stage == "cls" else CLS_SUMMARY_FILE))
                 for j in jobs.values() if j.stage in ("cls", "radiomics")]
-        add("evaluate", None, ["neonet_evaluate", ds, "cls"], {"kind": "newer", "path": str(report), "than": than})
+        # the inline grid over finished runs: it trains nothing, runs the real-vs-synthetic shortcut checks and writes
+        # the cross-validated report (neonet_evaluate DATASET cls)
+        grid = ["neonet_experiment", ds, "--archs", *archs, *(["radiomics"] if radiomics else []), "--ratios",
+                *[r if r == AUTO_RATIO else f"{r:g}" for r in ratios], "--arms", *arms, "--folds", *map(str, folds),
+                "--crop-source", crop_source, "--launcher", "inline", *common]
+        grid += (["--early-stopping", early_stopping] if early_stopping else [])
+        grid += (["--allow-failed-gate"] if allow_failed_gate else []) + (["--no-shortcut"] if not shortcut else [])
+        add("evaluate", None, grid, {"kind": "newer", "path": str(report), "than": than})
     _wire(jobs, folds, autoencoder, pred)
     graph = Graph(ds, jobs, conf_name, folds)
     graph.topological()  # refuses a cycle now, not at run time
