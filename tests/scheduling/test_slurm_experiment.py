@@ -18,6 +18,9 @@ from neonet_toolkit.scheduling.launchers import SLURM_JOBS_FILE
 from neonet_toolkit.utilities.identifiers import ResultLayout
 
 logger = logging.getLogger(__name__)
+# ~5 min of training jobs under SLURM: in the slow set until their final form has run green in CI (python -m pytest
+# -m slow tests/scheduling/test_slurm_experiment.py)
+pytestmark = pytest.mark.slow
 ENV_KEYS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "neonet_results")
 TEST_SIZE = ["--epochs", "2", "--stage-args", "seg=--iterations 2 --val-iterations 1", "-device", "cpu",
              "--allow-failed-gate"]
