@@ -206,10 +206,7 @@ class Graph:
         (critical-path priority), one job per GPU. With one GPU it is the sum of the jobs' times."""
         jobs = {j.name: j for j in (self.pending() if only_pending else self.topological())}
         cost = {n: (j.hours or 0.0) for n, j in jobs.items()}
-        ch = {n: [c for c in cs if c in jobs] for n, cs in self.children().items() if n in jobs}
-        tail: dict[str, float] = {}
-        for j in reversed([j for j in self.topological() if j.name in jobs]):
-            tail[j.name] = cost[j.name] + max((tail[c] for c in ch[j.name]), default=0.0)
+        tail = self.remaining_hours(set(jobs))
         deps = {n: [d for d in jobs[n].deps if d in jobs] for n in jobs}
         finish: dict[str, float] = {}
         free = [0.0] * max(1, int(n_gpus))
@@ -226,6 +223,16 @@ class Graph:
                 finish[n] = free[slot] = begin + cost[n]
             waiting.remove(n)
         return max(finish.values(), default=0.0)
+
+    def remaining_hours(self, among: set[str] | None = None) -> dict[str, float]:
+        """Estimated hours from a job's start to the end of its longest chain of descendants (``among`` only): the
+        priority of list scheduling."""
+        among = set(self.jobs) if among is None else among
+        ch = self.children()
+        tail: dict[str, float] = {}
+        for j in reversed([j for j in self.topological() if j.name in among]):
+            tail[j.name] = (j.hours or 0.0) + max((tail[c] for c in ch[j.name] if c in among), default=0.0)
+        return tail
 
     def critical_path_hours(self) -> float:
         return self.wall_hours(n_gpus=10 ** 6)

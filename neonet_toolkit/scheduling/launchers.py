@@ -92,7 +92,7 @@ def run_local(graph: Graph, run_dir: str | Path, slots: int = 1, gpus: list[str]
     done = {j.name for j in order if is_done(j.done)}
     result: dict = {"finished": [], "skipped": sorted(done), "failed": [], "blocked": [], "busy": []}
     todo = [j for j in order if j.name not in done]
-    tail = _remaining_path(graph)
+    tail = graph.remaining_hours()
     free_gpus = list(gpus or [])
     running: dict[Future, tuple[Job, str | None]] = {}
     stopped: set[str] = set()   # failed, busy or blocked
@@ -137,15 +137,6 @@ def run_local(graph: Graph, run_dir: str | Path, slots: int = 1, gpus: list[str]
                 "(%.0f s)", len(result["finished"]), len(result["skipped"]), len(result["failed"]),
                 len(result["blocked"]), len(result["busy"]), result["wall_s"])
     return result
-
-
-def _remaining_path(graph: Graph) -> dict[str, float]:
-    """Estimated hours from a job's start to the end of its longest chain of descendants (its priority)."""
-    ch = graph.children()
-    tail: dict[str, float] = {}
-    for j in reversed(graph.topological()):
-        tail[j.name] = (j.hours or 0.0) + max((tail[c] for c in ch[j.name]), default=0.0)
-    return tail
 
 
 # ----------------------------------------------------------------------------- SLURM
