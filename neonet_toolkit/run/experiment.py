@@ -38,6 +38,7 @@ from pathlib import Path
 
 from neonet_toolkit.evaluation.cls import evaluate_cls
 from neonet_toolkit.evaluation.cls_shortcut import shortcut_check
+from neonet_toolkit.experiment_planning.plans import NEONET_PLANS_FILE, NeoNetPlans
 from neonet_toolkit.experiment_planning.splits import add_repeats, load_splits, repeat_folds
 from neonet_toolkit.models.cls_results import case_labels
 from neonet_toolkit.networks.classifiers import canonical_arch
@@ -62,6 +63,7 @@ from neonet_toolkit.training.radiomics import (
     run_late_fusion,
     run_radiomics_baseline,
 )
+from neonet_toolkit.training.resources import estimate_classifiers
 from neonet_toolkit.utilities.identifiers import (
     ARMS,
     AUTO_RATIO,
@@ -279,11 +281,16 @@ def graph_from_args(a):
         pp = ResultLayout.for_dataset(a.dataset).preprocessed
         add_repeats(pp, case_labels(pp, "gt"), int(a.repeats))
         folds = folds if folds is not None else repeat_folds(pp, a.repeats)
-    return build_graph(a.dataset, archs, a.ratios, folds, crop_source=a.crop_source, arms=a.arms, seg=a.seg,
+    configuration = a.configuration or NeoNetPlans(
+        ResultLayout.for_dataset(a.dataset).preprocessed / NEONET_PLANS_FILE).default_configuration(
+        "cpu" if a.device == "cpu" else "cuda")
+    deep = [x for x in archs if x != "radiomics"]
+    cls_estimates = estimate_classifiers(a.dataset, configuration, deep) if deep else None
+    return build_graph(a.dataset, archs, a.ratios, folds, cls_estimates=cls_estimates, crop_source=a.crop_source, arms=a.arms, seg=a.seg,
                        seg_arch=a.seg_arch, autoencoder=a.autoencoder, early_stopping=a.early_stopping,
                        configuration=a.configuration, device=a.device, epochs=a.epochs,
                        stage_args=_stage_args(a.stage_args), allow_failed_gate=a.allow_failed_gate,
-                       evaluate=a.evaluate, shortcut=a.shortcut, target="cpu" if a.device == "cpu" else "cuda")
+                       evaluate=a.evaluate, shortcut=a.shortcut, n_boot=a.n_boot, target="cpu" if a.device == "cpu" else "cuda")
 
 
 def launch_from_args(a) -> int:

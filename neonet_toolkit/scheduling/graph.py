@@ -122,20 +122,22 @@ def job_name(stage: str, fold: int | None = None, run: str | None = None) -> str
     return "/".join(parts)
 
 
-def _steps(stage: str, conf: dict, n_train: int, n_val: int, ratio: float = 0.0) -> float:
+def _steps(stage: str, conf: dict, n_train: int, n_val: int, n_generate: int = 0) -> float:
     """Optimizer steps of one fold of ``stage`` under configuration ``conf`` (the trainers' own epoch loops)."""
     s = conf[stage]
     if stage == "seg":
         return s["epochs"] * (s["iterations_per_epoch"] + s.get("val_iterations_per_epoch", 0) / 3)
-    if stage == "cls":
-        n = n_train + (round(ratio * n_train / 2) if isinstance(ratio, float) else n_train // 2)
-        fits = 1 + (s.get("inner_folds", 0) if s.get("early_stopping") in ("nested", "inner") else 0)
-        return s["epochs"] * math.ceil(n / s["batch_size"]) * fits
+    if stage == "cls":  # real + synthetic cases; model selection's inner fits on (k-1)/k of them, then the refit
+        n = n_train + n_generate
+        k = int(s.get("inner_folds", 0) or 0)
+        mode = s.get("early_stopping")
+        inner = (k - 1) if (mode == "nested" and k > 1) else ((k - 1) / k if (mode == "inner" and k > 1) else 0.0)
+        return s["epochs"] * math.ceil(n / s["batch_size"]) * (1 + inner)
     return s["epochs"] * math.ceil(n_train / s["batch_size"])
 
 
 def estimate(stage: str, conf: dict, estimates: dict, n_train: int, n_val: int,
-             ratio: float | str = 0.0, n_generate: int = 0, epochs: int | None = None) -> tuple[float | None, float | None]:
+             n_generate: int = 0, epochs: int | None = None) -> tuple[float | None, float | None]:
     """(peak GPU GB, hours) of one job from the planner's per-step estimate; (None, None) where none exists.
     ``epochs`` overrides the configuration's epochs (``--epochs``)."""
     if epochs is not None and stage in conf and "epochs" in conf[stage]:
@@ -148,7 +150,7 @@ def estimate(stage: str, conf: dict, estimates: dict, n_train: int, n_val: int,
         steps = conf.get("sampling", {}).get("steps", 50)
         secs = row["seconds_per_step"] / 3 * steps * max(1, n_generate) / max(1, row.get("batch_size", 1))
     else:
-        secs = row["seconds_per_step"] * _steps(stage, conf, n_train, n_val, ratio if ratio != AUTO_RATIO else 0.5)
+        secs = row["seconds_per_step"] * _steps(stage, conf, n_train, n_val, n_generate)
     return float(row["peak_gb"]), secs / 3600
 
 
@@ -198,8 +200,17 @@ class Graph:
         return out
 
     def pending(self) -> list[Job]:
-        """The jobs not finished yet, in dependency order."""
-        return [j for j in self.topological() if not is_done(j.done)]
+        """The jobs to run, in dependency order: the unfinished ones that end the graph (no job depends on them) and
+        the unfinished ancestors of those. As in ``make``, an unfinished job all of whose dependents are finished is
+        not needed (a synthetic set that exists does not need its LDM trained again)."""
+        order = self.topological()
+        children = self.children()
+        finished = {j.name for j in order if is_done(j.done)}
+        needed: set[str] = set()
+        for j in reversed(order):
+            if j.name not in finished and (not children[j.name] or any(c in needed for c in children[j.name])):
+                needed.add(j.name)
+        return [j for j in order if j.name in needed]
 
     def wall_hours(self, n_gpus: int, only_pending: bool = False) -> float:
         """Estimated wall time on ``n_gpus`` GPUs: list scheduling of the graph, longest remaining path first
@@ -262,12 +273,14 @@ def build_graph(dataset, archs: list[str], ratios: list[float | str], folds: lis
                 autoencoder: str = "vae", early_stopping: str | None = None, configuration: str | None = None,
                 device: str = "auto", epochs: int | None = None, stage_args: dict[str, list[str]] | None = None,
                 allow_failed_gate: bool = False, evaluate: bool = True, shortcut: bool = True,
-                plans_name: str = PLANS_NAME,
+                n_boot: int | None = None, cls_estimates: dict[str, dict] | None = None, plans_name: str = PLANS_NAME,
                 target: str = "cuda") -> Graph:
     """The job graph of ``neonet_experiment``: NeoSeg, out-of-fold masks, NeoGen, generation, every classifier run
     of ``archs`` × ``ratios`` × ``arms`` on ``folds``, and the evaluation. ``archs`` are canonical names
     (``pattennet``, ``resnet50``, …); ``target`` (cpu|cuda) picks the plans' default configuration for the
-    estimates when ``configuration`` is not given."""
+    estimates when ``configuration`` is not given. ``cls_estimates``: ``{arch: per-step estimate}`` of the
+    classifiers (``training.resources.estimate_classifiers``); without it every classifier is costed as the plans'
+    ``cls`` row (the configured architecture)."""
     layout = ResultLayout.for_dataset(dataset, plans_name)
     pp = layout.preprocessed
     plans = NeoNetPlans(pp / NEONET_PLANS_FILE)
@@ -291,10 +304,19 @@ def build_graph(dataset, archs: list[str], ratios: list[float | str], folds: lis
     train_common = common + (["--epochs", str(epochs)] if epochs is not None else [])
     jobs: dict[str, Job] = {}
 
-    def add(stage, fold, argv, done, run=None, ratio=0.0, n_gen=0, tags=None):
+    counts = plans.plans.get("class_counts") or {}  # the cohort's; a fold's training gap is ~(K-1)/K of it
+    gap = abs(int(counts.get("1", 0)) - int(counts.get("0", 0)))
+    first = splits[folds[0]] if folds else {"train": [], "val": [None]}
+    k_folds = max(1, round((len(first["train"]) + len(first["val"])) / max(1, len(first["val"]))))
+    cls_conf = {**conf, "cls": {**conf["cls"], "early_stopping": early}} if "cls" in conf else conf
+
+    def add(stage, fold, argv, done, run=None, n_gen=0, tags=None):
         tr = splits[fold]["train"] if fold is not None else []
         va = splits[fold]["val"] if fold is not None else []
-        gb, hours = (estimate(stage, conf, estimates, len(tr), len(va), ratio, n_gen, epochs)
+        rows = estimates
+        if stage == "cls" and "peak_gb" in (cls_estimates or {}).get(tags["arch"], {}):
+            rows = {**estimates, "cls": cls_estimates[tags["arch"]]}  # this architecture's own step cost
+        gb, hours = (estimate(stage, cls_conf if stage == "cls" else conf, rows, len(tr), len(va), n_gen, epochs)
                      if stage in GPU_STAGES else (None, None))
         if stage in GPU_STAGES and gb is None:
             gb = 0.0  # a GPU stage without a planner estimate (planned with --no_resource_estimates)
@@ -328,8 +350,7 @@ def build_graph(dataset, archs: list[str], ratios: list[float | str], folds: lis
                 {"kind": "model", "path": str(layout.fold_folder("ldm", f))})
             add("controlnet", f, ["neonet_train", ds, "controlnet", str(f), "--c"] + ae_opt + train_common,
                 {"kind": "model", "path": str(layout.fold_folder("controlnet", f))})
-            counts = plans.plans.get("class_counts") or {}  # the cohort's; a fold's gap is ~(K-1)/K of it
-            n_gen = int(abs(int(counts.get("1", 0)) - int(counts.get("0", 0))) * max_ratio)
+            n_gen = int(gap * max_ratio)
             add("generate", f, ["neonet_generate", "-d", ds, "-f", str(f), "--ratio", f"{max_ratio:g}",
                                 "--crop-source", crop_source] + (["--n-majority", "-1"] if "both" in arms else [])
                 + ae_opt + common,
@@ -347,8 +368,9 @@ def build_graph(dataset, archs: list[str], ratios: list[float | str], folds: lis
                     argv += (["--arm", arm] if arm != "synthetic" else [])
                     argv += (["--early-stopping", early_stopping] if early_stopping else [])
                     argv += (["--allow-failed-gate"] if allow_failed_gate else []) + train_common
+                    r = 0.5 if ratio == AUTO_RATIO else ratio  # auto: the mid candidate
                     add("cls", f, argv, {"kind": "model", "path": str(layout.fold_folder(run, f))}, run=run,
-                        ratio=ratio, tags={"arch": arch, "ratio": ratio})
+                        n_gen=round(gap * (k_folds - 1) / k_folds * r), tags={"arch": arch, "ratio": ratio})
     if evaluate and any(j.stage in ("cls", "radiomics") for j in jobs.values()):
         report = layout.report_folder(CLS_EVALUATION_DIR) / "report.md"
         than = [str(Path(j.done["path"]) / (FINAL_CHECKPOINT if j.stage == "cls" else CLS_SUMMARY_FILE))
@@ -360,6 +382,7 @@ def build_graph(dataset, archs: list[str], ratios: list[float | str], folds: lis
                 "--crop-source", crop_source, "--launcher", "inline", *common]
         grid += (["--early-stopping", early_stopping] if early_stopping else [])
         grid += (["--allow-failed-gate"] if allow_failed_gate else []) + (["--no-shortcut"] if not shortcut else [])
+        grid += (["--n-boot", str(int(n_boot))] if n_boot is not None else [])
         add("evaluate", None, grid, {"kind": "newer", "path": str(report), "than": than})
     _wire(jobs, folds, autoencoder, pred)
     graph = Graph(ds, jobs, conf_name, folds)

@@ -90,8 +90,9 @@ def run_local(graph: Graph, run_dir: str | Path, slots: int = 1, gpus: list[str]
     slots = len(gpus) if gpus else max(1, int(slots))
     order = graph.topological()
     done = {j.name for j in order if is_done(j.done)}
-    result: dict = {"finished": [], "skipped": sorted(done), "failed": [], "blocked": [], "busy": []}
-    todo = [j for j in order if j.name not in done]
+    todo = graph.pending()
+    result: dict = {"finished": [], "skipped": sorted(done), "failed": [], "blocked": [], "busy": [],
+                    "not_needed": sorted({j.name for j in order} - done - {j.name for j in todo})}
     tail = graph.remaining_hours()
     free_gpus = list(gpus or [])
     running: dict[Future, tuple[Job, str | None]] = {}
@@ -211,9 +212,7 @@ def submit_slurm(graph: Graph, run_dir: str | Path, partition: str | None = None
         extra_params[k.replace("-", "_")] = v if v else True
     ids: dict[str, str] = {}
     submitted: dict[str, str] = {}
-    for job in graph.topological():
-        if is_done(job.done):
-            continue
+    for job in graph.pending():
         holder = JobLock(lock_file(run_dir, job.name)).holder()
         if holder and holder.get("slurm_job_id") and slurm_job_state(holder["slurm_job_id"]) in ACTIVE_SLURM_STATES:
             ids[job.name] = str(holder["slurm_job_id"])
@@ -255,6 +254,7 @@ def experiment_status(graph: Graph, run_dir: str | Path) -> list[dict]:
     run_dir = Path(run_dir)
     slurm = load_json(run_dir / SLURM_JOBS_FILE) if (run_dir / SLURM_JOBS_FILE).is_file() else {}
     rows = []
+    to_run = {j.name for j in graph.pending()}
     for job in graph.topological():
         row = {"job": job.name, "fold": job.fold, "log": str(log_file(run_dir, job.name))}
         st = read_status(run_dir, job.name) or {}
@@ -270,6 +270,8 @@ def experiment_status(graph: Graph, run_dir: str | Path) -> list[dict]:
         elif st.get("state") == "failed":
             row["state"] = "failed"
             row["log_tail"] = st.get("log_tail") or log_tail(run_dir, job.name)
+        elif job.name not in to_run:
+            row["state"] = "not needed"  # every job that depends on it is finished
         else:
             row["state"] = "not started"
         if sid:

@@ -277,10 +277,19 @@ def _count(build: StageBuild) -> tuple[int, int, float, int]:
         total[0] += t.numel() * t.element_size()
         return t
 
-    fc, big = FlopCounterMode(display=False), _LargestOutput()
-    with fc, big, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        build.loss_fn(build.net, build.make_batch(1, torch.device("meta")))
-    return total[0], big.largest, float(fc.get_total_flops()), big.ops
+    def run(n):
+        total[0] = 0
+        fc, big = FlopCounterMode(display=False), _LargestOutput()
+        with fc, big, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            build.loss_fn(build.net, build.make_batch(n, torch.device("meta")))
+        return total[0] / n, big.largest / n, float(fc.get_total_flops()) / n, big.ops
+
+    try:
+        return run(1)
+    except ValueError as e:  # batch norm over a 1x1x1 map wants two samples (a small crop): count two, halve
+        if "more than 1 value per channel" not in str(e):
+            raise
+        return run(2)
 
 
 def estimate_stage(stage: str, conf: dict, crop_zyx, seg_plan: dict | None = None, arch: str | None = None,
@@ -374,6 +383,27 @@ def plan_resources(plans: dict, resolve: Callable[[str], dict], crop_zyx, seg_pl
         out["configurations"][name] = rows
     plans["resource_estimates"] = out
     return plans
+
+
+def estimate_classifiers(dataset: int | str, configuration: str, archs) -> dict:
+    """Per-architecture NeoCls estimates (``{arch: estimate_stage row}``) under ``configuration`` of a planned
+    dataset, with the planner's throughput and AMP choice. The plans hold one ``cls`` row, the configured
+    architecture's; a SwinTransformer or DenseNet-264 step costs several PattenNet steps, so the experiment's graph
+    asks here for the classifiers it will run. Meta-device builds: well under a second per architecture. An
+    architecture these settings cannot build gets ``{"error": ...}``."""
+    name, pp, _ = dataset_folders(dataset)
+    plans = NeoNetPlans(pp / NEONET_PLANS_FILE)
+    conf = plans.configuration(configuration)
+    ref = (plans.plans.get("resource_estimates") or {}).get("reference_tflops", DEFAULT_REFERENCE_TFLOPS)
+    out = {}
+    for arch in dict.fromkeys(archs):
+        try:
+            out[arch] = estimate_stage("cls", conf, plans.crop_size, arch=arch, amp=not configuration.startswith("cpu"),
+                                       reference_tflops=ref)
+        except ValueError as e:
+            logger.warning("%s %s %s: no resource estimate: %s", name, configuration, arch, e)
+            out[arch] = {"error": str(e)}
+    return out
 
 
 def write_resource_estimates(dataset: int | str, gpu_memory_target_gb: float = DEFAULT_GPU_MEMORY_TARGET_GB,

@@ -85,6 +85,28 @@ def test_graph_estimates_and_finished_jobs(phantom_env):
         (out / FINAL_CHECKPOINT).unlink()
 
 
+def test_classifier_jobs_costed_by_architecture(phantom_env):
+    from neonet_toolkit.experiment_planning.plans import NeoNetPlans
+    from neonet_toolkit.training.resources import estimate_classifiers
+
+    pp = Path(phantom_env["preprocessed"])
+    ests = estimate_classifiers(501, "cpu_small", ["pattennet", "resnet18"])
+    assert ests["resnet18"]["seconds_per_step"] > 1.1 * ests["pattennet"]["seconds_per_step"]
+    g = build_graph(501, ["pattennet", "resnet18"], [0.0], folds=[0], configuration="cpu_small", epochs=2,
+                    cls_estimates=ests)
+    conf = NeoNetPlans(pp / NEONET_PLANS_FILE).configuration("cpu_small")["cls"]
+    n_train = len(load_json(pp / "splits_final.json")[0]["train"])
+    k = conf["inner_folds"]
+    steps = 2 * math.ceil(n_train / conf["batch_size"]) * (1 + (k - 1))  # the refit + k inner fits on (k-1)/k
+    for arch in ("pattennet", "resnet18"):
+        job = g.jobs[f"cls/cls_{arch}_0_esnested/0"]
+        assert job.gpu_gb == pytest.approx(ests[arch]["peak_gb"])
+        assert job.hours == pytest.approx(steps * ests[arch]["seconds_per_step"] / 3600)
+    # without them every classifier is costed as the plans' one cls row
+    g1 = build_graph(501, ["pattennet", "resnet18"], [0.0], folds=[0], configuration="cpu_small", epochs=2)
+    assert g1.jobs["cls/cls_resnet18_0_esnested/0"].hours == g1.jobs["cls/cls_pattennet_0_esnested/0"].hours
+
+
 def _job(name, hours, deps=(), gpu=1.0):
     return Job(name, "x", None, ["python", "-c", "pass"], list(deps), {}, gpu, hours)
 
@@ -97,6 +119,28 @@ def test_wall_time_list_scheduling_by_hand():
     assert g.wall_hours(1) == pytest.approx(6.0)
     # two GPUs: C 0-3 | A 0-2, B 2-3; D 3-4
     assert g.wall_hours(2) == pytest.approx(4.0)
+
+
+def test_pending_skips_unfinished_ancestors_of_finished_jobs(tmp_path):
+    """A -> B -> C and A -> D: with C finished, B is not needed; D (unfinished, ends the graph) still needs A."""
+    done = tmp_path / "done.txt"
+    done.write_text("x")
+    fin = {"kind": "newer", "path": str(done), "than": []}
+
+    def job(name, deps=(), finished=False):
+        j = _job(name, 1.0, deps)
+        j.done = fin if finished else {"kind": "newer", "path": str(tmp_path / f"{name}.missing"), "than": []}
+        return j
+
+    def graph(*jobs):
+        return Graph("d", {j.name: j for j in jobs}, "c", [0])
+
+    g = graph(job("A"), job("B", ["A"]), job("C", ["B"], finished=True), job("D", ["A"]))
+    assert [j.name for j in g.pending()] == ["A", "D"]
+    g = graph(job("A"), job("B", ["A"]), job("C", ["B"], finished=True))
+    assert g.pending() == []                        # everything downstream is finished: nothing to train
+    g = graph(job("A", finished=True), job("B", ["A"]), job("C", ["B"]))
+    assert [j.name for j in g.pending()] == ["B", "C"]
 
 
 def test_wall_time_values():

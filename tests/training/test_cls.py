@@ -321,9 +321,20 @@ def test_experiment_grid_evaluation_resume(cls_env):
     assert len(st2["resumed"]) == 1 and len(st2["skipped"]) == 19 and (fold / "oof_predictions.csv").is_file()
     from neonet_toolkit.run.experiment import main as experiment_main
 
-    assert experiment_main(["501", "--archs", "pattennet", "resnet10", "--ratios", "0", "1.0", "-device", "cpu",
-                            "--configuration", cls_env["cfg"], "--epochs", "1", "--no-shortcut", "--n-boot", "100",
-                            "--allow-failed-gate"]) == 0
+    argv = ["501", "--archs", "pattennet", "resnet10", "--ratios", "0", "1.0", "-device", "cpu", "--configuration",
+            cls_env["cfg"], "--epochs", "1", "--no-shortcut", "--n-boot", "100", "--allow-failed-gate"]
+    assert experiment_main(argv + ["--launcher", "inline"]) == 0
+    # the default launcher runs the job graph: every classifier run is finished, so neither their unfinished
+    # ancestors (this fixture has VAEs and synthetic sets but no LDM/ControlNet) nor they run again; the evaluation
+    # job does, because fold 3's checkpoint is newer than the report
+    report = ev / "report.md"
+    os.utime(report, (report.stat().st_mtime - 60,) * 2)
+    before = report.stat().st_mtime
+    ckpts = {p: p.stat().st_mtime for p in cls_env["results"].glob("cls_*/fold_*/checkpoint_final.pth")}
+    assert experiment_main(argv + ["--no-seg"]) == 0
+    assert report.stat().st_mtime > before
+    assert {p: p.stat().st_mtime for p in ckpts} == ckpts
+    assert not any(cls_env["results"].glob("ldm*/fold_*/checkpoint_final.pth"))
 
 
 def test_evaluation_numbers_match_stats(tmp_path, monkeypatch, planned_phantom, capsys):

@@ -125,10 +125,12 @@ def build_pred_patches(dataset: int | str, model_folder: str | Path | None = Non
     Returns the metadata written (``metadata.json``).
     """
     name = paths.find_dataset_name(dataset)
-    out = patch_folder(paths.ensure_environment()["nnUNet_preprocessed"] / name, "pred")
-    out.mkdir(parents=True, exist_ok=True)
-    # one writer of pred/metadata.json at a time: per-fold mask jobs of neonet_experiment may run side by side
-    with open(out / ".lock", "a") as lock:
+    pp = paths.ensure_environment()["nnUNet_preprocessed"] / name
+    if not pp.is_dir():
+        raise DatasetError(f"{pp} does not exist: run `neonet_plan_and_preprocess -d {dataset}` first")
+    # one writer of pred/metadata.json at a time: per-fold mask jobs of neonet_experiment may run side by side.
+    # The lock lives beside (not in) pred/, so a refused run leaves no pred/ folder behind.
+    with open(pp / ".neonet_pred_patches.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             return _build_pred_patches(name, model_folder, folds, predictions, label_names, source_labels,
