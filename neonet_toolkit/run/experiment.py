@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-seg", dest="seg", action="store_false",
                    help="leave NeoSeg and its out-of-fold masks out of the graph")
     g.add_argument("--seg-arch", dest="seg_arch", default=None, help="NeoSeg architecture (default: the plans')")
+    g.add_argument("--seg-gpus", dest="seg_gpus", type=int, default=1,
+                   help="GPUs per NeoSeg job (nnU-Net's -num_gpus, DDP on one node); each such job asks SLURM for "
+                        "that many GPUs, and the local launcher gives it that many of --gpus")
     g.add_argument("--autoencoder", choices=("vae", "vqvae"), default="vae", help="NeoGen's autoencoder")
     g.add_argument("--stage-args", dest="stage_args", action="append", default=None, metavar="STAGE='ARGS'",
                    help="extra options for one stage's command, e.g. seg='--iterations 2 --val-iterations 1'")
@@ -287,7 +290,7 @@ def graph_from_args(a):
     deep = [x for x in archs if x != "radiomics"]
     cls_estimates = estimate_classifiers(a.dataset, configuration, deep) if deep else None
     return build_graph(a.dataset, archs, a.ratios, folds, cls_estimates=cls_estimates, crop_source=a.crop_source, arms=a.arms, seg=a.seg,
-                       seg_arch=a.seg_arch, autoencoder=a.autoencoder, early_stopping=a.early_stopping,
+                       seg_arch=a.seg_arch, seg_gpus=a.seg_gpus, autoencoder=a.autoencoder, early_stopping=a.early_stopping,
                        configuration=a.configuration, device=a.device, epochs=a.epochs,
                        stage_args=_stage_args(a.stage_args), allow_failed_gate=a.allow_failed_gate,
                        evaluate=a.evaluate, shortcut=a.shortcut, n_boot=a.n_boot, target="cpu" if a.device == "cpu" else "cuda")

@@ -228,10 +228,13 @@ class Graph:
             start_earliest = max((finish[d] for d in deps[n]), default=0.0)
             if jobs[n].gpu_gb is None:  # CPU job: does not hold a GPU slot
                 finish[n] = start_earliest + cost[n]
-            else:
-                slot = min(range(len(free)), key=lambda i: max(free[i], start_earliest))
-                begin = max(free[slot], start_earliest)
-                finish[n] = free[slot] = begin + cost[n]
+            else:  # a job holds job.gpus GPUs (multi-GPU NeoSeg): the ones free first
+                k = min(len(free), max(1, jobs[n].gpus))
+                slots = sorted(range(len(free)), key=lambda i: max(free[i], start_earliest))[:k]
+                begin = max([start_earliest] + [free[i] for i in slots])
+                finish[n] = begin + cost[n]
+                for i in slots:
+                    free[i] = finish[n]
             waiting.remove(n)
         return max(finish.values(), default=0.0)
 
@@ -273,14 +276,17 @@ def build_graph(dataset, archs: list[str], ratios: list[float | str], folds: lis
                 autoencoder: str = "vae", early_stopping: str | None = None, configuration: str | None = None,
                 device: str = "auto", epochs: int | None = None, stage_args: dict[str, list[str]] | None = None,
                 allow_failed_gate: bool = False, evaluate: bool = True, shortcut: bool = True,
-                n_boot: int | None = None, cls_estimates: dict[str, dict] | None = None, plans_name: str = PLANS_NAME,
+                n_boot: int | None = None, cls_estimates: dict[str, dict] | None = None, seg_gpus: int = 1,
+                plans_name: str = PLANS_NAME,
                 target: str = "cuda") -> Graph:
     """The job graph of ``neonet_experiment``: NeoSeg, out-of-fold masks, NeoGen, generation, every classifier run
     of ``archs`` × ``ratios`` × ``arms`` on ``folds``, and the evaluation. ``archs`` are canonical names
     (``pattennet``, ``resnet50``, …); ``target`` (cpu|cuda) picks the plans' default configuration for the
     estimates when ``configuration`` is not given. ``cls_estimates``: ``{arch: per-step estimate}`` of the
     classifiers (``training.resources.estimate_classifiers``); without it every classifier is costed as the plans'
-    ``cls`` row (the configured architecture)."""
+    ``cls`` row (the configured architecture). ``seg_gpus`` > 1: each NeoSeg job trains with nnU-Net's
+    ``-num_gpus`` (DDP on one node) and asks for that many GPUs; its estimated time is divided by them (ideal
+    scaling: a lower bound)."""
     layout = ResultLayout.for_dataset(dataset, plans_name)
     pp = layout.preprocessed
     plans = NeoNetPlans(pp / NEONET_PLANS_FILE)
@@ -310,7 +316,7 @@ def build_graph(dataset, archs: list[str], ratios: list[float | str], folds: lis
     k_folds = max(1, round((len(first["train"]) + len(first["val"])) / max(1, len(first["val"]))))
     cls_conf = {**conf, "cls": {**conf["cls"], "early_stopping": early}} if "cls" in conf else conf
 
-    def add(stage, fold, argv, done, run=None, n_gen=0, tags=None):
+    def add(stage, fold, argv, done, run=None, n_gen=0, tags=None, gpus=1):
         tr = splits[fold]["train"] if fold is not None else []
         va = splits[fold]["val"] if fold is not None else []
         rows = estimates
@@ -320,8 +326,11 @@ def build_graph(dataset, archs: list[str], ratios: list[float | str], folds: lis
                      if stage in GPU_STAGES else (None, None))
         if stage in GPU_STAGES and gb is None:
             gb = 0.0  # a GPU stage without a planner estimate (planned with --no_resource_estimates)
+        if hours is not None and gpus > 1:
+            hours /= gpus
         name = job_name(stage, fold, run)
-        jobs[name] = Job(name, stage, fold, argv + stage_args.get(stage, []), [], done, gb, hours, tags=tags or {})
+        jobs[name] = Job(name, stage, fold, argv + stage_args.get(stage, []), [], done, gb, hours, gpus=gpus,
+                         tags=tags or {})
         return name
 
     radiomics = "radiomics" in archs
@@ -334,8 +343,9 @@ def build_graph(dataset, archs: list[str], ratios: list[float | str], folds: lis
                                                                            f))})
         if seg:
             trainer = seg_trainer_name(seg_arch)
-            add("seg", f, ["neonet_train", ds, "seg", str(f), "--c", "--arch", seg_arch] + train_common,
-                {"kind": "model", "path": str(layout.nnunet_fold_folder(trainer, f))})
+            add("seg", f, ["neonet_train", ds, "seg", str(f), "--c", "--arch", seg_arch] + train_common
+                + (["-num_gpus", str(int(seg_gpus))] if seg_gpus > 1 else []),
+                {"kind": "model", "path": str(layout.nnunet_fold_folder(trainer, f))}, gpus=max(1, int(seg_gpus)))
             add("masks", f, ["neonet_train", ds, "seg", str(f), "--oof-masks", "--arch", seg_arch],
                 {"kind": "masks", "path": str(patch_folder(pp, "pred")), "cases": list(splits[f]["val"])})
         need_ae = need_gen or any(a.startswith("pattennet") for a in archs)

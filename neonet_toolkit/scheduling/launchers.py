@@ -81,6 +81,11 @@ def check_gpus(gpus: list[str] | None) -> list[str] | None:
 
 
 # ----------------------------------------------------------------------------- local
+def job_gpus(job: Job) -> int:
+    """GPUs a job holds: 0 for a CPU job, else ``job.gpus`` (several for a multi-GPU NeoSeg job)."""
+    return 0 if job.gpu_gb is None else max(1, int(job.gpus))
+
+
 def run_local(graph: Graph, run_dir: str | Path, slots: int = 1, gpus: list[str] | None = None,
               stale_after_s: float | None = None, progress: bool = True) -> dict:
     """Run every unfinished job of ``graph`` on this machine; returns ``{"finished", "skipped", "failed", "blocked",
@@ -88,6 +93,10 @@ def run_local(graph: Graph, run_dir: str | Path, slots: int = 1, gpus: list[str]
     run_dir = Path(run_dir)
     gpus = check_gpus(gpus)
     slots = len(gpus) if gpus else max(1, int(slots))
+    too_many = [j.name for j in graph.jobs.values() if gpus and j.gpu_gb is not None and j.gpus > len(gpus)]
+    if too_many:
+        raise LaunchError(f"{', '.join(too_many)} ask(s) for more GPUs than --gpus gives ({len(gpus)}). Fix: name "
+                          "more GPUs with --gpus, or lower --seg-gpus.")
     order = graph.topological()
     done = {j.name for j in order if is_done(j.done)}
     todo = graph.pending()
@@ -104,9 +113,14 @@ def run_local(graph: Graph, run_dir: str | Path, slots: int = 1, gpus: list[str]
             ready = [j for j in todo if all(d in done or d not in graph.jobs for d in j.deps)]
             ready.sort(key=lambda j: -tail[j.name])
             while ready and len(running) < slots:
+                need = max(1, job_gpus(ready[0])) if gpus else 0
+                if need > len(free_gpus):
+                    if running:
+                        break  # a multi-GPU job waits until enough GPUs are free
                 job = ready.pop(0)
                 todo.remove(job)
-                gpu = free_gpus.pop(0) if gpus else None
+                held = [free_gpus.pop(0) for _ in range(need)]
+                gpu = ",".join(held) if held else None
                 fut = pool.submit(run_job, job, run_dir, slots, gpu, stale_after_s)
                 running[fut] = (job, gpu)
             if not running:
@@ -115,7 +129,7 @@ def run_local(graph: Graph, run_dir: str | Path, slots: int = 1, gpus: list[str]
             for fut in finished:
                 job, gpu = running.pop(fut)
                 if gpu is not None:
-                    free_gpus.append(gpu)
+                    free_gpus.extend(gpu.split(","))
                 bar.update(1)
                 try:
                     rec = fut.result()
@@ -187,10 +201,10 @@ def slurm_resources(job: Job, gpus_per_job: int = 1, time_min: int | None = None
     state the margins), ``--gres=gpu:N`` for GPU jobs; explicit values win."""
     hours = job.hours or 0.0
     t = time_min if time_min is not None else int(math.ceil(hours * 60 * TIME_MARGIN)) + TIME_FLOOR_MIN
-    gb = job.gpu_gb or 0.0
+    n = job_gpus(job)
+    gb = (job.gpu_gb or 0.0) * max(1, n)  # host memory follows every GPU's share (one process per GPU under DDP)
     m = mem if mem is not None else f"{max(MIN_HOST_MEMORY_GB, math.ceil(HOST_MEMORY_FACTOR * gb * TIME_MARGIN))}G"
-    params = {"time": int(t), "mem": m, "cpus_per_task": cpus_per_task or (4 if job.gpu_gb is not None else 2)}
-    n = job.gpus if job.gpu_gb is not None else 0
+    params = {"time": int(t), "mem": m, "cpus_per_task": cpus_per_task or (4 * n if n else 2)}
     if gpus_per_job and n:
         params["gres"] = f"gpu:{max(n, gpus_per_job) if gpus_per_job > 1 else n}"
     return params

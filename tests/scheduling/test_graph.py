@@ -226,6 +226,38 @@ def test_local_launcher_slots_failures_and_rerun(tmp_path):
     assert (t / "A.json").stat().st_mtime == mtime_a
 
 
+def test_multi_gpu_neoseg_jobs(phantom_env, tmp_path, monkeypatch):
+    """--seg-gpus 2: nnU-Net's -num_gpus 2, two GPUs from SLURM and from the local pool, two slots in the estimate."""
+    from neonet_toolkit.scheduling import launchers
+
+    g1 = build_graph(501, ["pattennet"], [0.0], folds=[0], configuration="gpu_full")
+    g2 = build_graph(501, ["pattennet"], [0.0], folds=[0], configuration="gpu_full", seg_gpus=2)
+    seg = g2.jobs["seg/0"]
+    assert seg.gpus == 2 and seg.argv[seg.argv.index("-num_gpus") + 1] == "2"
+    assert "-num_gpus" not in g1.jobs["seg/0"].argv and g1.jobs["seg/0"].gpus == 1
+    assert seg.hours == pytest.approx(g1.jobs["seg/0"].hours / 2)
+    assert g2.jobs["vae/0"].gpus == 1 and "-num_gpus" not in g2.jobs["vae/0"].argv
+    assert slurm_resources(seg)["gres"] == "gpu:2" and slurm_resources(seg)["cpus_per_task"] == 8
+    # list scheduling by hand: S (2 GPUs, 1 h) and A, B (1 GPU, 1 h each) on 2 GPUs: S holds both -> 2 h
+    jobs = [_job("S", 1.0), _job("A", 1.0), _job("B", 1.0)]
+    jobs[0].gpus = 2
+    assert Graph("d", {j.name: j for j in jobs}, "c", [0]).wall_hours(2) == pytest.approx(2.0)
+    assert Graph("d", {j.name: j for j in jobs}, "c", [0]).wall_hours(3) == pytest.approx(2.0)  # 4 GPU-h on 3
+    assert Graph("d", {j.name: j for j in jobs}, "c", [0]).wall_hours(4) == pytest.approx(1.0)
+    # the local launcher hands a 2-GPU job two of --gpus (CUDA_VISIBLE_DEVICES=0,1) and never more than it has
+    monkeypatch.setattr(launchers, "check_gpus", lambda gpus: [str(x) for x in gpus] if gpus else None)
+    probe = "import os, sys; open(sys.argv[1], 'w').write(os.environ['CUDA_VISIBLE_DEVICES'])"
+    mk = (lambda n, gpus: Job(n, "x", 0, _py(probe) + [str(tmp_path / f"{n}.done")], [],
+                              {"kind": "newer", "path": str(tmp_path / f"{n}.done"), "than": []}, 1.0, 1.0, gpus=gpus))
+    g = Graph("d", {"S": mk("S", 2), "A": mk("A", 1), "B": mk("B", 1)}, "c", [0])
+    res = run_local(g, tmp_path / "run", gpus=["0", "1"], progress=False)
+    assert sorted(res["finished"]) == ["A", "B", "S"]
+    assert sorted((tmp_path / "S.done").read_text().split(",")) == ["0", "1"]
+    assert (tmp_path / "A.done").read_text() in ("0", "1")
+    with pytest.raises(LaunchError, match="more GPUs than --gpus gives"):
+        run_local(Graph("d", {"T": mk("T", 3)}, "c", [0]), tmp_path / "run2", gpus=["0", "1"], progress=False)
+
+
 def test_local_launcher_refuses_a_job_another_launch_runs(tmp_path):
     t = tmp_path
     job = Job("A", "x", 0, _py("open(__import__('sys').argv[1], 'w').write('ok')") + [str(t / "A.done")], [],
