@@ -210,7 +210,7 @@ def test_local_launcher_slots_failures_and_rerun(tmp_path):
     res = run_local(g, t / "run", slots=2, progress=False)
     assert sorted(res["finished"]) == ["A", "B", "H"]
     assert res["failed"] == ["F"] and res["blocked"] == ["G"]
-    a, b = (json.loads((t / f"{n}.json").read_text()) for n in "AB")
+    a, b = (json.loads((t / f"{n}.json").read_text(encoding="utf-8")) for n in "AB")
     assert a["jobs"] == b["jobs"] == "2"                        # the thread rule saw two concurrent jobs
     assert max(a["start"], b["start"]) < min(a["end"], b["end"])  # they overlapped
     st = read_status(t / "run", "F")
@@ -252,8 +252,8 @@ def test_multi_gpu_neoseg_jobs(phantom_env, tmp_path, monkeypatch):
     g = Graph("d", {"S": mk("S", 2), "A": mk("A", 1), "B": mk("B", 1)}, "c", [0])
     res = run_local(g, tmp_path / "run", gpus=["0", "1"], progress=False)
     assert sorted(res["finished"]) == ["A", "B", "S"]
-    assert sorted((tmp_path / "S.done").read_text().split(",")) == ["0", "1"]
-    assert (tmp_path / "A.done").read_text() in ("0", "1")
+    assert sorted((tmp_path / "S.done").read_text(encoding="utf-8").split(",")) == ["0", "1"]
+    assert (tmp_path / "A.done").read_text(encoding="utf-8") in ("0", "1")
     with pytest.raises(LaunchError, match="more GPUs than --gpus gives"):
         run_local(Graph("d", {"T": mk("T", 3)}, "c", [0]), tmp_path / "run2", gpus=["0", "1"], progress=False)
 

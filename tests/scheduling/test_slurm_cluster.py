@@ -20,13 +20,13 @@ DONE = 60  # seconds a test waits for its jobs (they take 1-3 s each)
 
 
 def read_float(path):
-    return float(path.read_text().split()[-1])
+    return float(path.read_text(encoding="utf-8").split()[-1])
 
 
 def test_fixture_points_the_session_at_the_cluster(slurm_cluster):
     assert os.environ["SLURM_CONF"] == str(slurm_cluster.conf) == slurm_cluster.env["SLURM_CONF"]
     assert slurm_cluster.partition == "debug"
-    conf = slurm_cluster.conf.read_text()
+    conf = slurm_cluster.conf.read_text(encoding="utf-8")
     assert "/etc/" not in conf  # everything lives in the fixture's temporary folder
     info = slurm_cluster.run("sinfo", "-h", "-o", "%P|%a|%l|%D|%t")
     assert info.returncode == 0, info.stderr
@@ -45,7 +45,7 @@ def test_sbatch_wrap_runs_and_two_one_cpu_jobs_share_the_node(slurm_cluster, tmp
     assert states == {jobs[0]: "COMPLETED", jobs[1]: "COMPLETED"}
     spans = []
     for name, job in zip(("a", "b"), jobs):
-        first, second = (tmp_path / f"{name}.txt").read_text().splitlines()
+        first, second = (tmp_path / f"{name}.txt").read_text(encoding="utf-8").splitlines()
         job_id, start = first.split()
         assert job_id == job  # the file was written by that very job
         spans.append((float(start), float(second)))
@@ -116,7 +116,7 @@ def test_submitit_job_returns_its_result(slurm_cluster, tmp_path):
     job = executor.submit(work, 10)
     # no sacct here: wait on squeue first, so that a job dying without a result fails instead of hanging
     state = slurm_cluster.wait_all_done(DONE, job_ids=[job.job_id])[job.job_id]
-    stderr = job.paths.stderr.read_text() if job.paths.stderr.exists() else ""
+    stderr = job.paths.stderr.read_text(encoding="utf-8") if job.paths.stderr.exists() else ""
     # e.g. submitit 1.5.x imports pkg_resources inside the job: setuptools >= 82 no longer ships it
     assert state == "COMPLETED", f"submitit job {state}; its stderr ends with:\n{stderr[-600:]}"
     assert job.result() == (285, job.job_id, "1")

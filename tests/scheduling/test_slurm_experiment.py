@@ -53,7 +53,7 @@ def _oof(root: Path) -> list[tuple[str, str]]:
 
 
 def _auc(root: Path) -> tuple:
-    run = json.loads(next((root / "neonet_results").rglob("cls_evaluation__*/summary.json")).read_text())["runs"][
+    run = json.loads(next((root / "neonet_results").rglob("cls_evaluation__*/summary.json")).read_text(encoding="utf-8"))["runs"][
         "cls_pattennet_1_esnested"]
     return run["pooled_delong"], run["fold_results"]
 
@@ -70,13 +70,13 @@ def test_fold0_graph_on_slurm_equals_local(planned_phantom, slurm_cluster, tmp_p
     assert experiment(grid + SLURM_ARGS) == 0
     t_slurm = time.perf_counter() - t0
     run_dir = ResultLayout.for_dataset(501).experiment_folder
-    jobs = json.loads((run_dir / SLURM_JOBS_FILE).read_text())
+    jobs = json.loads((run_dir / SLURM_JOBS_FILE).read_text(encoding="utf-8"))
     assert sorted(jobs) == sorted(["seg/0", "masks/0", "vae/0", "ldm/0", "controlnet/0", "generate/0", "quality/0",
                                    "cls/cls_pattennet_1_esnested/0", "evaluate"])
     assert len({v["job_id"] for v in jobs.values()}) == len(jobs)  # one SLURM job per graph job
     # each job ran under SLURM: its status names the SLURM job id it ran as, its log is in the run folder
     for name, v in jobs.items():
-        st = json.loads((run_dir / "status" / (name.replace("/", "__") + ".json")).read_text())
+        st = json.loads((run_dir / "status" / (name.replace("/", "__") + ".json")).read_text(encoding="utf-8"))
         assert st["state"] == "finished" and st["slurm_job_id"] == v["job_id"], (name, st)
         assert (run_dir / "logs" / (name.replace("/", "__") + ".log")).stat().st_size > 0
     # same files, same out-of-fold predictions, same evaluation
@@ -84,7 +84,7 @@ def test_fold0_graph_on_slurm_equals_local(planned_phantom, slurm_cluster, tmp_p
     assert _oof(local) == _oof(remote)
     assert _auc(local) == _auc(remote)
     # the scheduler saw the dependencies: a job never started before what it waits for had ended
-    ended = {n: json.loads((run_dir / "status" / (n.replace("/", "__") + ".json")).read_text()) for n in jobs}
+    ended = {n: json.loads((run_dir / "status" / (n.replace("/", "__") + ".json")).read_text(encoding="utf-8")) for n in jobs}
     assert ended["ldm/0"]["started"] >= ended["vae/0"]["ended"]
     assert ended["evaluate"]["started"] >= ended["cls/cls_pattennet_1_esnested/0"]["ended"]
     # launching again submits nothing: every job is finished
@@ -103,7 +103,7 @@ def test_scancel_then_resubmit_continues_from_checkpoint(planned_phantom, slurm_
     assert experiment(submit) == 0
     layout = ResultLayout.for_dataset(501)
     run_dir = layout.experiment_folder
-    ids = {n: v["job_id"] for n, v in json.loads((run_dir / SLURM_JOBS_FILE).read_text()).items()}
+    ids = {n: v["job_id"] for n, v in json.loads((run_dir / SLURM_JOBS_FILE).read_text(encoding="utf-8")).items()}
     assert sorted(ids) == ["cls/cls_pattennet_0_esnested/0", "vae/0"]
     latest = layout.fold_folder("vae", 0) / "checkpoint_latest.pth"
     deadline = time.monotonic() + 240
@@ -122,7 +122,7 @@ def test_scancel_then_resubmit_continues_from_checkpoint(planned_phantom, slurm_
     assert row.split("|")[2].strip() in ("not started", "failed"), row  # not running, queued or finished
     # launch again: the VAE continues from its checkpoint, then the classifier runs
     assert experiment(grid + SLURM_ARGS) == 0
-    log = (layout.fold_folder("vae", 0) / "training_log.txt").read_text()
+    log = (layout.fold_folder("vae", 0) / "training_log.txt").read_text(encoding="utf-8")
     assert "resumed from checkpoint_latest.pth at epoch" in log
     epoch = int(log.split("resumed from checkpoint_latest.pth at epoch")[1].split()[0])
     assert 0 < epoch < 60
