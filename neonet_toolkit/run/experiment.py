@@ -288,12 +288,15 @@ def graph_from_args(a):
         ResultLayout.for_dataset(a.dataset).preprocessed / NEONET_PLANS_FILE).default_configuration(
         "cpu" if a.device == "cpu" else "cuda")
     deep = [x for x in archs if x != "radiomics"]
-    cls_estimates = estimate_classifiers(a.dataset, configuration, deep) if deep else None
-    return build_graph(a.dataset, archs, a.ratios, folds, cls_estimates=cls_estimates, crop_source=a.crop_source, arms=a.arms, seg=a.seg,
-                       seg_arch=a.seg_arch, seg_gpus=a.seg_gpus, autoencoder=a.autoencoder, early_stopping=a.early_stopping,
-                       configuration=a.configuration, device=a.device, epochs=a.epochs,
-                       stage_args=_stage_args(a.stage_args), allow_failed_gate=a.allow_failed_gate,
-                       evaluate=a.evaluate, shortcut=a.shortcut, n_boot=a.n_boot, target="cpu" if a.device == "cpu" else "cuda")
+    # per-architecture costs feed the dry run and the SLURM resources; --status and --cancel need only the jobs
+    quick = a.status or a.cancel
+    cls_estimates = estimate_classifiers(a.dataset, configuration, deep) if deep and not quick else None
+    return build_graph(a.dataset, archs, a.ratios, folds, crop_source=a.crop_source, arms=a.arms, seg=a.seg,
+                       seg_arch=a.seg_arch, seg_gpus=a.seg_gpus, autoencoder=a.autoencoder,
+                       early_stopping=a.early_stopping, configuration=a.configuration, device=a.device,
+                       epochs=a.epochs, stage_args=_stage_args(a.stage_args), allow_failed_gate=a.allow_failed_gate,
+                       evaluate=a.evaluate, shortcut=a.shortcut, n_boot=a.n_boot, cls_estimates=cls_estimates,
+                       target="cpu" if a.device == "cpu" else "cuda")
 
 
 def launch_from_args(a) -> int:

@@ -6,7 +6,6 @@ or the daemons cannot start.
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -27,14 +26,10 @@ def slurm_cluster():
         cluster = SlurmCluster.start()
     except SlurmUnavailable as e:
         pytest.skip(f"no SLURM test cluster: {e}")
-    saved = {k: os.environ.get(k) for k in cluster.env}
-    os.environ.update(cluster.env)
     try:
-        yield cluster
+        with pytest.MonkeyPatch.context() as mp:  # session-scoped: pytest's own set-and-restore
+            for k, v in cluster.env.items():
+                mp.setenv(k, v)
+            yield cluster
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         cluster.stop()
